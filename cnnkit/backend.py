@@ -1,0 +1,85 @@
+"""Backend registry and selection: which engine the functional API and new layers use.
+
+The default comes from ``$CNNKIT_BACKEND`` ("numpy" when unset), read lazily on first use so setting it after
+``import cnnkit`` still works. ``use_backend`` is context-local (contextvars), so threads and asyncio tasks
+each see their own choice.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+from typing import Iterator
+
+from cnnkit.backends import BACKEND_NAMES, INSTALL_HINTS, Backend
+
+_current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("cnnkit_backend", default=None)
+_created: dict[str, Backend] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The named backend exists but cannot run on this machine."""
+
+
+def _module(name: str):
+    return importlib.import_module(f"cnnkit.backends.{name}")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    return name.lower()
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, or None when it can."""
+    name = _check_name(name)
+    try:
+        return _module(name).unavailable_reason()
+    except ImportError as exc:  # a backend package whose engine is not installed
+        return f"{exc}"
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine, in preference order of simplicity."""
+    return [name for name in BACKEND_NAMES if unavailable_reason(name) is None]
+
+
+def backend(name: str | Backend) -> Backend:
+    """The Backend object for ``name`` (created once per process); a clear error when it cannot run here."""
+    if isinstance(name, Backend):
+        return name
+    name = _check_name(name)
+    if name not in _created:
+        reason = unavailable_reason(name)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {name!r} is not available: {reason}. Install it with: {INSTALL_HINTS[name]}")
+        _created[name] = _module(name).create()
+    return _created[name]
+
+
+def get_backend() -> Backend:
+    """The current backend: the innermost ``use_backend``, else ``set_backend``, else ``$CNNKIT_BACKEND``."""
+    current = _current.get()
+    if current is None:
+        current = backend(os.environ.get("CNNKIT_BACKEND", "numpy"))
+    return current
+
+
+def set_backend(name: str | Backend) -> Backend:
+    """Make ``name`` the current backend for this context and return it."""
+    be = backend(name)
+    _current.set(be)
+    return be
+
+
+@contextlib.contextmanager
+def use_backend(name: str | Backend) -> Iterator[Backend]:
+    """``with use_backend("numba"): ...`` runs the block on that backend, restoring the previous one after."""
+    token = _current.set(backend(name))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)

@@ -1,0 +1,411 @@
+"""The functional API: argument checking in one place, then the backend's kernel.
+
+Every function takes the backend's arrays and an optional ``backend=`` (a name or Backend; default: the current
+one). Forward functions return what their backward needs to be given back; backward functions return
+gradients. Layers (:mod:`cnnkit.nn`) are thin stateful wrappers around these.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from cnnkit.backend import backend as _resolve, get_backend
+from cnnkit.backends import ACTIVATIONS, Backend, conv_output_size, pool_output_size
+
+Array = Any
+IntPair = int | Sequence[int]
+
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _be(backend: str | Backend | None) -> Backend:
+    return get_backend() if backend is None else _resolve(backend)
+
+
+def check_array(be: Backend, a: Array, name: str, ndim: int | None = None, floating: bool = True) -> None:
+    """Raise a clear error unless ``a`` is an array of backend ``be`` with the expected rank and dtype."""
+    if not be.is_native(a):
+        kind = f"{type(a).__module__}.{type(a).__name__}"
+        raise TypeError(
+            f"{name} is a {kind}, but the backend is {be.name!r}, which takes {be.array_type.__module__}."
+            f"{be.array_type.__name__}: convert it with cnnkit.backend.backend({be.name!r}).asarray({name}) "
+            f"or move the model with model.to(...)")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(a.shape)}")
+    if floating and str(a.dtype) not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+
+
+def _same_dtype(x: Array, other: Array, name: str) -> None:
+    if other.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}; cast one of them")
+
+
+def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
+    """``value`` as an (h, w) pair of ints >= ``minimum``; a clear error otherwise."""
+    items = (value, value) if isinstance(value, (int,)) and not isinstance(value, bool) else tuple(value)
+    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in items):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: tuple[int, int],
+                 stride: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Normalise conv ``padding`` (int, (h, w), (top, bottom, left, right), "valid" or "same") to 4 ints."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' needs stride=1 (as in PyTorch)")
+            out = []
+            for k, d in zip(kernel_hw, dilation):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]
+            return tuple(out)  # type: ignore[return-value]
+        raise ValueError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same'; got {padding!r}")
+    if not isinstance(padding, int) and len(tuple(padding)) == 4:
+        pads = tuple(padding)
+        if not all(isinstance(p, int) and p >= 0 for p in pads):
+            raise ValueError(f"padding must be non-negative ints, got {padding!r}")
+        return pads  # type: ignore[return-value]
+    ph, pw = pair(padding, "padding", minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def _activation(activation: str | None) -> str | None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair = 1,
+           padding: IntPair | str = 0, dilation: IntPair = 1, groups: int = 1,
+           activation: str | None = None, *, backend: str | Backend | None = None) -> Array:
+    """2-D cross-correlation (PyTorch's conv2d), optionally fused with bias and an activation."""
+    be = _be(backend)
+    x_, w_, b_, geometry = _conv_args(be, x, weight, bias, stride, padding, dilation, groups)
+    return be.conv2d_forward(x_, w_, b_, *geometry, activation=_activation(activation))
+
+
+def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,
+                    dilation: IntPair = 1, groups: int = 1, need_dx: bool = True, need_bias: bool = True,
+                    *, backend: str | Backend | None = None) -> tuple[Array | None, Array, Array | None]:
+    """Gradients (dx, dweight, dbias) of conv2d, given dy of its pre-activation output."""
+    be = _be(backend)
+    x_, w_, _, geometry = _conv_args(be, x, weight, None, stride, padding, dilation, groups)
+    check_array(be, dy, "dy", ndim=4)
+    _same_dtype(x_, dy, "dy")
+    expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the conv output shape {expected}, got {tuple(dy.shape)}")
+    return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_bias)
+
+
+def conv2d_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: tuple[int, int],
+                        padding: tuple[int, int, int, int], dilation: tuple[int, int],
+                        groups: int = 1) -> tuple[int, int, int, int]:
+    """(N, K, OH, OW) of a conv with normalised geometry."""
+    n, _, h, w = x_shape
+    k, _, r, s = w_shape
+    return (n, k, conv_output_size(h, r, stride[0], padding[0], padding[1], dilation[0]),
+            conv_output_size(w, s, stride[1], padding[2], padding[3], dilation[1]))
+
+
+def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
+    check_array(be, x, "x", ndim=4)
+    check_array(be, weight, "weight", ndim=4)
+    _same_dtype(x, weight, "weight")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c, h, w = x.shape
+    k, cg, r, s = weight.shape
+    if c % groups or k % groups:
+        raise ValueError(f"groups={groups} must divide both in_channels={c} and out_channels={k}")
+    if cg * groups != c:
+        raise ValueError(f"channel mismatch: x has {c} channels but weight {tuple(weight.shape)} expects "
+                         f"{cg * groups} (weight is (out_channels, in_channels/groups, kh, kw), groups={groups})")
+    pads = conv_padding(padding, (r, s), dilation, stride)
+    if h + pads[0] + pads[1] < dilation[0] * (r - 1) + 1 or w + pads[2] + pads[3] < dilation[1] * (s - 1) + 1:
+        raise ValueError(f"kernel {r}x{s} (dilation {dilation}) is larger than the padded input "
+                         f"{h + pads[0] + pads[1]}x{w + pads[2] + pads[3]}")
+    if n < 1:
+        raise ValueError("x must hold at least one sample (batch size >= 1)")
+    if bias is not None:
+        check_array(be, bias, "bias", ndim=1)
+        _same_dtype(x, bias, "bias")
+        if bias.shape[0] != k:
+            raise ValueError(f"bias must have shape ({k},), got {tuple(bias.shape)}")
+    return x, weight, bias, (stride, pads, dilation, groups)
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+def _pool_args(be, x, kernel_size, stride, padding, dilation=1):
+    check_array(be, x, "x", ndim=4)
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else pair(stride, "stride")
+    padding = pair(padding, "padding", minimum=0)
+    dilation = pair(dilation, "dilation")
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel} (as in PyTorch)")
+    _, _, h, w = x.shape
+    if any(size + 2 * p < d * (k - 1) + 1 for size, p, d, k in zip((h, w), padding, dilation, kernel)):
+        raise ValueError(f"kernel_size {kernel} is larger than the padded input {h + 2 * padding[0]}x"
+                         f"{w + 2 * padding[1]}")
+    return kernel, stride, padding, dilation
+
+
+def pool2d_output_shape(x_shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    """(N, C, OH, OW) of a pooling op with normalised geometry."""
+    n, c, h, w = x_shape
+    return (n, c, pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
+            pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode))
+
+
+def max_pool2d(x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               dilation: IntPair = 1, ceil_mode: bool = False, *,
+               backend: str | Backend | None = None) -> tuple[Array, Array]:
+    """Max pooling; returns (y, argmax indices) as PyTorch's return_indices=True."""
+    be = _be(backend)
+    geometry = _pool_args(be, x, kernel_size, stride, padding, dilation)
+    return be.max_pool2d_forward(x, *geometry, bool(ceil_mode))
+
+
+def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], *,
+                        backend: str | Backend | None = None) -> Array:
+    """Gradient of max_pool2d: dy routed to the argmax positions."""
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=4)
+    if tuple(indices.shape) != tuple(dy.shape):
+        raise ValueError(f"indices shape {tuple(indices.shape)} must equal dy shape {tuple(dy.shape)}")
+    return be.max_pool2d_backward(dy, indices, tuple(x_shape))
+
+
+def avg_pool2d(x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, *,
+               backend: str | Backend | None = None) -> Array:
+    """Average pooling (PyTorch semantics for padding, ceil_mode and count_include_pad)."""
+    be = _be(backend)
+    kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
+    return be.avg_pool2d_forward(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
+
+
+def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None,
+                        padding: IntPair = 0, ceil_mode: bool = False, count_include_pad: bool = True, *,
+                        backend: str | Backend | None = None) -> Array:
+    """Gradient of avg_pool2d."""
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=4)
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else pair(stride, "stride")
+    padding = pair(padding, "padding", minimum=0)
+    return be.avg_pool2d_backward(dy, tuple(x_shape), kernel, stride, padding, bool(ceil_mode),
+                                  bool(count_include_pad))
+
+
+def _norm_type(p: float) -> float:
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+        raise ValueError(f"norm_type (p) must be a positive number, got {p!r}")
+    return float(p)
+
+
+def lp_pool2d(x: Array, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None,
+              padding: IntPair = 0, ceil_mode: bool = False, *, backend: str | Backend | None = None) -> Array:
+    """Power-average (Lp) pooling: (sum |x|^p)^(1/p) over each window; p=2 is L2 pooling."""
+    be = _be(backend)
+    kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
+    return be.lp_pool2d_forward(x, _norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
+
+
+def lp_pool2d_backward(dy: Array, x: Array, y: Array, norm_type: float, kernel_size: IntPair,
+                       stride: IntPair | None = None, padding: IntPair = 0, ceil_mode: bool = False, *,
+                       backend: str | Backend | None = None) -> Array:
+    """Gradient of lp_pool2d, given its input x and output y."""
+    be = _be(backend)
+    kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
+    check_array(be, dy, "dy", ndim=4)
+    return be.lp_pool2d_backward(dy, x, y, _norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
+
+
+def feature_pool(x: Array, group_size: int, *, backend: str | Backend | None = None) -> Array:
+    """L2 pooling across feature maps: channel c of the output is the L2 norm of input channels
+    [c*g, (c+1)*g) at each pixel (plain array algebra, the same on every backend)."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=4)
+    n, c, h, w = x.shape
+    if not isinstance(group_size, int) or group_size < 1 or c % group_size:
+        raise ValueError(f"group_size must be a positive int dividing the {c} channels, got {group_size!r}")
+    return be.xp.sqrt((x.reshape(n, c // group_size, group_size, h, w) ** 2).sum(axis=2))
+
+
+def feature_pool_backward(dy: Array, x: Array, y: Array, group_size: int) -> Array:
+    """Gradient of feature_pool: dx = dy * x / y (0 where y is 0)."""
+    n, c, h, w = x.shape
+    scale = dy / (y + (y == 0))
+    return (x.reshape(n, c // group_size, group_size, h, w) * scale[:, :, None]).reshape(n, c, h, w)
+
+
+def global_avg_pool2d(x: Array, *, backend: str | Backend | None = None) -> Array:
+    """Mean over each feature map: (N, C, H, W) -> (N, C)."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=4)
+    return x.mean(axis=(2, 3))
+
+
+def global_avg_pool2d_backward(dy: Array, x_shape: Sequence[int], *,
+                               backend: str | Backend | None = None) -> Array:
+    """Gradient of global_avg_pool2d: dy spread evenly over each map."""
+    be = _be(backend)
+    h, w = x_shape[2], x_shape[3]
+    return be.xp.broadcast_to((dy / (h * w))[:, :, None, None], tuple(x_shape)).copy()
+
+
+# ----------------------------------------------------------------------------------------------- activations
+def activation(x: Array, kind: str, negative_slope: float = 0.01, *,
+               backend: str | Backend | None = None) -> Array:
+    """Elementwise activation ``kind`` (relu, leaky_relu, sigmoid, tanh, scaled_tanh)."""
+    be = _be(backend)
+    check_array(be, x, "x")
+    if _activation(kind) is None:
+        raise ValueError("kind must name an activation, got None")
+    return be.activation_forward(x, kind, _slope(negative_slope))
+
+
+def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 0.01, *,
+                        backend: str | Backend | None = None) -> Array:
+    """Gradient of ``activation`` from its output y."""
+    be = _be(backend)
+    check_array(be, dy, "dy")
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(f"dy shape {tuple(dy.shape)} must equal y shape {tuple(y.shape)}")
+    return be.activation_backward(dy, y, _activation(kind), _slope(negative_slope))
+
+
+def _slope(negative_slope: float) -> float:
+    if not isinstance(negative_slope, (int, float)) or negative_slope < 0:
+        raise ValueError(f"negative_slope must be a number >= 0, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def relu(x: Array, *, backend: str | Backend | None = None) -> Array:
+    return activation(x, "relu", backend=backend)
+
+
+def leaky_relu(x: Array, negative_slope: float = 0.01, *, backend: str | Backend | None = None) -> Array:
+    return activation(x, "leaky_relu", negative_slope, backend=backend)
+
+
+def sigmoid(x: Array, *, backend: str | Backend | None = None) -> Array:
+    return activation(x, "sigmoid", backend=backend)
+
+
+def tanh(x: Array, *, backend: str | Backend | None = None) -> Array:
+    return activation(x, "tanh", backend=backend)
+
+
+def scaled_tanh(x: Array, *, backend: str | Backend | None = None) -> Array:
+    """LeCun's 1.7159 * tanh(2x/3)."""
+    return activation(x, "scaled_tanh", backend=backend)
+
+
+def softmax(x: Array, *, backend: str | Backend | None = None) -> Array:
+    """Softmax over the classes of (N, C) scores."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=2)
+    return be.softmax_forward(x)
+
+
+def log_softmax(x: Array, *, backend: str | Backend | None = None) -> Array:
+    """log(softmax(x)) over the classes of (N, C) scores, computed stably."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=2)
+    return be.log_softmax_forward(x)
+
+
+def softmax_backward(dy: Array, y: Array, *, backend: str | Backend | None = None) -> Array:
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=2)
+    return be.softmax_backward(dy, y)
+
+
+def log_softmax_backward(dy: Array, y: Array, *, backend: str | Backend | None = None) -> Array:
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=2)
+    return be.log_softmax_backward(dy, y)
+
+
+# ----------------------------------------------------------------------------------------------- others
+def batch_norm(x: Array, weight: Array, bias: Array, running_mean: Array, running_var: Array,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+               backend: str | Backend | None = None) -> tuple[Array, Any]:
+    """Batch norm over the channels of NCHW; returns (y, saved) where saved feeds batch_norm_backward."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=4)
+    c = x.shape[1]
+    for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        check_array(be, a, name, ndim=1)
+        if a.shape[0] != c:
+            raise ValueError(f"{name} must have shape ({c},) to match x's {c} channels, got {tuple(a.shape)}")
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError("batch norm in training mode needs more than one value per channel "
+                         f"(x has shape {tuple(x.shape)})")
+    if not 0 <= momentum <= 1 or not eps > 0:
+        raise ValueError(f"momentum must be in [0, 1] and eps > 0, got momentum={momentum}, eps={eps}")
+    return be.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                                 float(eps))
+
+
+def batch_norm_backward(dy: Array, saved: Any, weight: Array, *,
+                        backend: str | Backend | None = None) -> tuple[Array, Array, Array]:
+    """Gradients (dx, dweight, dbias) of batch_norm."""
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=4)
+    return be.batch_norm_backward(dy, saved, weight)
+
+
+def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float32", *,
+                 backend: str | Backend | None = None) -> Array:
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p); the same seed gives the same mask."""
+    be = _be(backend)
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    return be.dropout_mask(tuple(shape), float(p), int(seed), be.xp.dtype(dtype))
+
+
+def linear(x: Array, weight: Array, bias: Array | None = None, *,
+           backend: str | Backend | None = None) -> Array:
+    """y = x @ weight.T + bias, weight (out_features, in_features) as PyTorch (plain array algebra)."""
+    be = _be(backend)
+    check_array(be, x, "x", ndim=2)
+    check_array(be, weight, "weight", ndim=2)
+    _same_dtype(x, weight, "weight")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but weight {tuple(weight.shape)} expects {weight.shape[1]}")
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def linear_backward(dy: Array, x: Array, weight: Array, need_bias: bool = True) -> tuple[Array, Array, Array | None]:
+    """Gradients (dx, dweight, dbias) of linear."""
+    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_bias else None)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, *,
+                          backend: str | Backend | None = None) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy of (N, C) logits against int labels; returns (loss 0-d array, dlogits)."""
+    be = _be(backend)
+    check_array(be, logits, "logits", ndim=2)
+    if not be.is_native(labels) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be a 1-D integer array of backend {be.name!r}, got "
+                        f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {getattr(labels, 'shape', '')}")
+    if labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels has {labels.shape[0]} entries but logits has {logits.shape[0]} rows")
+    if be.device == "cpu" and labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for {logits.shape[1]} classes, got "
+                         f"values from {labels.min()} to {labels.max()}")  # not checked on GPU: no host sync
+    return be.softmax_cross_entropy(logits, labels)

@@ -1,0 +1,50 @@
+"""Every tolerance the test-suite uses, in one place (from ../shared/DESIGN.md, 'Tests: tolerance conventions').
+
+A looser tolerance than these is written here, next to its reason, and nowhere else.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# float32 result vs float64 reference, conv/pool/batch-norm: norm-relative error.
+NORM_REL_F32 = 1e-5
+# float32 vs float64 elementwise: rtol, and atol as a fraction of max|reference|.
+RTOL_F32 = 1e-4
+ATOL_F32_SCALE = 1e-5
+# float32 activations vs float64: rtol.
+RTOL_ACT_F32 = 1e-6
+# float64 backend vs float64 NumPy reference (Numba, same arithmetic in another order).
+RTOL_F64 = 1e-10
+# Central finite differences in float64: step and the relative error allowed.
+FD_EPS = 1e-6
+FD_RTOL = 1e-6
+# Whole-model parity with PyTorch in float32: max relative error (issue 2).
+MODEL_REL_F32 = 1e-5
+
+
+def norm_rel_err(a, b) -> float:
+    """||a - b|| / ||b|| (0 when both are 0), in float64 on the host."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    denom = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / denom) if denom else float(np.linalg.norm(a))
+
+
+def assert_close_f32(actual, reference, what: str = "") -> None:
+    """float32 result vs float64 reference, by DESIGN.md's conv/pool/bn rule (norm-relative and elementwise)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
+    err = norm_rel_err(actual, reference)
+    assert err <= NORM_REL_F32, f"{what}: norm-relative error {err:.3g} > {NORM_REL_F32}"
+    atol = ATOL_F32_SCALE * float(np.max(np.abs(reference))) if reference.size else 0.0
+    np.testing.assert_allclose(actual, reference, rtol=RTOL_F32, atol=atol, err_msg=what)
+
+
+def assert_close_f64(actual, reference, what: str = "", rtol: float = RTOL_F64) -> None:
+    """float64 result vs float64 reference: rtol, with atol scaled to the reference's magnitude."""
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
+    atol = rtol * float(np.max(np.abs(reference))) if reference.size else 0.0
+    np.testing.assert_allclose(actual, reference, rtol=rtol, atol=atol, err_msg=what)
