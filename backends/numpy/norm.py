@@ -1,0 +1,55 @@
+"""Batch normalisation and the dropout mask, NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+
+_AXES = (0, 2, 3)  # everything but the channel axis of NCHW
+
+
+def _per_channel(v: np.ndarray) -> np.ndarray:
+    """A (C,) vector shaped to broadcast over NCHW."""
+    return v[None, :, None, None]
+
+
+def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                       running_var: np.ndarray, training: bool, momentum: float, eps: float):
+    """(y, saved) with y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
+
+    Training normalises with the batch mean and biased variance and moves the running statistics (in place)
+    towards the batch mean and unbiased variance; eval normalises with the running statistics.
+    ``saved = (x_hat, inv_std, training)`` is what the backward needs.
+    """
+    if training:
+        mean, var = x.mean(axis=_AXES), x.var(axis=_AXES)
+        m = x.size // x.shape[1]
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (m / (m - 1))
+    else:
+        mean, var = running_mean, running_var
+    inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
+    x_hat = (x - _per_channel(mean.astype(x.dtype, copy=False))) * _per_channel(inv_std)
+    y = x_hat * _per_channel(gamma) + _per_channel(beta)
+    return y, (x_hat, inv_std, training)
+
+
+def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
+    """(dx, dgamma, dbeta). In training the batch statistics depend on x, which gives the two mean terms;
+    in eval they are constants and dx is just dy * gamma * inv_std."""
+    x_hat, inv_std, training = saved
+    dgamma = (dy * x_hat).sum(axis=_AXES)
+    dbeta = dy.sum(axis=_AXES)
+    scale = _per_channel(gamma * inv_std)
+    if not training:
+        return dy * scale, dgamma, dbeta
+    m = dy.size // dy.shape[1]
+    dx = scale * (dy - _per_channel(dbeta / m) - x_hat * _per_channel(dgamma / m))
+    return dx, dgamma, dbeta
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype) -> np.ndarray:
+    """Inverted-dropout mask: 0 with probability p, else 1 / (1 - p), so E[mask] = 1. The uniforms are drawn in
+    float64 from ``default_rng(seed)`` whatever the dtype, so one seed gives one pattern of zeros."""
+    keep = np.random.default_rng(seed).random(shape) >= p
+    return keep.astype(dtype) * np.asarray(1 / (1 - p), dtype=dtype)
