@@ -1,0 +1,137 @@
+"""Weight exchange: .npz save/load, PyTorch state dicts in and out, and an atomic file writer.
+
+``atomic_write`` is the one way cnnkit writes a file that must never be seen half-written (weights,
+training checkpoints): the data goes to a temporary file in the same directory, is flushed and fsync'ed, and
+only then renamed over the target with ``os.replace`` (atomic on POSIX and Windows). If anything fails, the
+previous file is untouched and the temporary file is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+import numpy as np
+
+from cnnkit.nn.base import Layer
+
+PathLike = str | os.PathLike
+
+TORCH_ONLY_BUFFERS = ("num_batches_tracked",)
+"""Buffer names PyTorch keeps that cnnkit layers do not need; dropped by from_torch unless the model has them."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """``with atomic_write(path) as f: ...`` writes ``path`` all at once or not at all.
+
+    ``f`` is a temporary file next to ``path``; when the block ends normally it is flushed, fsync'ed and
+    renamed onto ``path``. When the block raises, the temporary file is deleted and ``path`` keeps its old
+    content (or stays absent).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable where the OS allows opening a directory (POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(model: Layer, path: PathLike) -> None:
+    """Write ``model.state_dict()`` to ``path`` as an uncompressed .npz, atomically (see :func:`atomic_write`).
+
+    The path is used exactly as given (no ".npz" is appended).
+    """
+    state = model.state_dict()
+    with atomic_write(path) as f:
+        np.savez(f, **state)
+
+
+def load(model: Layer, path: PathLike, strict: bool = True) -> None:
+    """Load weights saved by :func:`save` into ``model`` (moved to its backend and dtype).
+
+    With ``strict`` (default) missing or unexpected keys raise KeyError; a shape mismatch raises ValueError;
+    both name the file.
+    """
+    path = os.fspath(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable .npz weights file: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not a state dict (.npz) written by cnnkit.io.save")
+    with data:
+        state = {key: data[key] for key in data.files}
+    _load_into(model, state, strict, source=path)
+
+
+def from_torch(model: Layer, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+    """Copy a PyTorch ``state_dict`` of the same architecture (same keys) into ``model``.
+
+    Tensors are converted with ``.detach().cpu().numpy()`` (plain arrays are accepted too). PyTorch-only
+    buffers such as ``num_batches_tracked`` are dropped unless the model has them. Mismatched keys raise a
+    KeyError that lists them; shapes must match exactly.
+    """
+    expected = set(model.state_dict())
+    state = {}
+    for key, value in state_dict.items():
+        if key.rsplit(".", 1)[-1] in TORCH_ONLY_BUFFERS and key not in expected:
+            continue
+        state[key] = _to_numpy(value)
+    _load_into(model, state, strict, source="the PyTorch state dict")
+
+
+def to_torch_state_dict(model: Layer) -> dict[str, Any]:
+    """``model.state_dict()`` as CPU torch tensors, for ``torch_model.load_state_dict`` of the same architecture.
+
+    torch is imported only here (it is an optional dependency).
+    """
+    import torch
+
+    return {key: torch.from_numpy(value) for key, value in model.state_dict().items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _load_into(model: Layer, state: dict[str, np.ndarray], strict: bool, source: str) -> None:
+    """model.load_state_dict with errors that name where the weights came from."""
+    try:
+        model.load_state_dict(state, strict=strict)
+    except KeyError as exc:
+        raise KeyError(f"{source}: {exc.args[0] if exc.args else exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc

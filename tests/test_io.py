@@ -1,0 +1,225 @@
+"""Weight files (.npz), atomic writes, and PyTorch state-dict exchange."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from tolerances import MODEL_REL_F32
+
+from cnnkit import io, models, nn
+
+
+def _files(directory):
+    return sorted(os.listdir(directory))
+
+
+def _randomise_buffers(model, seed):
+    """Give batch-norm running statistics non-default values so that loading them is observable."""
+    rng = np.random.default_rng(seed)
+    state = model.state_dict()
+    for key in state:
+        if key.endswith("running_mean"):
+            state[key] = rng.standard_normal(state[key].shape).astype(np.float32)
+        elif key.endswith("running_var"):
+            state[key] = rng.uniform(0.5, 2.0, state[key].shape).astype(np.float32)
+    model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------- .npz files
+def test_save_load_round_trip_is_exact(tmp_path):
+    nn.init.manual_seed(1)
+    src = models.resnet(20)
+    _randomise_buffers(src, 0)
+    nn.init.manual_seed(2)
+    dst = models.resnet(20)
+    path = tmp_path / "weights.npz"
+    io.save(src, path)
+    assert _files(tmp_path) == ["weights.npz"]
+    io.load(dst, path)
+    a, b = src.state_dict(), dst.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert a[key].dtype == b[key].dtype
+
+
+def test_load_errors_name_the_file(tmp_path):
+    path = tmp_path / "lenet.npz"
+    io.save(models.lenet5(), path)
+    with pytest.raises(KeyError, match=r"lenet\.npz.*missing keys \['13\.bias'") as info:
+        io.load(models.lenet5(classic=True), path)  # classic: subsampling at 2, 6; its output Linear is 13
+    assert "unexpected keys" in str(info.value)
+    with pytest.raises(ValueError, match=r"lenet\.npz.*shape mismatch for '11\.bias'"):
+        io.load(models.lenet5(num_classes=7), path)
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(KeyError, match=r"unexpected keys \['extra'\]"):
+        io.load(mlp, _save_state(tmp_path / "extra.npz", {**mlp.state_dict(), "extra": np.zeros(1)}))
+    io.load(mlp, tmp_path / "extra.npz", strict=False)  # extra keys ignored when not strict
+    with pytest.raises(KeyError, match=r"missing keys \['1\.bias'\]"):
+        io.load(mlp, _save_state(tmp_path / "missing.npz", {"1.weight": np.zeros((2, 4))}))
+
+
+def _save_state(path, state):
+    with open(path, "wb") as f:
+        np.savez(f, **state)
+    return path
+
+
+def test_load_rejects_non_npz_and_missing_files(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 2))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="bad.npz is not a readable .npz"):
+        io.load(model, bad)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(ValueError, match="single array"):
+        io.load(model, single)
+    with pytest.raises(FileNotFoundError):
+        io.load(model, tmp_path / "absent.npz")
+
+
+def test_save_failure_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    model = models.lenet5()
+    path = tmp_path / "w.npz"
+    io.save(model, path)
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"half of a zip")  # some bytes reach the temporary file, then the writer dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    nn.init.manual_seed(5)
+    with pytest.raises(OSError, match="disk full"):
+        io.save(models.lenet5(), path)
+    assert path.read_bytes() == before
+    assert _files(tmp_path) == ["w.npz"]
+
+
+def test_atomic_write_new_file_and_failure_without_previous(tmp_path):
+    path = tmp_path / "log.txt"
+    with pytest.raises(RuntimeError):
+        with io.atomic_write(path, "w") as f:
+            f.write("partial")
+            raise RuntimeError("interrupted")
+    assert _files(tmp_path) == []
+    with io.atomic_write(path, "w") as f:
+        f.write("complete")
+    assert path.read_text() == "complete" and _files(tmp_path) == ["log.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # permissions as for a plain open()
+    with pytest.raises(ValueError, match="mode"):
+        with io.atomic_write(path, "a"):
+            pass
+
+
+# ----------------------------------------------------------------------------------------------- PyTorch
+class _TorchResidual(torch.nn.Module):
+    def __init__(self, body, projection=None):
+        super().__init__()
+        self.body, self.projection = body, projection
+
+    def forward(self, x):
+        return self.body(x) + (x if self.projection is None else self.projection(x))
+
+
+class _TorchGlobalAvgPool(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def _torch_resnet20():
+    """The torch twin of cnnkit.models.resnet(20), with the same module tree and so the same state-dict keys."""
+    def conv3x3(c_in, c_out, stride=1):
+        return torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+    stages, c_in = [], 16
+    for index, c in enumerate((16, 32, 64)):
+        blocks = []
+        for b in range(3):
+            stride = 2 if index > 0 and b == 0 else 1
+            body = torch.nn.Sequential(conv3x3(c_in, c, stride), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
+                                       conv3x3(c, c), torch.nn.BatchNorm2d(c))
+            proj = None
+            if stride != 1 or c_in != c:
+                proj = torch.nn.Sequential(torch.nn.Conv2d(c_in, c, 1, stride=stride, bias=False),
+                                           torch.nn.BatchNorm2d(c))
+            blocks.append(torch.nn.Sequential(_TorchResidual(body, proj), torch.nn.ReLU()))
+            c_in = c
+        stages.append(torch.nn.Sequential(*blocks))
+    return torch.nn.Sequential(conv3x3(3, 16), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), *stages,
+                               _TorchGlobalAvgPool(), torch.nn.Linear(64, 10))
+
+
+def _torch_lenet5():
+    t = torch.nn
+    return t.Sequential(t.Conv2d(1, 6, 5), t.Tanh(), t.AvgPool2d(2), t.Conv2d(6, 16, 5), t.Tanh(), t.AvgPool2d(2),
+                        t.Conv2d(16, 120, 5), t.Tanh(), t.Flatten(), t.Linear(120, 84), t.Tanh(), t.Linear(84, 10))
+
+
+def _max_rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("name,torch_model,input_shape", [
+    ("lenet5", _torch_lenet5, (1, 32, 32)),
+    ("resnet20", _torch_resnet20, (3, 32, 32)),
+])
+def test_from_torch_gives_the_torch_forward(name, torch_model, input_shape):
+    torch.manual_seed(0)
+    ref = torch_model()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics and affine terms
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    ref.eval()
+    model = models.create(name).eval()
+    assert set(model.state_dict()) == set(ref.state_dict())
+    io.from_torch(model, ref.state_dict())
+    x = np.random.default_rng(0).standard_normal((4, *input_shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    got = model(x)
+    assert got.dtype == np.float32
+    err = _max_rel_err(got.astype(np.float64), expected.astype(np.float64))
+    assert err <= MODEL_REL_F32, f"{name}: max relative error {err:.3g}"
+
+
+def test_from_torch_reports_mismatched_keys_and_shapes():
+    model = models.lenet5()
+    state = _torch_lenet5().state_dict()
+    state["12.weight"] = state.pop("11.weight")
+    with pytest.raises(KeyError, match=r"PyTorch state dict.*missing keys \['11\.weight'\].*unexpected keys "
+                                       r"\['12\.weight'\]"):
+        io.from_torch(model, state)
+    state = _torch_lenet5().state_dict()
+    state["0.weight"] = torch.zeros(6, 1, 3, 3)
+    with pytest.raises(ValueError, match=r"shape mismatch for '0\.weight'"):
+        io.from_torch(model, state)
+
+
+def test_from_torch_drops_torch_only_buffers_the_model_lacks():
+    model = nn.Sequential(nn.Linear(3, 2))
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    state = {**ref.state_dict(), "0.num_batches_tracked": torch.tensor(7)}
+    io.from_torch(model, state)
+    np.testing.assert_array_equal(model[0].weight.data, ref[0].weight.detach().numpy())
+
+
+@pytest.mark.parametrize("name,torch_model", [("lenet5", _torch_lenet5), ("resnet20", _torch_resnet20)])
+def test_to_torch_state_dict_loads_into_torch(name, torch_model):
+    model = models.create(name).eval()
+    _randomise_buffers(model, 3)
+    ref = torch_model().eval()
+    ref.load_state_dict(io.to_torch_state_dict(model))  # strict: the keys are the same
+    x = np.random.default_rng(1).standard_normal((2, *model.input_shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    assert _max_rel_err(model(x).astype(np.float64), expected.astype(np.float64)) <= MODEL_REL_F32
