@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from cnnkit.backend import backend as _resolve, get_backend
+import numpy as np
+
+from cnnkit.backend import backend as _resolve
+from cnnkit.backend import get_backend
 from cnnkit.backends import ACTIVATIONS, Backend, conv_output_size, pool_output_size
 
 Array = Any
@@ -41,14 +44,46 @@ def _same_dtype(x: Array, other: Array, name: str) -> None:
         raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}; cast one of them")
 
 
+def check_like(be: Backend, a: Array, name: str, ref: Array, ref_name: str) -> None:
+    """``a`` must be an array of backend ``be`` with ``ref``'s shape and dtype."""
+    check_array(be, a, name)
+    if tuple(a.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} must have the shape of {ref_name}, {tuple(ref.shape)}; got {tuple(a.shape)}")
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has {ref.dtype}; cast one of them")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
 def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as an (h, w) pair of ints >= ``minimum``; a clear error otherwise."""
-    items = (value, value) if isinstance(value, (int,)) and not isinstance(value, bool) else tuple(value)
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+    if _is_int(value):
+        items: tuple = (value, value)
+    elif isinstance(value, (tuple, list)):
+        items = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if len(items) != 2 or not all(_is_int(v) for v in items):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if any(v < minimum for v in items):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(items[0]), int(items[1])
+
+
+def _shape4(shape: Sequence[int], name: str) -> tuple[int, int, int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 4 or not all(_is_int(v) and v > 0 for v in shape):
+        raise ValueError(f"{name} must be an (N, C, H, W) tuple of positive ints, got {shape!r}")
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
 
 
 def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: tuple[int, int],
@@ -66,11 +101,12 @@ def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: t
                 out += [total // 2, total - total // 2]
             return tuple(out)  # type: ignore[return-value]
         raise ValueError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same'; got {padding!r}")
-    if not isinstance(padding, int) and len(tuple(padding)) == 4:
-        pads = tuple(padding)
-        if not all(isinstance(p, int) and p >= 0 for p in pads):
-            raise ValueError(f"padding must be non-negative ints, got {padding!r}")
-        return pads  # type: ignore[return-value]
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        if not all(_is_int(p) for p in padding):
+            raise TypeError(f"padding must be ints, got {padding!r}")
+        if any(p < 0 for p in padding):
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        return tuple(int(p) for p in padding)  # type: ignore[return-value]
     ph, pw = pair(padding, "padding", minimum=0)
     return (ph, ph, pw, pw)
 
@@ -120,10 +156,15 @@ def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
     check_array(be, weight, "weight", ndim=4)
     _same_dtype(x, weight, "weight")
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
-    if not isinstance(groups, int) or groups < 1:
+    if not _is_int(groups):
+        raise TypeError(f"groups must be a positive int, got {groups!r}")
+    if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
+    if min(c, k, cg, r, s) < 1:
+        raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)} must have no empty channel or "
+                         "kernel dimension")
     if c % groups or k % groups:
         raise ValueError(f"groups={groups} must divide both in_channels={c} and out_channels={k}")
     if cg * groups != c:
@@ -144,15 +185,24 @@ def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
 
 
 # ----------------------------------------------------------------------------------------------- pooling
+def _check_dy(dy: Array, expected: tuple[int, ...]) -> None:
+    if tuple(dy.shape) != tuple(expected):
+        raise ValueError(f"dy must have the forward output's shape {tuple(expected)}, got {tuple(dy.shape)}")
+
+
 def _pool_args(be, x, kernel_size, stride, padding, dilation=1):
     check_array(be, x, "x", ndim=4)
+    return _pool_geometry(x.shape, kernel_size, stride, padding, dilation)
+
+
+def _pool_geometry(x_shape, kernel_size, stride, padding, dilation=1):
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation")
     if any(p > k // 2 for p, k in zip(padding, kernel)):
         raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel} (as in PyTorch)")
-    _, _, h, w = x.shape
+    _, _, h, w = x_shape
     if any(size + 2 * p < d * (k - 1) + 1 for size, p, d, k in zip((h, w), padding, dilation, kernel)):
         raise ValueError(f"kernel_size {kernel} is larger than the padded input {h + 2 * padding[0]}x"
                          f"{w + 2 * padding[1]}")
@@ -180,9 +230,15 @@ def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], *,
     """Gradient of max_pool2d: dy routed to the argmax positions."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
+    check_array(be, indices, "indices", floating=False)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be the integer argmax array from max_pool2d, got dtype {indices.dtype}")
     if tuple(indices.shape) != tuple(dy.shape):
         raise ValueError(f"indices shape {tuple(indices.shape)} must equal dy shape {tuple(dy.shape)}")
-    return be.max_pool2d_backward(dy, indices, tuple(x_shape))
+    x_shape = _shape4(x_shape, "x_shape")
+    if x_shape[:2] != tuple(dy.shape[:2]):
+        raise ValueError(f"x_shape {x_shape} and dy {tuple(dy.shape)} must agree on batch and channels")
+    return be.max_pool2d_backward(dy, indices, x_shape)
 
 
 def avg_pool2d(x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
@@ -200,17 +256,17 @@ def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
     """Gradient of avg_pool2d."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
-    kernel = pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else pair(stride, "stride")
-    padding = pair(padding, "padding", minimum=0)
-    return be.avg_pool2d_backward(dy, tuple(x_shape), kernel, stride, padding, bool(ceil_mode),
-                                  bool(count_include_pad))
+    x_shape = _shape4(x_shape, "x_shape")
+    kernel, stride, padding, _ = _pool_geometry(x_shape, kernel_size, stride, padding)
+    _check_dy(dy, pool2d_output_shape(x_shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
+    return be.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
 
 
 def _norm_type(p: float) -> float:
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+    p = _number(p, "norm_type (p)")
+    if not p > 0:
         raise ValueError(f"norm_type (p) must be a positive number, got {p!r}")
-    return float(p)
+    return p
 
 
 def lp_pool2d(x: Array, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None,
@@ -228,6 +284,9 @@ def lp_pool2d_backward(dy: Array, x: Array, y: Array, norm_type: float, kernel_s
     be = _be(backend)
     kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
     check_array(be, dy, "dy", ndim=4)
+    _check_dy(dy, pool2d_output_shape(x.shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
+    check_like(be, y, "y", dy, "dy")
+    _same_dtype(x, dy, "dy")
     return be.lp_pool2d_backward(dy, x, y, _norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
 
 
@@ -260,6 +319,9 @@ def global_avg_pool2d_backward(dy: Array, x_shape: Sequence[int], *,
                                backend: str | Backend | None = None) -> Array:
     """Gradient of global_avg_pool2d: dy spread evenly over each map."""
     be = _be(backend)
+    x_shape = _shape4(x_shape, "x_shape")
+    check_array(be, dy, "dy", ndim=2)
+    _check_dy(dy, x_shape[:2])
     h, w = x_shape[2], x_shape[3]
     return be.xp.broadcast_to((dy / (h * w))[:, :, None, None], tuple(x_shape)).copy()
 
@@ -280,13 +342,15 @@ def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 
     """Gradient of ``activation`` from its output y."""
     be = _be(backend)
     check_array(be, dy, "dy")
-    if tuple(dy.shape) != tuple(y.shape):
-        raise ValueError(f"dy shape {tuple(dy.shape)} must equal y shape {tuple(y.shape)}")
-    return be.activation_backward(dy, y, _activation(kind), _slope(negative_slope))
+    check_like(be, y, "y", dy, "dy")
+    if _activation(kind) is None:
+        raise ValueError("kind must name an activation, got None")
+    return be.activation_backward(dy, y, kind, _slope(negative_slope))
 
 
 def _slope(negative_slope: float) -> float:
-    if not isinstance(negative_slope, (int, float)) or negative_slope < 0:
+    negative_slope = _number(negative_slope, "negative_slope")
+    if negative_slope < 0:
         raise ValueError(f"negative_slope must be a number >= 0, got {negative_slope!r}")
     return float(negative_slope)
 
@@ -329,12 +393,14 @@ def log_softmax(x: Array, *, backend: str | Backend | None = None) -> Array:
 def softmax_backward(dy: Array, y: Array, *, backend: str | Backend | None = None) -> Array:
     be = _be(backend)
     check_array(be, dy, "dy", ndim=2)
+    check_like(be, y, "y", dy, "dy")
     return be.softmax_backward(dy, y)
 
 
 def log_softmax_backward(dy: Array, y: Array, *, backend: str | Backend | None = None) -> Array:
     be = _be(backend)
     check_array(be, dy, "dy", ndim=2)
+    check_like(be, y, "y", dy, "dy")
     return be.log_softmax_backward(dy, y)
 
 
@@ -349,11 +415,13 @@ def batch_norm(x: Array, weight: Array, bias: Array, running_mean: Array, runnin
     for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         check_array(be, a, name, ndim=1)
+        _same_dtype(x, a, name)
         if a.shape[0] != c:
             raise ValueError(f"{name} must have shape ({c},) to match x's {c} channels, got {tuple(a.shape)}")
     if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError("batch norm in training mode needs more than one value per channel "
                          f"(x has shape {tuple(x.shape)})")
+    momentum, eps = _number(momentum, "momentum"), _number(eps, "eps")
     if not 0 <= momentum <= 1 or not eps > 0:
         raise ValueError(f"momentum must be in [0, 1] and eps > 0, got momentum={momentum}, eps={eps}")
     return be.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
@@ -365,6 +433,9 @@ def batch_norm_backward(dy: Array, saved: Any, weight: Array, *,
     """Gradients (dx, dweight, dbias) of batch_norm."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
+    check_array(be, weight, "weight", ndim=1)
+    if weight.shape[0] != dy.shape[1]:
+        raise ValueError(f"weight has {weight.shape[0]} channels but dy has {dy.shape[1]}")
     return be.batch_norm_backward(dy, saved, weight)
 
 
@@ -372,9 +443,17 @@ def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float3
                  backend: str | Backend | None = None) -> Array:
     """Inverted-dropout mask: 0 with probability p, else 1/(1-p); the same seed gives the same mask."""
     be = _be(backend)
+    p = _number(p, "p")
     if not 0 <= p < 1:
         raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
-    return be.dropout_mask(tuple(shape), float(p), int(seed), be.xp.dtype(dtype))
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(shape, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in shape):
+        raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    dtype = be.xp.dtype(dtype)
+    if str(dtype) not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return be.dropout_mask(tuple(int(v) for v in shape), p, int(seed), dtype)
 
 
 def linear(x: Array, weight: Array, bias: Array | None = None, *,
@@ -386,6 +465,11 @@ def linear(x: Array, weight: Array, bias: Array | None = None, *,
     _same_dtype(x, weight, "weight")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but weight {tuple(weight.shape)} expects {weight.shape[1]}")
+    if bias is not None:
+        check_array(be, bias, "bias", ndim=1)
+        _same_dtype(x, bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     y = x @ weight.T
     return y if bias is None else y + bias
 
@@ -403,6 +487,8 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
     if not be.is_native(labels) or labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be a 1-D integer array of backend {be.name!r}, got "
                         f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {getattr(labels, 'shape', '')}")
+    if logits.shape[0] == 0:
+        raise ValueError("logits must hold at least one row (batch size >= 1)")
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} entries but logits has {logits.shape[0]} rows")
     if be.device == "cpu" and labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):

@@ -127,7 +127,7 @@ def test_bad_bias(xw, bias, exc, match):
     ("SAME", ValueError, r"padding must be .*got 'SAME'"),
     (-1, ValueError, r"padding must be >= 0"),
     ((0, -1), ValueError, r"padding must be >= 0"),
-    ((0, 0, -1, 0), ValueError, r"padding must be non-negative ints"),
+    ((0, 0, -1, 0), ValueError, r"padding must be non-negative"),
     ((1, 1, 1), TypeError, r"padding must be an int or a pair of ints"),
 ])
 def test_bad_padding(xw, padding, exc, match):
@@ -198,9 +198,12 @@ def test_max_pool_backward_index_shape():
         F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 3, 3), np.int64), (1, 1, 4, 4), backend=BE)
 
 
-@pytest.mark.parametrize("p", [0, -2.0, float("nan"), "2", True])
-def test_bad_lp_norm_type(p):
-    with pytest.raises(ValueError, match=r"norm_type \(p\) must be a positive number"):
+@pytest.mark.parametrize("p, exc, match", [
+    (0, ValueError, "must be a positive number"), (-2.0, ValueError, "must be a positive number"),
+    (float("nan"), ValueError, "must be finite"), (float("inf"), ValueError, "must be finite"),
+    ("2", TypeError, "must be a real number"), (True, TypeError, "must be a real number")])
+def test_bad_lp_norm_type(p, exc, match):
+    with pytest.raises(exc, match=r"norm_type \(p\) " + match):
         F.lp_pool2d(np.zeros((1, 1, 4, 4)), p, 2, backend=BE)
 
 
@@ -221,7 +224,7 @@ def test_activation_checks():
         F.leaky_relu(x, -0.1, backend=BE)
     with pytest.raises(TypeError, match=r"x must be float32 or float64"):
         F.relu(x.astype(int), backend=BE)
-    with pytest.raises(ValueError, match=r"dy shape \(2, 3\) must equal y shape \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"y must have the shape of dy, \(2, 3\); got \(3, 2\)"):
         F.activation_backward(x, np.zeros((3, 2)), "relu", backend=BE)
 
 
@@ -254,7 +257,45 @@ def test_batch_norm_checks():
 
 
 # ----------------------------------------------------------------------------------------------- dropout, loss
-@pytest.mark.parametrize("p", [1.0, -0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(p=float("nan")), ValueError, r"p must be finite"),
+    (dict(p="0.5"), TypeError, r"p must be a real number"),
+    (dict(seed=None), TypeError, r"seed must be an int"),
+    (dict(shape=(2, -3)), ValueError, r"shape must be a tuple of non-negative ints"),
+    (dict(dtype="int32"), TypeError, r"dtype must be float32 or float64"),
+])
+def test_dropout_bad_arguments(kwargs, exc, match):
+    args = dict(shape=(2, 3), p=0.5, seed=0) | kwargs
+    with pytest.raises(exc, match=match):
+        F.dropout_mask(**args, backend=BE)
+
+
+def test_pool_backward_checks_dy_against_forward_shape():
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 1, 2, 2\)"):
+        F.avg_pool2d_backward(np.zeros((1, 1, 3, 3)), (1, 1, 4, 4), 2, backend=BE)
+    with pytest.raises(ValueError, match=r"x_shape \(1, 2, 4, 4\) and dy"):
+        F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int64), (1, 2, 4, 4), backend=BE)
+    with pytest.raises(TypeError, match=r"indices must be the integer argmax"):
+        F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), (1, 1, 4, 4), backend=BE)
+
+
+def test_batch_norm_parameter_dtype_must_match_x():
+    x = np.zeros((2, 3, 2, 2), np.float32)
+    c = np.zeros(3, np.float64)
+    with pytest.raises(TypeError, match=r"weight has dtype float64 but x has float32"):
+        F.batch_norm(x, c, c, c, c, backend=BE)
+
+
+def test_stride_accepts_numpy_ints_and_rejects_floats():
+    x, w = np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3))
+    assert F.conv2d(x, w, stride=np.int64(2), backend=BE).shape == (1, 1, 2, 2)
+    with pytest.raises(TypeError, match=r"stride must be an int or a pair of ints, got 1.5"):
+        F.conv2d(x, w, stride=1.5, backend=BE)
+    with pytest.raises(TypeError, match=r"groups must be a positive int"):
+        F.conv2d(x, w, groups=True, backend=BE)
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
 def test_dropout_probability_range(p):
     with pytest.raises(ValueError, match=r"dropout probability p must be in \[0, 1\)"):
         F.dropout_mask((2, 3), p, seed=0, backend=BE)

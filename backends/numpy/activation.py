@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
 
 

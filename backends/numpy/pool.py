@@ -7,6 +7,7 @@ so every tap's slice exists, and those extra cells never count (max: -inf, sums:
 from __future__ import annotations
 
 import numpy as np
+
 from cnnkit.backends import pool_output_size
 
 from .conv import pad_nchw, window_slice
