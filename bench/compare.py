@@ -1,0 +1,10 @@
+"""Head-to-head benchmark of cnnkit's backends against PyTorch: ``python3 bench/compare.py ...`` is
+``cnnkit bench ...`` (see ``--help``; the engine is :mod:`cnnkit.benchmark`)."""
+from __future__ import annotations
+
+import sys
+
+from cnnkit.benchmark import main
+
+if __name__ == "__main__":
+    sys.exit(main())
