@@ -38,7 +38,6 @@ from cnnkit.nn import (
     Linear,
     LPPool2d,
     MaxPool2d,
-    Parameter,
     Residual,
     Subsampling,
 )
@@ -54,20 +53,13 @@ def summary(model: Layer, input_shape: Sequence[int] | None = None, print_table:
     connected weights, so classic LeNet-5 totals 60,850). The total row's output_shape is the model's output.
     """
     calls, out_shape = _trace(model, input_shape)
-    rows = [{"name": name, "type": type(layer).__name__, "output_shape": y_shape, "params": _own_params(layer)}
+    rows = [{"name": name, "type": type(layer).__name__, "output_shape": y_shape, "params": layer.own_parameter_count()}
             for name, layer, _, y_shape in calls]
-    total = sum(_own_params(layer) for _, layer in model.modules())
+    total = sum(layer.own_parameter_count() for _, layer in model.modules())
     rows.append({"name": "total", "type": "", "output_shape": out_shape, "params": total})
     if print_table:
         _print(rows, ("name", "type", "output_shape", "params"))
     return rows
-
-
-def _own_params(layer: Layer) -> int:
-    """Parameters held by ``layer`` itself (not its children), counting only connected conv weights."""
-    if isinstance(layer, Conv2d):
-        return layer.num_effective_parameters()
-    return sum(int(v.data.size) for v in vars(layer).values() if isinstance(v, Parameter))
 
 
 # ----------------------------------------------------------------------------------------------- receptive field

@@ -38,7 +38,7 @@ def test_lenet5_classic_parameter_counts():
     assert c5.num_parameters() == 48120
     assert f6.num_parameters() == 10164
     assert out.num_parameters() == 850
-    assert nn.num_effective_parameters(model) == 60850
+    assert model.num_effective_parameters() == 60850
     assert all(isinstance(model[i], nn.ScaledTanh) for i in (1, 3, 5, 7, 9, 12))
 
 
@@ -50,7 +50,7 @@ def test_lenet5_modern_layout_and_count():
     assert [name for name, _ in model.named_parameters()] == [
         "0.weight", "0.bias", "3.weight", "3.bias", "6.weight", "6.bias", "9.weight", "9.bias",
         "11.weight", "11.bias"]
-    assert model.num_parameters() == 61706 == nn.num_effective_parameters(model)   # 156+2416+48120+10164+850
+    assert model.num_parameters() == 61706 == model.num_effective_parameters()   # 156+2416+48120+10164+850
 
 
 def test_small_lenets_counts():

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cnnkit.backend import backend as resolve_backend, get_backend
+from cnnkit.backend import backend as resolve_backend
+from cnnkit.backend import get_backend
 from cnnkit.backends import Backend
 
 Array = Any
@@ -80,6 +81,15 @@ class Layer:
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.parameters())
 
+    def own_parameter_count(self) -> int:
+        """Parameters held by this layer itself (not its children) that can be nonzero."""
+        return sum(int(np.prod(v.shape)) for v in vars(self).values() if isinstance(v, Parameter))
+
+    def num_effective_parameters(self) -> int:
+        """Like num_parameters, but a conv with a connection table counts only its connected weights
+        (LeNet-5 classic: 60,850)."""
+        return sum(layer.own_parameter_count() for _, layer in self.modules())
+
     # -- state ---------------------------------------------------------------------------------------------
     @property
     def backend(self) -> Backend:
@@ -113,7 +123,7 @@ class Layer:
         for _, layer in self.modules():
             src = layer._backend
             layer._backend = be
-            for name, value in list(vars(layer).items()):
+            for value in list(vars(layer).values()):
                 if isinstance(value, Parameter):
                     value.data = _move(value.data, src, be, dtype)
                     value.grad = None if value.grad is None else _move(value.grad, src, be, dtype)
@@ -146,7 +156,7 @@ class Layer:
             layer, attr = targets[name]
             current = getattr(layer, attr)
             current_data = current.data if isinstance(current, Parameter) else current
-            value = np.asarray(state[name])
+            value = np.array(state[name])  # a copy: never share memory with the caller's arrays
             if tuple(value.shape) != tuple(current_data.shape):
                 raise ValueError(f"shape mismatch for {name!r}: the model has {tuple(current_data.shape)}, "
                                  f"the state dict has {tuple(value.shape)}")

@@ -75,7 +75,7 @@ class Conv2d(Layer):
         self._mask = None if self.connections is None else self.backend.asarray(
             self.connections[:, :, None, None], dtype=self.weight.data.dtype)
 
-    def num_effective_parameters(self) -> int:
+    def own_parameter_count(self) -> int:
         """Parameters that can be nonzero: connected weights plus biases (LeNet-5's C3: 60 * 25 + 16 = 1516)."""
         per_map = self.kernel_size[0] * self.kernel_size[1]
         maps = self.weight.shape[0] * self.weight.shape[1] if self.connections is None else int(self.connections.sum())
