@@ -389,7 +389,8 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
                                              f"{'cupy' if device == 'gpu' else 'numpy'}"}
     if device == "gpu":
         import cupy
-        info["processor"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        info["processor"] = name.decode() if isinstance(name, bytes) else str(name)
     for name in ("numba", "cupy", "torch"):
         module = sys.modules.get(name)
         if module is not None:
@@ -491,9 +492,9 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info(args.device, threads)
     print(format_table(rows, machine))
     args.out.mkdir(parents=True, exist_ok=True)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
+    config = {k: v for k, v in vars(args).items() if not callable(v)}
     (args.out / "bench.json").write_text(json.dumps({"machine": machine, "config": config, "results": rows},
-                                                    indent=1))
+                                                    indent=1, default=str))
     note = write_chart(rows, machine, args.out / "bench.png")
     print(note or f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     if note:

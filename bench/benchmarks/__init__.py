@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from cnnkit.backends import BACKEND_NAMES, Backend
 
 BACKENDS: tuple[str, ...] = BACKEND_NAMES
