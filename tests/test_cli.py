@@ -1,0 +1,149 @@
+"""The ``cnnkit`` command line, run as ``python -m cnnkit`` in a subprocess (and in-process for error paths):
+info, summary, train on IDX files, eval of the checkpoint, demo, bench wiring, and one-line errors."""
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnkit import cli, train
+from cnnkit.data import write_idx
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess | tuple, code: int, pattern: str) -> None:
+    returncode, stderr = (result.returncode, result.stderr) if hasattr(result, "returncode") else result
+    assert returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnkit: error: "), stderr
+    assert "Traceback" not in stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """An MNIST-format dataset (IDX files): 10 classes, 60 train and 20 test 28x28 images."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 20)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
+        images[np.arange(n), labels * 2 + 4, :] = 255  # a bright row whose position gives the class
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def test_info_lists_backends():
+    result = run("info")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"numpy\s+available\s+numpy \d", result.stdout)
+    for name in ("numba", "cupy"):
+        assert re.search(rf"\n  {name}\s+(available|unavailable  .+; install: )", result.stdout), result.stdout
+
+
+def test_summary_lenet5():
+    result = run("summary", "lenet5")
+    assert result.returncode == 0, result.stderr
+    assert "61,706" in result.stdout and "Conv2d" in result.stdout and "FLOPs per image" in result.stdout
+
+
+def test_train_then_eval_the_checkpoint(digits, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "lenet5", "--dataset", "mnist", "--data-root", str(digits), "--epochs", "2",
+                 "--max-steps", "9", "--batch-size", "8", "--lr", "0.02", "--schedule", "cosine", "--augment",
+                 "--out", str(out), "--seed", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "54 train, 6 val, 20 test images" in result.stdout
+    assert re.search(r"epoch 2/2: train loss [\d.]+ acc", result.stdout)
+    trained = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+) \(20 images\)", result.stdout)
+    assert trained, result.stdout
+    state = train.load_checkpoint(out / "last.npz")
+    assert state["epoch"] == 2 and state["steps"] == 9 and state["metadata"]["model"] == "lenet5"
+    assert (out / "best.npz").is_file() and (out / "history.csv").is_file()
+
+    result = run("eval", str(out / "best.npz"), "--data-root", str(digits))
+    assert result.returncode == 0, result.stderr
+    evaluated = re.search(r"on mnist test: loss ([\d.]+), accuracy ([\d.]+) \(20 images\)", result.stdout)
+    assert evaluated, result.stdout
+    assert evaluated.groups() == trained.groups(), "eval must reproduce train's test result for best.npz"
+
+
+def test_demo_runs_tiny():
+    result = run("demo", "--backend", "numpy", "--epochs", "1", "--steps", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "backend numpy" in result.stdout
+    assert re.search(r"epoch 1/1: train loss [\d.]+ acc [\d.]+ \| val loss", result.stdout)
+    assert re.search(r"final test accuracy [\d.]+% on 1000 images; total time [\d.]+ s", result.stdout)
+
+
+def test_bench_is_wired(tmp_path):
+    result = run("bench", "--models", "lenet5", "--backends", "numpy", "--batch", "2", "--mode", "infer",
+                 "--rounds", "1", "--warmup", "0", "--min-time", "0", "--no-torch", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "lenet5" in result.stdout and "numpy" in result.stdout
+
+
+def test_unknown_model_is_a_usage_error():
+    assert_one_line_error(run("summary", "lenet7"), 2, "invalid choice: 'lenet7'")
+
+
+def test_bad_backend_is_a_usage_error():
+    assert_one_line_error(run("demo", "--backend", "tpu"), 2, "invalid choice: 'tpu'")
+
+
+def test_missing_data_dir_is_a_runtime_error(tmp_path):
+    assert_one_line_error(run("train", "lenet5", "--dataset", "mnist", "--data-root", str(tmp_path / "nope")),
+                          1, "--data-root .*nope: no such file or directory")
+
+
+def test_dataset_not_in_the_data_dir(tmp_path):
+    assert_one_line_error(run("train", "lenet1", "--dataset", "mnist", "--data-root", str(tmp_path)),
+                          1, "dataset 'mnist' .*not found")
+
+
+def main_in_process(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_unavailable_backend_is_a_runtime_error(capsys, monkeypatch):
+    registry = importlib.import_module("cnnkit.backend")  # the module; cnnkit.backend is also a function
+    monkeypatch.setattr(registry, "_created", {})
+    monkeypatch.setattr(registry, "unavailable_reason", lambda name: "no device here" if name == "numba" else None)
+    assert_one_line_error(main_in_process(capsys, "demo", "--backend", "numba", "--steps", "1"),
+                          1, "backend 'numba' is not available: no device here")
+
+
+def test_usage_errors_in_process(capsys):
+    for argv, pattern in ((["train", "lenet5"], "--dataset"), (["train", "lenet5", "--dataset", "x", "--epochs",
+                                                                "0"], "positive int"), ([], "COMMAND")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert_one_line_error((exit_info.value.code, capsys.readouterr().err), 2, pattern)
+
+
+def test_eval_errors(capsys, tmp_path):
+    assert_one_line_error(main_in_process(capsys, "eval", str(tmp_path / "none.npz")), 1, "does not exist")
+    train.save_checkpoint(tmp_path / "bare.npz", {"model": {}, "metadata": None})
+    assert_one_line_error(main_in_process(capsys, "eval", str(tmp_path / "bare.npz")), 1, "no model metadata")
+
+
+def test_example_script_trains_and_plots(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_lenet.py"
+    result = subprocess.run([sys.executable, str(script), "1"], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"test accuracy [\d.]+% on 1000 images", result.stdout)
+    out = tmp_path / "runs" / "lenet5-example"
+    for name in ("best.npz", "history.csv", "learning_curves.png", "confusion_matrix.png", "filters.png"):
+        assert (out / name).stat().st_size > 0, name
