@@ -66,6 +66,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def _default_backend() -> str:
     """numba when it can run here (fastest on CPU), else numpy."""
     from cnnkit.backend import unavailable_reason
@@ -191,8 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                           weight_decay=args.weight_decay)
     schedule = _schedule(args.schedule, optimizer, args.epochs)
     metadata = {"model": args.model, "num_classes": len(train_set.classes), "classes": train_set.classes,
-                "dataset": str(args.dataset), "data_root": args.data_root, "mean": mean, "std": std,
-                "backend": args.backend, "dtype": args.dtype}
+                "dataset": str(args.dataset), "mean": mean, "std": std, "backend": args.backend, "dtype": args.dtype,
+                "data_root": None if args.data_root is None else str(Path(args.data_root).resolve())}
     print(f"training {args.model} ({model.num_parameters():,} parameters) on {train_set.name}: "
           f"{len(train_set)} train, {0 if val_set is None else len(val_set)} val, {len(test_set)} test images; "
           f"backend {args.backend}, {args.dtype}")
@@ -319,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default="none",
                    help="learning-rate schedule: step (x0.1 every epochs/3) or cosine (default none)")
     p.add_argument("--augment", action="store_true", help="random shifts (and mirroring for colour images)")
-    p.add_argument("--val-fraction", type=_non_negative_float, default=0.1,
+    p.add_argument("--val-fraction", type=_fraction, default=0.1,
                    help="fraction of the train split held out for validation and best-checkpoint choice "
                         "(default 0.1; 0 for none)")
     p.add_argument("--early-stopping", type=_positive(int), metavar="PATIENCE",
@@ -384,14 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnkit`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.showwarning = _warning_line
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("cnnkit: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # the CLI's contract: one line, no traceback (unless --debug)
-        if args.debug:
-            raise
-        print(f"cnnkit: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("cnnkit: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # the CLI's contract: one line, no traceback (unless --debug)
+            if args.debug:
+                raise
+            print(f"cnnkit: error: {_one_line(exc)}", file=sys.stderr)
+            return 1

@@ -124,12 +124,16 @@ def test_unavailable_backend_is_a_runtime_error(capsys, monkeypatch):
                           1, "backend 'numba' is not available: no device here")
 
 
-def test_usage_errors_in_process(capsys):
-    for argv, pattern in ((["train", "lenet5"], "--dataset"), (["train", "lenet5", "--dataset", "x", "--epochs",
-                                                                "0"], "positive int"), ([], "COMMAND")):
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(argv)
-        assert_one_line_error((exit_info.value.code, capsys.readouterr().err), 2, pattern)
+@pytest.mark.parametrize("argv, pattern", [
+    (["train", "lenet5"], "--dataset"),
+    (["train", "lenet5", "--dataset", "x", "--epochs", "0"], "positive int"),
+    (["train", "lenet5", "--dataset", "x", "--val-fraction", "1"], r"fraction in \[0, 1\)"),
+    ([], "COMMAND"),
+])
+def test_usage_errors_in_process(capsys, argv, pattern):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert_one_line_error((exit_info.value.code, capsys.readouterr().err), 2, pattern)
 
 
 def test_eval_errors(capsys, tmp_path):
