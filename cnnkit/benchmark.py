@@ -391,11 +391,13 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
         import cupy
         name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
         info["processor"] = name.decode() if isinstance(name, bytes) else str(name)
-    for name in ("numba", "cupy", "torch"):
-        module = sys.modules.get(name)
-        if module is not None:
-            info[name] = module.__version__
     return info
+
+
+def engine_versions() -> dict[str, str]:
+    """Versions of the engines this process has run (call after the runs)."""
+    return {name: sys.modules[name].__version__ for name in ("numba", "cupy", "torch")
+            if getattr(sys.modules.get(name), "__version__", None)}
 
 
 def _cpu_name() -> str:
@@ -483,13 +485,14 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     threads = cpu_threads(backends)
+    machine = machine_info(args.device, threads)  # the GEMM peak first, before the cases heat the machine
     rows = []
     for model_name in args.models:
         for batch in args.batch:
             for mode in args.mode:
                 rows += run_case(model_name, batch, mode, backends, args.device, not args.no_torch,
                                  not args.no_compile, args.rounds, args.warmup, args.min_time, threads)
-    machine = machine_info(args.device, threads)
+    machine.update(engine_versions())
     print(format_table(rows, machine))
     args.out.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if not callable(v)}

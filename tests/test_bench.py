@@ -160,7 +160,7 @@ def test_bench_against_torch_end_to_end(tmp_path, capsys, monkeypatch):
         assert 0 < ours["pct_peak"] < 100
         assert rows[mode, "torch.compile"]["ms"] is None
         assert "no C++ compiler" in rows[mode, "torch.compile"]["note"]
-    assert rows["train", "numpy"]["pct_peak"] > 0 and data["machine"]["gemm_peak_gflops"] > 0
+    assert data["machine"]["gemm_peak_gflops"] > 0 and data["machine"]["torch"] == torch.__version__
     assert "ms/step" in out and "lenet5" in out and "torch.compile failed here" in out
     assert (tmp_path / "bench.png").stat().st_size > 0
 
@@ -168,7 +168,8 @@ def test_bench_against_torch_end_to_end(tmp_path, capsys, monkeypatch):
 def test_bench_with_torch_hidden(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert _bench(tmp_path) == 0
-    _, rows = _results(tmp_path)
+    data, rows = _results(tmp_path)
+    assert "torch" not in data["machine"]
     assert rows["train", "torch"]["ms"] is None and rows["train", "torch"]["note"] == "PyTorch is not installed"
     assert rows["train", "numpy"]["ms"] > 0 and rows["train", "numpy"]["vs_torch"] is None
     assert "PyTorch is not installed" in capsys.readouterr().out
