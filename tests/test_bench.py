@@ -18,6 +18,7 @@ from tolerances import MODEL_REL_F32
 
 from cnnkit import benchmark, models
 from cnnkit import functional as F
+from cnnkit.analysis import flops
 from cnnkit.backend import unavailable_reason
 from cnnkit.backends import BACKEND_NAMES
 
@@ -157,7 +158,11 @@ def test_bench_against_torch_end_to_end(tmp_path, capsys, monkeypatch):
         assert ours["ms"] > 0 and eager["ms"] > 0
         assert ours["images_per_s"] == pytest.approx(2 / (ours["ms"] / 1e3))
         assert ours["vs_torch"] == pytest.approx(eager["ms"] / ours["ms"]) and eager["vs_torch"] == 1
-        assert 0 < ours["pct_peak"] < 100
+        total = flops(models.create("lenet5"), batch_size=2)[-1]
+        expected = total["forward"] + (total["backward"] if mode == "train" else 0)
+        assert ours["gflop_per_step"] * 1e9 == pytest.approx(expected)
+        peak = data["machine"]["gemm_peak_gflops"]
+        assert ours["pct_peak"] == pytest.approx(100 * ours["gflop_per_step"] / (ours["ms"] / 1e3) / peak)
         assert rows[mode, "torch.compile"]["ms"] is None
         assert "no C++ compiler" in rows[mode, "torch.compile"]["note"]
     assert data["machine"]["gemm_peak_gflops"] > 0 and data["machine"]["torch"] == torch.__version__
@@ -189,8 +194,9 @@ def test_compare_script_without_torch(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--backends", "tensorflow"], "unknown backend 'tensorflow'"),
     (["--backends", "numpy", "--device", "gpu"], "does not run on --device gpu"),
+    (["--models", "alexnet"], "unknown model(s) alexnet"),
 ])
-def test_bad_backend_choice_is_a_clear_error(tmp_path, capsys, argv, message):
+def test_bad_backend_or_model_is_a_clear_error(tmp_path, capsys, argv, message):
     assert benchmark.main([*argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
 
