@@ -1,0 +1,76 @@
+"""Numba backend: ``@njit(parallel=True, cache=True)`` loops over NumPy arrays, float32 and float64.
+
+Importing this package does not import numba; :func:`create` does. Kernels compile on first use (or load from
+numba's on-disk cache, next to the sources or under ``NUMBA_CACHE_DIR``); :func:`warmup` compiles them up front.
+
+Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
+``numba.set_num_threads(n)``; nothing here overrides it. The matmuls of the conv BLAS path run on NumPy's BLAS
+threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``). Calling the backend from several Python threads at once
+needs a thread-safe threading layer (``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback
+aborts on concurrent use).
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from cnnkit.backends import Backend, collect_ops
+
+NAME = "numba"
+
+
+def unavailable_reason() -> str | None:
+    """None when numba imports, else why not."""
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:
+        return f"numba is not installed ({exc})"
+    return None
+
+
+def create() -> Backend:
+    from . import activation, conv, loss, norm, pool
+
+    return Backend(
+        name=NAME, xp=np, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
+        array_type=np.ndarray, device="cpu", to_numpy=np.asarray,
+    )
+
+
+def warmup(dtypes: Sequence[str] = ("float32",), verbose: bool = True) -> float:
+    """Compile (or load from cache) every kernel a LeNet or ResNet uses, on tiny inputs of each dtype in
+    ``dtypes``; returns the seconds it took (and prints them when ``verbose``)."""
+    from . import activation, conv, loss, norm, pool
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        x = rng.standard_normal((2, 3, 9, 9)).astype(dtype)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+        b = np.zeros(4, dtype=dtype)
+        geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+        for path in conv.PATHS:
+            y = conv.conv2d_forward(x, w, b, *geometry, activation="relu", path=path)
+            conv.conv2d_backward(y, x, w, *geometry, path=path)
+        y, argmax = pool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+        pool.max_pool2d_backward(y, argmax, x.shape)
+        y = pool.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), False, True)
+        pool.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), False, True)
+        y = pool.lp_pool2d_forward(x, 2.0, (2, 2), (2, 2), (0, 0), False)
+        pool.lp_pool2d_backward(y, x, y, 2.0, (2, 2), (2, 2), (0, 0), False)
+        y = activation.activation_forward(x, "tanh")
+        activation.activation_backward(y, y, "tanh")
+        stats = np.zeros(3, dtype=dtype), np.ones(3, dtype=dtype)
+        y, saved = norm.batch_norm_forward(x, stats[1], stats[0], *stats, True, 0.1, 1e-5)
+        norm.batch_norm_backward(y, saved, stats[1])
+        logits = x[:, :, 0, 0]
+        for log in (False, True):
+            y = activation.log_softmax_forward(logits) if log else activation.softmax_forward(logits)
+            (activation.log_softmax_backward if log else activation.softmax_backward)(y, y)
+        loss.softmax_cross_entropy(logits, np.array([0, 2]))
+    seconds = time.perf_counter() - start
+    if verbose:
+        print(f"cnnkit numba warmup ({', '.join(dtypes)}): {seconds:.2f} s")
+    return seconds

@@ -1,0 +1,432 @@
+"""Convolution, Numba: three kernels, chosen per shape by :func:`plan`, all parallel over the output they write.
+
+* ``shifted`` (stride 1, the common case): implicit GEMM with no im2col. On the zero-padded input planes, tap
+  (r, s) of output pixel u = oh * Wp + ow reads plane element u + r*dil_h*Wp + s*dil_w, so each GEMM operand row
+  is a shifted window of a plane that stays in cache; outputs are computed on the padded width ("wide" grid)
+  and the Wp - OW extra columns are dropped. Backward-data is the same kernel on dy padded by dil*(k-1) with the
+  flipped, transposed weights; backward-weight multiplies the shifted rows by dy transposed to the wide grid.
+* ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
+  plus the same GEMM; col2im for the input gradient.
+* ``direct`` (fewer than 4 outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4
+  register blocks would be mostly empty and the packing would cost as much as the multiply-adds.
+
+Rule: direct when K / groups < 4; else shifted when stride is 1 and the padded width is at most
+``MAX_WIDE_WASTE`` (1.5) times the output width (for backward-data: the dy-padded width vs the input width);
+else packed. ``path=`` forces one for forward and backward alike (tests run every path on every shape).
+
+Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
+the cores (measured: 10-30 ms stalls per conv when they alternate). The 4x4-blocked GEMM here runs inside the
+Numba tasks on one pool and matches single-thread OpenBLAS on conv-sized blocks (see gemm.py).
+
+Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
+forward over (image, group, pixel tile); backward-data over (image, group) for shifted and (image block, group)
+for packed (col2im scatters within its own images); backward-weight over (batch chunk, group) with one partial
+gradient per chunk, summed afterwards.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from cnnkit.backends import conv_output_size
+
+from .activation import act_value, code
+from .gemm import axpy_run, copy_run, gemm, tile_cols, tile_rows, valid_range
+
+Pair = tuple[int, int]
+Pads = tuple[int, int, int, int]
+
+GEMM_MIN_ROWS = 4
+MAX_WIDE_WASTE = 1.5
+TILE_ELEMS = 1 << 15   # packed: im2col elements per task tile (128 KiB in float32: stays in L2)
+ACC_ELEMS = 1 << 14    # shifted: accumulator elements per task tile (64 KiB in float32)
+MIN_TILE, MAX_TILE = 32, 1024  # pixels per tile: long enough to vectorise, short enough to stay in cache
+MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
+WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
+FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
+PATHS = ("direct", "shifted", "packed")
+
+
+# ----------------------------------------------------------------------------------------------- shifted path
+@njit(parallel=True, cache=True, fastmath=False)
+def _pad_planes(x, xp, top, left, wp):
+    """xp[n, c, (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xp (N, C, L) is 0."""
+    n_, c_, h_, w_ = x.shape
+    for task in prange(n_ * c_):
+        n, c = task // c_, task % c_
+        for i in range(xp.shape[2]):
+            xp[n, c, i] = 0
+        for h in range(h_):
+            copy_run(xp[n, c], (top + h) * wp + left, x[n, c, h], 0, 1, w_)
+
+
+@njit(cache=True, fastmath=False)
+def _tap_rows(cg, r_, s_, wp, dil_h, dil_w):
+    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window."""
+    rows = cg * r_ * s_
+    chan, off = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    for c in range(cg):
+        for r in range(r_):
+            for s in range(s_):
+                q = (c * r_ + r) * s_ + s
+                chan[q], off[q] = c, r * dil_h * wp + s * dil_w
+    return chan, off
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind, slope):
+    """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
+    xp[n, g*Cg + c, (y + row0 + r*dil_h) * wp + x + col0 + s*dil_w]): a stride-1 correlation of the padded
+    planes xp (N, C, Hp*wp), on the wide grid u = row * wp + col, tiles of tu pixels."""
+    groups, kg, rows = wq.shape
+    n_, cg = xp.shape[0], xp.shape[1] // groups
+    oh_, ow_ = out.shape[2], out.shape[3]
+    u_start, u_end = row0 * wp + col0, (row0 + oh_ - 1) * wp + col0 + ow_
+    tiles = (u_end - u_start + tu - 1) // tu
+    chan, off = _tap_rows(cg, r_, s_, wp, dil_h, dil_w)
+    for task in prange(n_ * groups * tiles):
+        n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
+        ua = u_start + tile * tu
+        t = min(tu, u_end - ua)
+        acc = np.zeros((kg, tu), dtype=out.dtype)
+        arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
+        gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
+        for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
+            lo, hi = max(row * wp + col0, ua), min(row * wp + col0 + ow_, ua + t)
+            for k in range(kg):
+                kk = g * kg + k
+                for u in range(lo, hi):
+                    out[n, kk, row - row0, u - row * wp - col0] = act_value(acc[k, u - ua] + b[kk], kind, slope)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _wide_transpose(dy, dyw, wp):
+    """dyw[n, oh * wp + ow, k] = dy[n, k, oh, ow]; the wide grid's extra columns are 0."""
+    n_, k_, oh_, ow_ = dy.shape
+    for n in prange(n_):
+        for oh in range(oh_):
+            for ow in range(ow_, wp):
+                if oh * wp + ow < dyw.shape[1]:
+                    for k in range(k_):
+                        dyw[n, oh * wp + ow, k] = 0
+            for ow in range(ow_):
+                for k in range(k_):
+                    dyw[n, oh * wp + ow, k] = dy[n, k, oh, ow]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _shifted_weight(xp, dyw, part, wp, r_, s_, dil_h, dil_w):
+    """part[chunk, g, (c, r, s), k] = sum over the chunk's images and wide pixels u of
+    xp[n, g*Cg + c, u + offset(r, s)] * dyw[n, u, g*Kg + k]."""
+    chunks, groups, rows, kg = part.shape
+    n_, cg, u_ = xp.shape[0], xp.shape[1] // groups, dyw.shape[1]
+    chan, off = _tap_rows(cg, r_, s_, wp, dil_h, dil_w)
+    for task in prange(chunks * groups):
+        chunk, g = task // groups, task % groups
+        brow, boff = np.arange(u_), np.full(u_, g * kg, dtype=np.int64)
+        for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
+            gemm(xp[n], chan + g * cg, off, dyw[n], brow, boff, part[chunk, g], rows, u_, kg)
+
+
+# ----------------------------------------------------------------------------------------------- packed path
+@njit(parallel=True, cache=True, fastmath=False)
+def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
+    """y3[n, k, p] = act(sum over the group's (c, r, s) of w3[g, k, (c, r, s)] * cols + b[k])."""
+    groups, kg, rows = w3.shape
+    cg, p_ = x.shape[1] // groups, y3.shape[2]
+    total = y3.shape[0] * p_
+    tiles = (total + tp - 1) // tp
+    for task in prange(tiles * groups):
+        tile, g = task // groups, task % groups
+        j0 = tile * tp
+        t = min(tp, total - j0)
+        cols = np.empty((rows, tp), dtype=y3.dtype)
+        acc = np.zeros((kg, tp), dtype=y3.dtype)
+        tile_cols(x, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, False)
+        gemm(w3[g], np.arange(kg), np.zeros(kg, dtype=np.int64), cols, np.arange(rows),
+             np.zeros(rows, dtype=np.int64), acc, kg, rows, t)
+        jj = 0
+        while jj < t:  # epilogue: bias + activation, back to NCHW
+            n = (j0 + jj) // p_
+            p = j0 + jj - n * p_
+            cnt = min(p_ - p, t - jj)
+            for k in range(kg):
+                kk = g * kg + k
+                for q in range(cnt):
+                    y3[n, kk, p + q] = act_value(acc[k, jj + q] + b[kk], kind, slope)
+            jj += cnt
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _packed_backward_data(dy3, wt3, dx, ib, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w):
+    """dx (zeroed) += col2im(w^T @ dy), one task per (block of ib images, group)."""
+    groups, rows, kg = wt3.shape
+    n_, cg, p_ = dx.shape[0], dx.shape[1] // groups, dy3.shape[2]
+    blocks = (n_ + ib - 1) // ib
+    for task in prange(blocks * groups):
+        blk, g = task // groups, task % groups
+        j_end = min(n_, (blk + 1) * ib) * p_
+        dyt = np.empty((kg, tp), dtype=dx.dtype)
+        cols = np.empty((rows, tp), dtype=dx.dtype)
+        for j0 in range(blk * ib * p_, j_end, tp):
+            t = min(tp, j_end - j0)
+            tile_rows(dy3, dyt, j0, t, g * kg, kg, False)
+            for q in range(rows):
+                for jj in range(t):
+                    cols[q, jj] = 0
+            gemm(wt3[g], np.arange(rows), np.zeros(rows, dtype=np.int64), dyt, np.arange(kg),
+                 np.zeros(kg, dtype=np.int64), cols, rows, kg, t)
+            tile_cols(dx, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, True)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w):
+    """part[chunk, g, (c, r, s), k] (zeroed) += cols @ dy^T over the chunk's share of the N*OH*OW pixels."""
+    chunks, groups, rows, kg = part.shape
+    cg = x.shape[1] // groups
+    total = dy3.shape[0] * dy3.shape[2]
+    for task in prange(chunks * groups):
+        chunk, g = task // groups, task % groups
+        j_end = (chunk + 1) * total // chunks
+        cols = np.empty((rows, tp), dtype=x.dtype)
+        dyt = np.empty((tp, kg), dtype=x.dtype)
+        for j0 in range(chunk * total // chunks, j_end, tp):
+            t = min(tp, j_end - j0)
+            tile_cols(x, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, False)
+            tile_rows(dy3, dyt, j0, t, g * kg, kg, True)
+            gemm(cols, np.arange(rows), np.zeros(rows, dtype=np.int64), dyt, np.arange(t),
+                 np.zeros(t, dtype=np.int64), part[chunk, g], rows, t, kg)
+
+
+# ----------------------------------------------------------------------------------------------- direct path
+@njit(parallel=True, cache=True, fastmath=False)
+def _direct_forward(x, w, b, y, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
+    """One task per (n, k) output plane: sum of the group's taps, then bias + activation."""
+    n_, c_, h_, w_ = x.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    kg = k_ // (c_ // cg)
+    for task in prange(n_ * k_):
+        n, k = task // k_, task % k_
+        c0 = (k // kg) * cg
+        out = y[n, k]
+        out[:, :] = 0
+        for c in range(cg):
+            for r in range(r_):
+                for s in range(s_):
+                    wv, off = w[k, c, r, s], s * dil_w - pl
+                    lo, hi = valid_range(off, sw, w_, 0, ow_)
+                    for oh in range(oh_):
+                        ih = oh * sh - pt + r * dil_h
+                        if 0 <= ih < h_:
+                            axpy_run(out[oh], lo, 1, x[n, c0 + c, ih], lo * sw + off, sw, hi - lo, wv)
+        for oh in range(oh_):
+            for ow in range(ow_):
+                out[oh, ow] = act_value(out[oh, ow] + b[k], kind, slope)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _direct_backward_data(dy, w, dx, sh, sw, pt, pl, dil_h, dil_w):
+    """One task per (n, c) input plane, gathering from the group's output planes."""
+    n_, c_, h_, w_ = dx.shape
+    k_, cg, r_, s_ = w.shape
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    kg = k_ // (c_ // cg)
+    for task in prange(n_ * c_):
+        n, ci = task // c_, task % c_
+        g, c = ci // cg, ci % cg
+        plane = dx[n, ci]
+        plane[:, :] = 0
+        for k in range(g * kg, (g + 1) * kg):
+            for r in range(r_):
+                for s in range(s_):
+                    wv, off = w[k, c, r, s], s * dil_w - pl
+                    lo, hi = valid_range(off, sw, w_, 0, ow_)
+                    for oh in range(oh_):
+                        ih = oh * sh - pt + r * dil_h
+                        if 0 <= ih < h_:
+                            axpy_run(plane[ih], lo * sw + off, sw, dy[n, k, oh], lo, 1, hi - lo, wv)
+
+
+@njit(cache=True, fastmath=False)
+def _product_run(lanes, g, row, lo, hi, start, step):
+    """lanes[o] += g[o] * row[start + (o - lo) * step] for lo <= o < hi (unsigned indices: vectorises)."""
+    if hi <= lo:
+        return
+    d, o, st = np.uint64(lo), np.uint64(start), np.uint64(step)
+    if step == 1:
+        for u in range(np.uint64(hi - lo)):
+            lanes[d + u] += g[d + u] * row[o + u]
+    else:
+        for u in range(np.uint64(hi - lo)):
+            lanes[d + u] += g[d + u] * row[o + u * st]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _direct_backward_weight(dy, x, part, sh, sw, pt, pl, dil_h, dil_w):
+    """part[chunk, k, c, r, s]: the weight gradient from the chunk's share of the batch; one task per
+    (chunk, k, c), one running sum per output column (a vector, so no reassociation is needed)."""
+    n_, c_, h_, w_ = x.shape
+    chunks, k_, cg, r_, s_ = part.shape
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    kg = k_ // (c_ // cg)
+    for task in prange(chunks * k_ * cg):
+        chunk, k, c = task // (k_ * cg), (task // cg) % k_, task % cg
+        ci = (k // kg) * cg + c
+        lanes = np.empty(ow_, dtype=part.dtype)
+        for r in range(r_):
+            for s in range(s_):
+                off = s * dil_w - pl
+                lo, hi = valid_range(off, sw, w_, 0, ow_)
+                for ow in range(ow_):
+                    lanes[ow] = 0
+                for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
+                    for oh in range(oh_):
+                        ih = oh * sh - pt + r * dil_h
+                        if 0 <= ih < h_:
+                            _product_run(lanes, dy[n, k, oh], x[n, ci, ih], lo, hi, lo * sw + off, sw)
+                part[chunk, k, c, r, s] = lanes.sum()
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _bias_grad(dy3, db):
+    """db[k] = sum of dy over (n, oh, ow), accumulated in float64."""
+    for k in prange(dy3.shape[1]):
+        acc = 0.0
+        for n in range(dy3.shape[0]):
+            for p in range(dy3.shape[2]):
+                acc += dy3[n, k, p]
+        db[k] = acc
+
+
+# ----------------------------------------------------------------------------------------------- the ops
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tile(rows: int, total: int, tasks_outside: int = 1) -> int:
+    """Pixels per tile: cache-sized, at least MIN_TILE, and short enough for MIN_TASKS tasks in all."""
+    tp = max(MIN_TILE, min(TILE_ELEMS // rows, MAX_TILE))
+    return max(1, min(tp, max(MIN_TILE, _cdiv(total * tasks_outside, MIN_TASKS)), total))
+
+
+def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
+         path: str | None = None) -> tuple[str, str]:
+    """(path of forward and backward-weight, path of backward-data) for this conv; see the module docstring."""
+    if path is not None:
+        if path not in PATHS:
+            raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
+        if path == "shifted" and stride != (1, 1):
+            raise ValueError("path='shifted' needs stride 1")
+        return path, path
+    if w_shape[0] // groups < GEMM_MIN_ROWS:
+        return "direct", "direct"
+    if stride != (1, 1):
+        return "packed", "packed"
+    span = dilation[1] * (w_shape[3] - 1)
+    out_w = x_shape[3] + padding[2] + padding[3] - span
+    forward = "shifted" if x_shape[3] + padding[2] + padding[3] <= MAX_WIDE_WASTE * out_w else "packed"
+    data = "shifted" if out_w + 2 * span <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+    return forward, data
+
+
+def _geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair):
+    oh = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[2], padding[3], dilation[1])
+    return oh, ow, (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+
+
+def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> tuple[np.ndarray, int]:
+    """x as (N, C, Hp*Wp) zero-padded planes (no copy when there is no padding), and Wp."""
+    n, c, h, w = x.shape
+    hp, wp = h + top + bottom, w + left + right
+    if top == bottom == left == right == 0:
+        return x.reshape(n, c, h * w), wp
+    xp = np.empty((n, c, hp * wp), dtype=x.dtype)
+    _pad_planes(x, xp, top, left, wp)
+    return xp, wp
+
+
+def _shifted_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) -> int:
+    """Wide-grid pixels per shifted tile: the operand rows are windows of planes already in cache, so the
+    tile is bounded by the accumulator (ACC_ELEMS), then split evenly, into enough tiles for MIN_TASKS tasks."""
+    total = (oh - 1) * wp + ow
+    tiles = max(_cdiv(total, max(MIN_TILE, ACC_ELEMS // outputs)), min(_cdiv(MIN_TASKS, n * groups),
+                                                                        _cdiv(total, MIN_TILE)))
+    return _cdiv(total, tiles)
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
+                   dilation: Pair, groups: int, activation: str | None = None,
+                   path: str | None = None) -> np.ndarray:
+    """y = act(cross_correlate(x, w) + b), shape (N, K, OH, OW); ``path`` forces one of PATHS."""
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype)
+    n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    oh, ow, geo = _geometry(x.shape, w.shape, stride, padding, dilation)
+    b = np.zeros(k, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((n, k, oh, ow), dtype=x.dtype)
+    kind = code(activation)
+    route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
+    w3 = w.reshape(groups, k // groups, -1)
+    if route == "direct":
+        _direct_forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
+    elif route == "shifted":
+        xp, wp = _padded(x, *padding)
+        _shifted_conv(xp, w3, b, y, wp, 0, 0, r, s, *dilation, _shifted_tile(w3.shape[1], n, groups, oh, ow, wp),
+                      kind, FUSED_SLOPE)
+    else:
+        tp = _tile(w3.shape[2], n * oh * ow, groups)
+        _packed_forward(x, w3, b, y.reshape(n, k, oh * ow), tp, r, s, oh, ow, *geo, kind, FUSED_SLOPE)
+    return y
+
+
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
+                    groups: int, need_dx: bool = True, need_db: bool = True, path: str | None = None):
+    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; dx / db are None when not needed."""
+    x = np.ascontiguousarray(x)
+    w, dy = np.ascontiguousarray(w, dtype=x.dtype), np.ascontiguousarray(dy, dtype=x.dtype)
+    n, c, k, r, s = x.shape[0], x.shape[1], w.shape[0], w.shape[2], w.shape[3]
+    oh, ow, geo = _geometry(x.shape, w.shape, stride, padding, dilation)
+    kg, rows = k // groups, w[0].size
+    dy3 = dy.reshape(n, k, oh * ow)
+    db = None
+    if need_db:
+        db = np.empty(k, dtype=x.dtype)
+        _bias_grad(dy3, db)
+    weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
+    if weight_route == "direct":
+        part = np.empty((min(n, _cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
+        _direct_backward_weight(dy, x, part, *geo)
+        dw = part.sum(axis=0)
+    else:
+        if weight_route == "shifted":
+            xp, wp = _padded(x, *padding)
+            part = np.zeros((min(n, WEIGHT_CHUNKS), groups, rows, kg), dtype=x.dtype)
+            dyw = np.empty((n, (oh - 1) * wp + ow, k), dtype=x.dtype)
+            _wide_transpose(dy, dyw, wp)
+            _shifted_weight(xp, dyw, part, wp, r, s, *dilation)
+        else:
+            tp = _tile(rows, n * oh * ow)
+            part = np.zeros((min(WEIGHT_CHUNKS, _cdiv(n * oh * ow, tp)), groups, rows, kg), dtype=x.dtype)
+            _packed_weight(dy3, x, part, tp, r, s, oh, ow, *geo)
+        dw = np.ascontiguousarray(part.sum(axis=0).transpose(0, 2, 1)).reshape(w.shape)
+    if not need_dx:
+        return None, dw, db
+    if data_route == "direct":
+        dx = np.empty_like(x)
+        _direct_backward_data(dy, w, dx, *geo)
+    elif data_route == "shifted":  # correlate dy, padded by dil*(k-1), with the flipped transposed weights
+        ph, pw = dilation[0] * (r - 1), dilation[1] * (s - 1)
+        dyp, wq_ = _padded(dy, ph, ph, pw, pw)
+        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].reshape(groups, kg, c // groups, r, s).transpose(0, 2, 1, 3, 4))
+        dx = np.empty_like(x)
+        _shifted_conv(dyp, wf.reshape(groups, c // groups, -1), np.zeros(c, dtype=x.dtype), dx, wq_,
+                      padding[0], padding[2], r, s, *dilation, _shifted_tile(c // groups, n, groups, x.shape[2],
+                                                                              x.shape[3], wq_), 0, FUSED_SLOPE)
+    else:
+        dx = np.zeros_like(x)
+        tp = _tile(rows, n * oh * ow)
+        ib = min(n, max(_cdiv(MIN_TILE, oh * ow), _cdiv(n, MIN_TASKS)))  # whole images per task: race-free
+        wt3 = np.ascontiguousarray(w.reshape(groups, kg, rows).transpose(0, 2, 1))
+        _packed_backward_data(dy3, wt3, dx, ib, min(ib * oh * ow, tp), r, s, oh, ow, *geo)
+    return dx, dw, db

@@ -1,0 +1,207 @@
+"""Max, average and Lp pooling, Numba: every kernel is parallel over the (n, c) planes, so forward writes and
+backward scatter-adds stay inside one thread's plane (race-free).
+
+Windows follow PyTorch: a window starts at ``o * stride - padding``; padding cells are -inf for max and 0 for
+the sums; with ceil_mode the last window may hang past the padded input, and those cells never count.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from cnnkit.backends import pool_output_size
+
+Pair = tuple[int, int]
+
+
+def _planes(x: np.ndarray) -> np.ndarray:
+    """x as a contiguous (N*C, H, W) stack of planes."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[2], x.shape[3])
+
+
+def _output(x_shape, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool) -> Pair:
+    return tuple(pool_output_size(x_shape[2 + a], kernel[a], stride[a], padding[a], dilation[a], ceil_mode)
+                 for a in (0, 1))
+
+
+@njit(cache=True, fastmath=False)
+def _span(o, stride, pad, kernel, size, count_include_pad):
+    """PyTorch's avg window along one axis: (first, last + 1) clipped to the input, and its divisor length
+    (clipped to the padded input when count_include_pad, else to the input)."""
+    start = o * stride - pad
+    end = min(start + kernel, size + pad)
+    full = end - start
+    start, end = max(start, 0), min(end, size)
+    return start, end, full if count_include_pad else end - start
+
+
+# ----------------------------------------------------------------------------------------------- max
+@njit(parallel=True, cache=True, fastmath=False)
+def _max_forward(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
+    h_, w_ = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(y.shape[1]):
+            for ow in range(y.shape[2]):
+                best = -np.inf
+                where = -1  # stays -1 (with -inf) only for a window that holds no input cell
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if 0 <= ih < h_:
+                        for j in range(kw):
+                            iw = ow * sw - pw + j * dw
+                            if 0 <= iw < w_:
+                                v = x[t, ih, iw]
+                                if v > best or v != v or where < 0:  # first maximum; a NaN wins
+                                    best = v
+                                    where = ih * w_ + iw
+                y[t, oh, ow] = best
+                argmax[t, oh, ow] = where
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _max_backward(dy, argmax, dx):
+    for t in prange(dx.shape[0]):
+        plane = dx[t]
+        plane[:] = 0
+        for o in range(dy.shape[1]):
+            if argmax[t, o] >= 0:
+                plane[argmax[t, o]] += dy[t, o]
+
+
+def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
+                       ceil_mode: bool):
+    """(y, argmax): window maxima with -inf padding; argmax is the flat h * W + w index of the first maximum."""
+    out = _output(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    y = np.empty(x.shape[:2] + out, dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int64)
+    _max_forward(_planes(x), y.reshape(-1, *out), argmax.reshape(-1, *out), *kernel_size, *stride, *padding,
+                 *dilation)
+    return y, argmax
+
+
+def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
+    """Scatter-adds dy onto the argmax cells of each plane."""
+    n, c, h, w = x_shape
+    dx = np.empty((n * c, h * w), dtype=dy.dtype)
+    _max_backward(np.ascontiguousarray(dy).reshape(n * c, -1),
+                  np.ascontiguousarray(argmax, dtype=np.int64).reshape(n * c, -1), dx)
+    return dx.reshape(x_shape)
+
+
+# ----------------------------------------------------------------------------------------------- average
+@njit(parallel=True, cache=True, fastmath=False)
+def _avg_forward(x, y, kh, kw, sh, sw, ph, pw, include_pad):
+    h_, w_ = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(y.shape[1]):
+            h0, h1, dvh = _span(oh, sh, ph, kh, h_, include_pad)
+            for ow in range(y.shape[2]):
+                w0, w1, dvw = _span(ow, sw, pw, kw, w_, include_pad)
+                acc = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += x[t, ih, iw]
+                y[t, oh, ow] = acc / (dvh * dvw)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
+    h_, w_ = dx.shape[1], dx.shape[2]
+    for t in prange(dx.shape[0]):
+        plane = dx[t]
+        plane[:, :] = 0
+        for oh in range(dy.shape[1]):
+            h0, h1, dvh = _span(oh, sh, ph, kh, h_, include_pad)
+            for ow in range(dy.shape[2]):
+                w0, w1, dvw = _span(ow, sw, pw, kw, w_, include_pad)
+                g = dy[t, oh, ow] / (dvh * dvw)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        plane[ih, iw] += g
+
+
+def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
+                       count_include_pad: bool) -> np.ndarray:
+    """Window sums over the zero-padded input divided by PyTorch's divisor."""
+    out = _output(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    y = np.empty(x.shape[:2] + out, dtype=x.dtype)
+    _avg_forward(_planes(x), y.reshape(-1, *out), *kernel_size, *stride, *padding, bool(count_include_pad))
+    return y
+
+
+def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
+                        count_include_pad: bool) -> np.ndarray:
+    """Each input cell gets dy / divisor from every window that holds it."""
+    n, c, h, w = x_shape
+    dx = np.empty((n * c, h, w), dtype=dy.dtype)
+    _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
+    return dx.reshape(x_shape)
+
+
+# ----------------------------------------------------------------------------------------------- Lp
+@njit(cache=True, fastmath=False)
+def _pow(a, p):
+    """a ** p for a >= 0, exact for the common p = 1 and p = 2."""
+    if p == 2.0:
+        return a * a
+    if p == 1.0:
+        return a
+    return a ** p
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _lp_forward(x, y, p, kh, kw, sh, sw, ph, pw):
+    h_, w_ = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(y.shape[1]):
+            h0, h1, _ = _span(oh, sh, ph, kh, h_, False)
+            for ow in range(y.shape[2]):
+                w0, w1, _ = _span(ow, sw, pw, kw, w_, False)
+                acc = 0.0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += _pow(abs(float(x[t, ih, iw])), p)
+                y[t, oh, ow] = acc ** (1.0 / p)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
+    """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); windows with y == 0 and cells with x == 0
+    give 0."""
+    h_, w_ = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        plane = dx[t]
+        plane[:, :] = 0
+        for oh in range(y.shape[1]):
+            h0, h1, _ = _span(oh, sh, ph, kh, h_, False)
+            for ow in range(y.shape[2]):
+                yv = float(y[t, oh, ow])
+                if yv > 0.0:
+                    w0, w1, _ = _span(ow, sw, pw, kw, w_, False)
+                    g = dy[t, oh, ow] / _pow(yv, p - 1.0)
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            plane[ih, iw] += g
+        for ih in range(h_):
+            for iw in range(w_):
+                v = float(x[t, ih, iw])
+                local = 0.0 if v == 0.0 else (1.0 if v > 0.0 else -1.0) * _pow(abs(v), p - 1.0)
+                plane[ih, iw] *= local
+
+
+def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
+                      ceil_mode: bool) -> np.ndarray:
+    """y = (window sum of |x| ** p) ** (1 / p), padding cells counting as 0."""
+    out = _output(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    y = np.empty(x.shape[:2] + out, dtype=x.dtype)
+    _lp_forward(_planes(x), y.reshape(-1, *out), float(p), *kernel_size, *stride, *padding)
+    return y
+
+
+def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, p: float, kernel_size: Pair, stride: Pair,
+                       padding: Pair, ceil_mode: bool) -> np.ndarray:
+    """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1)."""
+    dx = np.empty((x.shape[0] * x.shape[1],) + x.shape[2:], dtype=x.dtype)
+    _lp_backward(_planes(dy.astype(x.dtype, copy=False)), _planes(x), _planes(y.astype(x.dtype, copy=False)),
+                 dx, float(p), *kernel_size, *stride, *padding)
+    return dx.reshape(x.shape)
