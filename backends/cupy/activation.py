@@ -1,0 +1,70 @@
+"""Activation and softmax launchers for kernels/activation.cu (backward passes need only the output y)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ._module import ACT_CODES, THREADS, as_f32, blocks, f32, i32, launch, reduction_threads
+
+
+def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
+    """y = kind(x), elementwise."""
+    import cupy
+
+    x = as_f32(x, "x")
+    y = cupy.empty_like(x)
+    launch("activation", "activation_fwd", blocks(x.size), THREADS, x, y, *i32(x.size, ACT_CODES[kind]),
+           f32(negative_slope))
+    return y
+
+
+def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = 0.01) -> Any:
+    """dx from dy and the forward's output y."""
+    import cupy
+
+    dy, y = as_f32(dy, "dy"), as_f32(y, "y")
+    dx = cupy.empty_like(dy)
+    launch("activation", "activation_bwd", blocks(dy.size), THREADS, dy, y, dx, *i32(dy.size, ACT_CODES[kind]),
+           f32(negative_slope))
+    return dx
+
+
+def _softmax(x: Any, take_log: bool) -> Any:
+    import cupy
+
+    x = as_f32(x, "x")
+    y = cupy.empty_like(x)
+    n, c = x.shape
+    if n and c:
+        launch("activation", "softmax_fwd", n, reduction_threads(c), x, y, *i32(c, take_log))
+    return y
+
+
+def _softmax_backward(dy: Any, y: Any, take_log: bool) -> Any:
+    import cupy
+
+    dy, y = as_f32(dy, "dy"), as_f32(y, "y")
+    dx = cupy.empty_like(dy)
+    n, c = dy.shape
+    if n and c:
+        launch("activation", "softmax_bwd", n, reduction_threads(c), dy, y, dx, *i32(c, take_log))
+    return dx
+
+
+def softmax_forward(x: Any) -> Any:
+    """Row softmax of (N, C), max subtracted."""
+    return _softmax(x, False)
+
+
+def log_softmax_forward(x: Any) -> Any:
+    """Row log-softmax of (N, C): (x - max) - log(sum(exp(x - max)))."""
+    return _softmax(x, True)
+
+
+def softmax_backward(dy: Any, y: Any) -> Any:
+    """dx = y * (dy - sum(dy * y)) per row."""
+    return _softmax_backward(dy, y, False)
+
+
+def log_softmax_backward(dy: Any, y: Any) -> Any:
+    """dx = dy - exp(y) * sum(dy) per row."""
+    return _softmax_backward(dy, y, True)

@@ -1,0 +1,133 @@
+"""Convolution launchers for kernels/conv.cu: forward with a fused bias + activation epilogue, backward data and
+backward weight, each on a direct or a shared-memory tiled implicit-GEMM path (see :func:`conv_path`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnkit.backends import conv_output_size
+
+from ._module import ACT_CODES, THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for
+from .norm import channel_sums
+
+Pair = tuple[int, int]
+Pads = tuple[int, int, int, int]
+
+TILE_N, TILE_K = 64, 16
+"""Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in {1, 4}."""
+LEAKY_SLOPE = 0.01
+"""negative_slope of a fused leaky_relu: the contract's default (conv2d_forward takes no slope)."""
+TARGET_BLOCKS = 512
+"""The tiled weight gradient splits its reduction until about this many blocks run (enough for any GPU)."""
+MIN_SPLIT_ITEMS = 256
+MAX_SPLITS = 64
+MAX_GRID_YZ = 65535
+
+
+def conv_path(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int) -> str:
+    """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM fills a
+    16-row tile and reduces over at least two 16-deep slices, i.e. ``out_channels / groups >= 16`` and
+    ``(in_channels / groups) * R * S >= 32`` (ResNet's 3x3 stages, LeNet-5's C3 and C5); otherwise
+    ``"direct"`` (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly
+    empty)."""
+    k, cg, r, s = w_shape
+    return "tiled" if k // groups >= 16 and cg * r * s >= 32 else "direct"
+
+
+def _geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int) -> tuple[int, ...]:
+    """The CONV_PARAMS ints of conv.cu: N C H W K OH OW R S stride_h stride_w pad_t pad_l dil_h dil_w groups."""
+    n, c, h, w = x_shape
+    k, _, r, s = w_shape
+    oh = conv_output_size(h, r, stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(w, s, stride[1], padding[2], padding[3], dilation[1])
+    check_elements(n * k * oh * ow, "the conv output")
+    return (n, c, h, w, k, oh, ow, r, s, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            groups)
+
+
+def _tm(rows: int) -> int:
+    """Rows per thread of the GEMM tile: 4 (64-row tiles) for wide layers, 1 (16-row tiles) for narrow ones."""
+    return 4 if rows >= 64 else 1
+
+
+def _gemm_grid(rows: int, cols: int, tm: int, z: int) -> tuple[int, int, int]:
+    grid = (ceil_div(cols, TILE_N), ceil_div(rows, 16 * tm), z)
+    if grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ:
+        raise ValueError(f"conv too large for the tiled kernels' grid {grid}: reduce groups or channels")
+    return grid
+
+
+def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
+    """(splits, chunk) of the tiled weight gradient's (n, oh, ow) reduction: enough splits to run about
+    TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk at least MIN_SPLIT_ITEMS long and a multiple of TILE_K."""
+    want = max(1, min(MAX_SPLITS, TARGET_BLOCKS // tiles, reduction // MIN_SPLIT_ITEMS))
+    return splits_for(reduction, want, TILE_K)
+
+
+def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
+                   activation: str | None = None) -> Any:
+    """y = act(conv(x, w) + b) in one kernel launch."""
+    import cupy
+
+    x, w = as_f32(x, "x"), as_f32(w, "w")
+    bias = None if b is None else as_f32(b, "b")
+    geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    n, k, oh, ow = geom[0], geom[4], geom[5], geom[6]
+    y = cupy.empty((n, k, oh, ow), dtype=cupy.float32)
+    head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
+    if conv_path(x.shape, w.shape, groups) == "tiled":
+        tm = _tm(k // groups)
+        grid = _gemm_grid(k // groups, n * oh * ow, tm, groups)
+        launch("conv", f"conv2d_fwd_gemm_tm{tm}", grid, THREADS, *head, *i32(*geom))
+    else:
+        launch("conv", "conv2d_fwd_direct", blocks(y.size), THREADS, *head, *i32(*geom))
+    return y
+
+
+def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilation: Pair, groups: int,
+                    need_dx: bool = True, need_db: bool = True) -> tuple[Any | None, Any, Any | None]:
+    """(dx, dw, db) of the pre-activation conv output's gradient dy."""
+    dy, x, w = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(w, "w")
+    geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    tiled = conv_path(x.shape, w.shape, groups) == "tiled"
+    dx = _backward_data(dy, w, x.shape, geom, tiled) if need_dx else None
+    dw = _backward_weight(dy, x, w.shape, geom, tiled)
+    db = channel_sums(dy) if need_db else None
+    return dx, dw, db
+
+
+def _backward_data(dy, w, x_shape, geom, tiled: bool):
+    import cupy
+
+    n, c, h, wd = x_shape
+    groups = geom[-1]
+    dx = cupy.empty(x_shape, dtype=cupy.float32)
+    if tiled:
+        tm = _tm(c // groups)
+        grid = _gemm_grid(c // groups, n * h * wd, tm, groups)
+        launch("conv", f"conv2d_bwd_data_gemm_tm{tm}", grid, THREADS, dy, w, dx, *i32(*geom))
+    else:
+        launch("conv", "conv2d_bwd_data_direct", blocks(dx.size), THREADS, dy, w, dx, *i32(*geom))
+    return dx
+
+
+def _backward_weight(dy, x, w_shape, geom, tiled: bool):
+    import cupy
+
+    dw = cupy.empty(w_shape, dtype=cupy.float32)
+    if not tiled:
+        launch("conv", "conv2d_bwd_weight_direct", dw.size, THREADS, dy, x, dw, *i32(*geom))
+        return dw
+    k, cg, r, s = w_shape
+    n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
+    tm = _tm(k // groups)
+    tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups
+    splits, chunk = weight_splits(n * oh * ow, tiles)
+    check_elements(splits * dw.size, "the split weight-gradient buffer")
+    out = dw if splits == 1 else cupy.empty((splits, *w_shape), dtype=cupy.float32)
+    grid = _gemm_grid(k // groups, cg * r * s, tm, groups * splits)
+    launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
+    if splits > 1:
+        launch("conv", "sum_splits", blocks(dw.size), THREADS, out, *i32(splits, dw.size), dw)
+    return dw

@@ -1,0 +1,283 @@
+// 2-D convolution (cross-correlation as PyTorch's conv2d), NCHW, weights (K, C/groups, R, S), float32.
+//
+// Two paths; backends/cupy/conv.py picks one per layer shape (conv_path):
+//  * direct: one thread per output element (forward), one per input element (backward data), one block
+//    per weight element (backward weight); for narrow layers (LeNet C1, a ResNet stem, depthwise).
+//  * tiled implicit GEMM: within group g the conv is a matrix product whose operands are gathered on the
+//    fly (never materialised) into shared-memory tiles of BM x TILE_K (A) and TILE_K x TILE_N (B):
+//        forward         Y[k, (n,oh,ow)]   = sum over (c,r,s)    W[k, (c,r,s)]    * Xcol[(c,r,s), (n,oh,ow)]
+//        backward data   dX[c, (n,h,w)]    = sum over (k,r,s)    W[k, c, r, s]    * dYcol[(k,r,s), (n,h,w)]
+//        backward weight dW[k, (c,r,s)]    = sum over (n,oh,ow)  dY[k, (n,oh,ow)] * Xcol[(c,r,s), (n,oh,ow)]
+//    256 threads per block in a 16 x 16 grid; thread (tx, ty) owns rows ty + 16 i (i < TM) and columns
+//    tx + 16 j (j < 4) of the BM x 64 output tile, BM = 16 TM.
+//
+// Summation order (float32, every product added with fmaf):
+//  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
+//    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data. Taps in the
+//    padding (and, for strided backward data, between output pixels) contribute w * 0 on both paths, so
+//    for finite weights the two paths give the same value. Then bias is added, then the activation.
+//  * backward weight, direct: thread t of a 256-thread block sums the flat (n, oh, ow) indices
+//    t, t + 256, t + 512, ... in order, then the block tree of common.cuh combines the 256 partials.
+//  * backward weight, tiled: the (n, oh, ow) range is cut into `splits` consecutive chunks (a multiple of
+//    TILE_K each); each chunk is a running sum in ascending order; sum_splits adds the chunk sums in
+//    ascending chunk order.
+#include "common.cuh"
+
+#define TILE_N 64
+#define TILE_K 16
+#define GEMM_THREADS 256
+
+// The geometry of one conv, as the launchers pass it (all ints, after the array arguments).
+#define CONV_PARAMS int N, int C, int H, int W, int K, int OH, int OW, int R, int S, int stride_h, \
+    int stride_w, int pad_t, int pad_l, int dil_h, int dil_w, int groups
+#define CONV_GEOM ConvGeom{N, C, H, W, K, OH, OW, R, S, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, \
+    groups, K / groups, C / groups, R * S, OH * OW}
+
+struct ConvGeom {
+    int N, C, H, W, K, OH, OW, R, S, sh, sw, pt, pl, dh, dw, groups;
+    int Kg, Cg, RS, P;  // out channels per group, in channels per group, R * S, OH * OW
+};
+
+// Xcol: input x[n, c, ih, iw] under tap (r, s) of output pixel (oh, ow); 0 in the padding.
+__device__ __forceinline__ float x_col(const ConvGeom& q, const float* x, int n, int c, int r, int s,
+                                       int oh, int ow) {
+    const int ih = oh * q.sh - q.pt + r * q.dh;
+    const int iw = ow * q.sw - q.pl + s * q.dw;
+    if (ih < 0 || ih >= q.H || iw < 0 || iw >= q.W) return 0.0f;
+    return x[((n * q.C + c) * q.H + ih) * q.W + iw];
+}
+
+// dYcol: the dy[n, k, oh, ow] that input pixel (h, w) meets through tap (r, s), or 0 when no output pixel
+// does (out of range, or between strided output pixels).
+__device__ __forceinline__ float dy_col(const ConvGeom& q, const float* dy, int n, int k, int r, int s,
+                                        int h, int w) {
+    const int th = h + q.pt - r * q.dh;
+    const int tw = w + q.pl - s * q.dw;
+    if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return 0.0f;
+    const int oh = th / q.sh, ow = tw / q.sw;
+    if (oh >= q.OH || ow >= q.OW) return 0.0f;
+    return dy[((n * q.K + k) * q.OH + oh) * q.OW + ow];
+}
+
+__device__ __forceinline__ float epilogue(float acc, const float* bias, int has_bias, int k, int act,
+                                          float slope) {
+    return activate(act, has_bias ? acc + bias[k] : acc, slope);
+}
+
+// ------------------------------------------------------------------------------------------------ direct
+// y[n, k, oh, ow] = act(sum_{c, r, s} w[k, c, r, s] * Xcol + bias[k]); one thread per output element.
+extern "C" __global__ void conv2d_fwd_direct(const float* __restrict__ x, const float* __restrict__ w,
+                                             const float* __restrict__ bias, int has_bias, int act, float slope,
+                                             float* __restrict__ y, CONV_PARAMS) {
+    const ConvGeom q = CONV_GEOM;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= N * K * q.P) return;
+    const int ow = idx % OW, oh = (idx / OW) % OH, k = (idx / q.P) % K, n = idx / (q.P * K);
+    const int c0 = (k / q.Kg) * q.Cg;
+    const float* wk = w + k * q.Cg * q.RS;
+    float acc = 0.0f;
+    for (int c = 0; c < q.Cg; ++c)
+        for (int r = 0; r < R; ++r)
+            for (int s = 0; s < S; ++s)
+                acc = fmaf(wk[(c * R + r) * S + s], x_col(q, x, n, c0 + c, r, s, oh, ow), acc);
+    y[idx] = epilogue(acc, bias, has_bias, k, act, slope);
+}
+
+// dx[n, c, h, w] = sum_{k in c's group, r, s} w[k, c, r, s] * dYcol; one thread per input element.
+extern "C" __global__ void conv2d_bwd_data_direct(const float* __restrict__ dy, const float* __restrict__ w,
+                                                  float* __restrict__ dx, CONV_PARAMS) {
+    const ConvGeom q = CONV_GEOM;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= N * C * H * W) return;
+    const int iw = idx % W, ih = (idx / W) % H, c = (idx / (H * W)) % C, n = idx / (H * W * C);
+    const int grp = c / q.Cg, cl = c % q.Cg;
+    float acc = 0.0f;
+    for (int kl = 0; kl < q.Kg; ++kl) {
+        const int k = grp * q.Kg + kl;
+        const float* wkc = w + (k * q.Cg + cl) * q.RS;
+        for (int r = 0; r < R; ++r)
+            for (int s = 0; s < S; ++s)
+                acc = fmaf(wkc[r * S + s], dy_col(q, dy, n, k, r, s, ih, iw), acc);
+    }
+    dx[idx] = acc;
+}
+
+// dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * Xcol; one 256-thread block per weight element.
+extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
+conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ dw,
+                         CONV_PARAMS) {
+    __shared__ float partial[CNN_MAX_BLOCK];
+    const ConvGeom q = CONV_GEOM;
+    const int widx = blockIdx.x;  // flat index into (K, Cg, R, S)
+    const int s = widx % S, r = (widx / S) % R, cl = (widx / q.RS) % q.Cg, k = widx / (q.RS * q.Cg);
+    const int c = (k / q.Kg) * q.Cg + cl;
+    float acc = 0.0f;
+    for (int j = threadIdx.x; j < N * q.P; j += blockDim.x) {
+        const int n = j / q.P, p = j % q.P;
+        acc = fmaf(dy[(n * K + k) * q.P + p], x_col(q, x, n, c, r, s, p / OW, p % OW), acc);
+    }
+    const float total = block_sum(acc, partial);
+    if (threadIdx.x == 0) dw[widx] = total;
+}
+
+// ------------------------------------------------------------------------------------------------ tiled
+// One BM x TILE_N output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + TILE_N) and reduction
+// [k_begin, k_end); Op supplies a(m, kk), b(kk, col) and store(m, col, value).
+template <int TM, class Op>
+__device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
+                                          int n0) {
+    constexpr int BM = 16 * TM;
+    __shared__ float As[TILE_K][BM + 1];  // +1: the column-wise stores below hit distinct banks
+    __shared__ float Bs[TILE_K][TILE_N];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    float acc[TM][4];
+    for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        for (int l = 0; l < TM; ++l) {  // BM * TILE_K = 256 TM elements of A
+            const int e = tid + GEMM_THREADS * l, kk = e % TILE_K, m = e / TILE_K;
+            As[kk][m] = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, k0 + kk) : 0.0f;
+        }
+        for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B
+            const int e = tid + GEMM_THREADS * l, col = e % TILE_N, kk = e / TILE_N;
+            Bs[kk][col] = (n0 + col < Ncol && k0 + kk < k_end) ? op.b(k0 + kk, n0 + col) : 0.0f;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[TM], b[4];
+            for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 16 * i];
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+            for (int i = 0; i < TM; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < 4; ++j) {
+            const int m = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
+            if (m < M && col < Ncol) op.store(m, col, acc[i][j]);
+        }
+}
+
+// Forward, group g: A = W (Kg x Cg RS), B = Xcol (Cg RS x N P), output y with the fused epilogue.
+struct FwdOp {
+    ConvGeom q;
+    const float* x; const float* w; const float* bias; int has_bias, act; float slope; float* y; int g;
+    __device__ float a(int m, int kk) const { return w[(g * q.Kg + m) * q.Cg * q.RS + kk]; }
+    __device__ float b(int kk, int col) const {
+        const int c = kk / q.RS, r = (kk % q.RS) / q.S, s = kk % q.S, n = col / q.P, p = col % q.P;
+        return x_col(q, x, n, g * q.Cg + c, r, s, p / q.OW, p % q.OW);
+    }
+    __device__ void store(int m, int col, float v) const {
+        const int k = g * q.Kg + m, n = col / q.P, p = col % q.P;
+        y[(n * q.K + k) * q.P + p] = epilogue(v, bias, has_bias, k, act, slope);
+    }
+};
+
+// Backward data, group g: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W), output dx.
+struct DataOp {
+    ConvGeom q;
+    const float* dy; const float* w; float* dx; int g;
+    __device__ float a(int m, int kk) const {
+        const int kl = kk / q.RS, rs = kk % q.RS;
+        return w[((g * q.Kg + kl) * q.Cg + m) * q.RS + rs];
+    }
+    __device__ float b(int kk, int col) const {
+        const int kl = kk / q.RS, r = (kk % q.RS) / q.S, s = kk % q.S;
+        const int hw = q.H * q.W, n = col / hw, h = (col % hw) / q.W, w_ = col % q.W;
+        return dy_col(q, dy, n, g * q.Kg + kl, r, s, h, w_);
+    }
+    __device__ void store(int m, int col, float v) const {
+        const int hw = q.H * q.W, n = col / hw;
+        dx[(n * q.C + g * q.Cg + m) * hw + col % hw] = v;
+    }
+};
+
+// Backward weight, group g, one reduction chunk: A = dY (Kg x N P), B = Xcol^T (N P x Cg RS),
+// output the chunk's partial dw at out[split][K][Cg RS].
+struct WeightOp {
+    ConvGeom q;
+    const float* dy; const float* x; float* out; int g, split;
+    __device__ float a(int m, int kk) const {
+        const int n = kk / q.P, p = kk % q.P;
+        return dy[(n * q.K + g * q.Kg + m) * q.P + p];
+    }
+    __device__ float b(int kk, int col) const {
+        const int c = col / q.RS, r = (col % q.RS) / q.S, s = col % q.S, n = kk / q.P, p = kk % q.P;
+        return x_col(q, x, n, g * q.Cg + c, r, s, p / q.OW, p % q.OW);
+    }
+    __device__ void store(int m, int col, float v) const {
+        const int per_split = q.K * q.Cg * q.RS;
+        out[split * per_split + (g * q.Kg + m) * q.Cg * q.RS + col] = v;
+    }
+};
+
+// Grid: x over column tiles, y over row tiles, z over groups (times splits for the weight gradient).
+template <int TM>
+__device__ __forceinline__ void conv_fwd_gemm(const float* x, const float* w, const float* bias, int has_bias,
+                                              int act, float slope, float* y, const ConvGeom& q) {
+    const FwdOp op{q, x, w, bias, has_bias, act, slope, y, (int)blockIdx.z};
+    gemm_tile<TM>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+}
+
+template <int TM>
+__device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, float* dx, const ConvGeom& q) {
+    const DataOp op{q, dy, w, dx, (int)blockIdx.z};
+    gemm_tile<TM>(op, q.Cg, q.N * q.H * q.W, 0, q.Kg * q.RS, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+}
+
+template <int TM>
+__device__ __forceinline__ void conv_weight_gemm(const float* dy, const float* x, float* out, int chunk,
+                                                 const ConvGeom& q) {
+    const int g = blockIdx.z % q.groups, split = blockIdx.z / q.groups;
+    const int k_begin = split * chunk, k_end = min(q.N * q.P, k_begin + chunk);
+    const WeightOp op{q, dy, x, out, g, split};
+    gemm_tile<TM>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_fwd_gemm_tm1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
+    conv_fwd_gemm<1>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_fwd_gemm_tm4(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
+    conv_fwd_gemm<4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_gemm_tm1(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                         CONV_PARAMS) {
+    conv_data_gemm<1>(dy, w, dx, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                         CONV_PARAMS) {
+    conv_data_gemm<4>(dy, w, dx, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_gemm_tm1(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                           int chunk, CONV_PARAMS) {
+    conv_weight_gemm<1>(dy, x, out, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                           int chunk, CONV_PARAMS) {
+    conv_weight_gemm<4>(dy, x, out, chunk, CONV_GEOM);
+}
+
+// out[i] = sum over s = 0, 1, ..., splits - 1 (in that order) of partial[s * count + i].
+extern "C" __global__ void sum_splits(const float* __restrict__ partial, int splits, int count,
+                                      float* __restrict__ out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s) acc += partial[s * count + i];
+    out[i] = acc;
+}

@@ -1,0 +1,106 @@
+// Batch normalisation (per channel of NCHW) and the dropout mask, float32.
+//
+// Per-channel reductions run in two stages. channel_partials: block (c, split) sums the elements of channel
+// c whose flat (n, hw) index lies in [split * chunk, (split + 1) * chunk): thread t takes the indices
+// split * chunk + t, + 256, + 512, ... as a running float32 sum, then the block tree of common.cuh.
+// channel_finalize / bn_stats then add the splits' partial sums in ascending split order.
+// The variance is two-pass (sum of squared deviations from the already reduced mean).
+#include "common.cuh"
+
+#define PARTIAL_SUM 0         // sum a
+#define PARTIAL_SQDEV 1       // sum (a - center[c])^2
+#define PARTIAL_DY_XHAT 2     // sum b * ((a - center[c]) * scale[c]), i.e. sum dy * x_hat
+
+extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
+channel_partials(const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ center,
+                 const float* __restrict__ scale, int mode, int N, int C, int HW, int chunk,
+                 float* __restrict__ partial) {
+    __shared__ float sh[CNN_MAX_BLOCK];
+    const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int begin = split * chunk, end = min(N * HW, begin + chunk);
+    const float mu = mode == PARTIAL_SUM ? 0.0f : center[c];
+    const float sc = mode == PARTIAL_DY_XHAT ? scale[c] : 1.0f;
+    float acc = 0.0f;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const int off = ((i / HW) * C + c) * HW + i % HW;
+        const float d = a[off] - mu;
+        acc += mode == PARTIAL_SUM ? a[off] : (mode == PARTIAL_SQDEV ? d * d : b[off] * (d * sc));
+    }
+    const float total = block_sum(acc, sh);
+    if (threadIdx.x == 0) partial[c * splits + split] = total;
+}
+
+// out[c] = (sum over splits in ascending order of partial[c, split]) / divisor.
+extern "C" __global__ void channel_finalize(const float* __restrict__ partial, int C, int splits, float divisor,
+                                            float* __restrict__ out) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s) acc += partial[c * splits + s];
+    out[c] = acc / divisor;
+}
+
+// Training: biased batch variance from the squared-deviation partials -> invstd, and the running statistics
+// moved in place (running = (1 - momentum) running + momentum batch, with the unbiased variance).
+// Eval: mean and invstd from the running statistics.
+extern "C" __global__ void bn_stats(const float* __restrict__ sq_partial, int C, int splits, int count,
+                                    float eps, float momentum, int training, float* __restrict__ mean,
+                                    float* __restrict__ invstd, float* __restrict__ running_mean,
+                                    float* __restrict__ running_var) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    if (!training) {
+        mean[c] = running_mean[c];
+        invstd[c] = 1.0f / sqrtf(running_var[c] + eps);
+        return;
+    }
+    float sq = 0.0f;
+    for (int s = 0; s < splits; ++s) sq += sq_partial[c * splits + s];
+    const float var = sq / (float)count;
+    invstd[c] = 1.0f / sqrtf(var + eps);
+    running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
+    running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (var * ((float)count / (float)(count - 1)));
+}
+
+// y = ((x - mean) * invstd) * gamma + beta, one thread per element.
+extern "C" __global__ void bn_normalize(const float* __restrict__ x, const float* __restrict__ mean,
+                                        const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                        const float* __restrict__ beta, float* __restrict__ y, int total, int C,
+                                        int HW) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int c = (i / HW) % C;
+    y[i] = ((x[i] - mean[c]) * invstd[c]) * gamma[c] + beta[c];
+}
+
+// Training: dx = gamma invstd (dy - dbeta / count - x_hat dgamma / count); eval: dx = gamma invstd dy.
+extern "C" __global__ void bn_backward_dx(const float* __restrict__ dy, const float* __restrict__ x,
+                                          const float* __restrict__ mean, const float* __restrict__ invstd,
+                                          const float* __restrict__ gamma, const float* __restrict__ dgamma,
+                                          const float* __restrict__ dbeta, float* __restrict__ dx, int total,
+                                          int C, int HW, int count, int training) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int c = (i / HW) % C;
+    const float scale = gamma[c] * invstd[c];
+    if (!training) {
+        dx[i] = dy[i] * scale;
+        return;
+    }
+    const float x_hat = (x[i] - mean[c]) * invstd[c];
+    dx[i] = scale * (dy[i] - dbeta[c] / (float)count - x_hat * (dgamma[c] / (float)count));
+}
+
+// Inverted-dropout mask from a counter-based hash: element i is kept (value `scale` = 1 / (1 - p)) when the
+// top 24 bits of splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) are >= threshold = ceil(p * 2^24), else 0.
+// A pure function of (seed, i): the same seed gives the same mask on any device and launch shape.
+extern "C" __global__ void dropout_mask(float* __restrict__ out, int n, unsigned long long seed,
+                                        unsigned int threshold, float scale) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    out[i] = (unsigned int)(z >> 40) >= threshold ? scale : 0.0f;
+}

@@ -1,0 +1,98 @@
+"""Pooling launchers for kernels/pool.cu: max (with argmax), average and Lp, forward and backward.
+
+Max backward scatters with atomicAdd (the op receives no window geometry); average and Lp backward gather per
+input pixel (pool.cu's header gives both summation orders)."""
+from __future__ import annotations
+
+from typing import Any
+
+from cnnkit.backends import pool_output_size
+
+from ._module import THREADS, as_f32, blocks, f32, i32, launch
+
+Pair = tuple[int, int]
+
+
+def _out_hw(x_shape, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool) -> Pair:
+    return tuple(pool_output_size(x_shape[2 + a], kernel[a], stride[a], padding[a], dilation[a], ceil_mode)
+                 for a in (0, 1))  # type: ignore[return-value]
+
+
+def _params(x_shape, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair) -> tuple:
+    """POOL_PARAMS of pool.cu: N C H W OH OW kh kw sh sw ph pw."""
+    return i32(*x_shape, *out_hw, *kernel, *stride, *padding)
+
+
+def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
+                       ceil_mode: bool) -> tuple[Any, Any]:
+    """(y, argmax) with argmax the int64 flat h * W + w index of each window's first maximum."""
+    import cupy
+
+    x = as_f32(x, "x")
+    out = _out_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
+    argmax = cupy.empty(y.shape, dtype=cupy.int64)
+    launch("pool", "max_pool2d_fwd", blocks(y.size), THREADS, x, y, argmax,
+           *_params(x.shape, out, kernel_size, stride, padding), *i32(*dilation))
+    return y, argmax
+
+
+def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
+    """dx: dy added (atomically) at each window's argmax cell."""
+    import cupy
+
+    dy = as_f32(dy, "dy")
+    argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
+    dx = cupy.zeros(x_shape, dtype=cupy.float32)
+    launch("pool", "max_pool2d_bwd", blocks(dy.size), THREADS, dy, argmax, dx,
+           *i32(dy.size, dy.shape[2] * dy.shape[3], x_shape[2] * x_shape[3]))
+    return dx
+
+
+def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
+                       count_include_pad: bool) -> Any:
+    """Window means with PyTorch's divisor."""
+    import cupy
+
+    x = as_f32(x, "x")
+    out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
+    launch("pool", "avg_pool2d_fwd", blocks(y.size), THREADS, x, y,
+           *_params(x.shape, out, kernel_size, stride, padding), *i32(count_include_pad))
+    return y
+
+
+def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
+                        ceil_mode: bool, count_include_pad: bool) -> Any:
+    """dx: each input cell gathers dy / divisor from the windows that hold it."""
+    import cupy
+
+    dy = as_f32(dy, "dy")
+    dx = cupy.empty(x_shape, dtype=cupy.float32)
+    launch("pool", "avg_pool2d_bwd", blocks(dx.size), THREADS, dy, dx,
+           *_params(x_shape, dy.shape[2:], kernel_size, stride, padding), *i32(count_include_pad))
+    return dx
+
+
+def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Any:
+    """y = (window sum of |x| ** p) ** (1 / p), padding as zeros."""
+    import cupy
+
+    x = as_f32(x, "x")
+    out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
+    launch("pool", "lp_pool2d_fwd", blocks(y.size), THREADS, x, y, f32(p),
+           *_params(x.shape, out, kernel_size, stride, padding))
+    return y
+
+
+def lp_pool2d_backward(dy: Any, x: Any, y: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
+                       ceil_mode: bool) -> Any:
+    """dx = sign(x) |x| ** (p - 1) * sum over windows of dy / y ** (p - 1) (0 where y or x is 0)."""
+    import cupy
+
+    dy, x, y = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(y, "y")
+    dx = cupy.empty_like(x)
+    launch("pool", "lp_pool2d_bwd", blocks(dx.size), THREADS, dy, x, y, dx, f32(p),
+           *_params(x.shape, dy.shape[2:], kernel_size, stride, padding))
+    return dx
