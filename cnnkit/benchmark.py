@@ -337,7 +337,9 @@ def format_table(rows: list[dict], machine: dict) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
     lines = [f"device: {machine['device']} ({machine['processor']}), {machine['threads']} CPU threads, "
              f"measured float32 GEMM peak {machine['gemm_peak_gflops']:.1f} GFLOP/s",
-             "vs torch: PyTorch eager time / this engine's time (above 1 = faster than PyTorch eager)"]
+             "vs torch: PyTorch eager time / this engine's time (above 1 = faster than PyTorch eager)",
+             "% GEMM peak: the model's conv/linear FLOPs per second over that matmul rate (a faster GEMM than "
+             "the measured one, or a machine busier during the peak test, can exceed 100%)"]
     for i, c in enumerate(cells):
         padded = [v.ljust(w) if j < 4 else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths, strict=True))]
         lines.append("  ".join(padded))
