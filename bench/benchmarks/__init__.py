@@ -6,17 +6,30 @@ builds the data, runs the timed call once untimed (Numba JIT compilation, CuPy k
 allocations) and synchronises; every timed call ends with ``backend.synchronize()`` so GPU times are the
 kernels' real run time, not their launch time.
 
+Set ``CNNKIT_BENCH_BACKENDS=numpy,numba`` to benchmark only those backends.
 Run: ``cd bench && asv run --python=same --quick`` (this environment) or ``asv continuous main HEAD``.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from cnnkit.backends import BACKEND_NAMES, Backend
 
-BACKENDS: tuple[str, ...] = BACKEND_NAMES
+
+def _bench_backends() -> tuple[str, ...]:
+    """The backends to parametrise over: all, or those named in $CNNKIT_BENCH_BACKENDS (comma-separated),
+    which the CI smoke step uses to keep its time budget."""
+    names = tuple(n.strip() for n in os.environ.get("CNNKIT_BENCH_BACKENDS", "").split(",") if n.strip())
+    unknown = set(names) - set(BACKEND_NAMES)
+    if unknown:
+        raise ValueError(f"CNNKIT_BENCH_BACKENDS names unknown backends {sorted(unknown)}; valid: {BACKEND_NAMES}")
+    return names or BACKEND_NAMES
+
+
+BACKENDS: tuple[str, ...] = _bench_backends()
 
 
 def backend_or_skip(name: str) -> Backend:
