@@ -4,11 +4,12 @@ Max backward scatters with atomicAdd (the op receives no window geometry); avera
 input pixel (pool.cu's header gives both summation orders)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cnnkit.backends import pool_output_size
 
-from ._module import THREADS, as_f32, blocks, f32, i32, launch
+from ._module import THREADS, as_f32, blocks, check_elements, f32, i32, launch
 
 Pair = tuple[int, int]
 
@@ -43,6 +44,7 @@ def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
 
     dy = as_f32(dy, "dy")
     argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
+    check_elements(math.prod(x_shape), "dx")
     dx = cupy.zeros(x_shape, dtype=cupy.float32)
     launch("pool", "max_pool2d_bwd", blocks(dy.size), THREADS, dy, argmax, dx,
            *i32(dy.size, dy.shape[2] * dy.shape[3], x_shape[2] * x_shape[3]))
@@ -68,6 +70,7 @@ def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, st
     import cupy
 
     dy = as_f32(dy, "dy")
+    check_elements(math.prod(x_shape), "dx")
     dx = cupy.empty(x_shape, dtype=cupy.float32)
     launch("pool", "avg_pool2d_bwd", blocks(dx.size), THREADS, dy, dx,
            *_params(x_shape, dy.shape[2:], kernel_size, stride, padding), *i32(count_include_pad))
