@@ -1,13 +1,16 @@
 """Numba backend: ``@njit(parallel=True, cache=True)`` loops over NumPy arrays, float32 and float64.
 
-Importing this package does not import numba; :func:`create` does. Kernels compile on first use (or load from
-numba's on-disk cache, next to the sources or under ``NUMBA_CACHE_DIR``); :func:`warmup` compiles them up front.
+Importing this package does not import numba; :func:`create` does. Kernels compile on first use (about 35 s per
+dtype on 2 cores) or load from numba's on-disk cache (next to the sources, or under ``NUMBA_CACHE_DIR``; under a
+second in a new process); :func:`warmup` does either up front. Numba keys a cached kernel on its own file only:
+after editing ``gemm.py`` or ``activation.py`` (whose helpers other kernels inline), delete the cache files
+``__pycache__/*.nbi`` and ``*.nbc``.
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
-``numba.set_num_threads(n)``; nothing here overrides it. The matmuls of the conv BLAS path run on NumPy's BLAS
-threads (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``). Calling the backend from several Python threads at once
-needs a thread-safe threading layer (``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback
-aborts on concurrent use).
+``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
+included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. Calling
+the backend from several Python threads at once needs a thread-safe threading layer
+(``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback aborts on concurrent use).
 """
 from __future__ import annotations
 

@@ -7,12 +7,14 @@
   flipped, transposed weights; backward-weight multiplies the shifted rows by dy transposed to the wide grid.
 * ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
   plus the same GEMM; col2im for the input gradient.
-* ``direct`` (fewer than 4 outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4
-  register blocks would be mostly empty and the packing would cost as much as the multiply-adds.
+* ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
+  blocks would be mostly empty and the packing would cost as much as the multiply-adds.
 
-Rule: direct when K / groups < 4; else shifted when stride is 1 and the padded width is at most
-``MAX_WIDE_WASTE`` (1.5) times the output width (for backward-data: the dy-padded width vs the input width);
-else packed. ``path=`` forces one for forward and backward alike (tests run every path on every shape).
+Rule (:func:`plan`), with Kg = K / groups: forward and backward-data are direct when Kg < 4; else shifted when
+the stride is 1 and the padded width is at most ``MAX_WIDE_WASTE`` (1.5) times the output width (for
+backward-data: the dy-padded width vs the input width); else packed. Backward-weight is direct when Kg < 8 (its
+GEMM runs along Kg, shorter than one float32 vector; LeNet-5's C1 has Kg = 6), else as the forward.
+``path=`` forces one for everything (the tests run every path on every shape).
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (measured: 10-30 ms stalls per conv when they alternate). The 4x4-blocked GEMM here runs inside the
@@ -30,13 +32,14 @@ from numba import njit, prange
 
 from cnnkit.backends import conv_output_size
 
-from .activation import act_value, code
+from .activation import act_run, code
 from .gemm import axpy_run, copy_run, gemm, tile_cols, tile_rows, valid_range
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
 
-GEMM_MIN_ROWS = 4
+GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
+WEIGHT_GEMM_MIN = 8    # ... and below which backward-weight does
 MAX_WIDE_WASTE = 1.5
 TILE_ELEMS = 1 << 15   # packed: im2col elements per task tile (128 KiB in float32: stays in L2)
 ACC_ELEMS = 1 << 14    # shifted: accumulator elements per task tile (64 KiB in float32)
@@ -48,7 +51,7 @@ PATHS = ("direct", "shifted", "packed")
 
 
 # ----------------------------------------------------------------------------------------------- shifted path
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _pad_planes(x, xp, top, left, wp):
     """xp[n, c, (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xp (N, C, L) is 0."""
     n_, c_, h_, w_ = x.shape
@@ -60,7 +63,7 @@ def _pad_planes(x, xp, top, left, wp):
             copy_run(xp[n, c], (top + h) * wp + left, x[n, c, h], 0, 1, w_)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def _tap_rows(cg, r_, s_, wp, dil_h, dil_w):
     """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window."""
     rows = cg * r_ * s_
@@ -73,14 +76,15 @@ def _tap_rows(cg, r_, s_, wp, dil_h, dil_w):
     return chan, off
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind, slope):
     """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
     xp[n, g*Cg + c, (y + row0 + r*dil_h) * wp + x + col0 + s*dil_w]): a stride-1 correlation of the padded
     planes xp (N, C, Hp*wp), on the wide grid u = row * wp + col, tiles of tu pixels."""
     groups, kg, rows = wq.shape
     n_, cg = xp.shape[0], xp.shape[1] // groups
-    oh_, ow_ = out.shape[2], out.shape[3]
+    k_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
+    out_flat = out.reshape(-1)
     u_start, u_end = row0 * wp + col0, (row0 + oh_ - 1) * wp + col0 + ow_
     tiles = (u_end - u_start + tu - 1) // tu
     chan, off = _tap_rows(cg, r_, s_, wp, dil_h, dil_w)
@@ -91,15 +95,16 @@ def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind
         acc = np.zeros((kg, tu), dtype=out.dtype)
         arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
         gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
+        flat = acc.reshape(-1)
         for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
             lo, hi = max(row * wp + col0, ua), min(row * wp + col0 + ow_, ua + t)
             for k in range(kg):
                 kk = g * kg + k
-                for u in range(lo, hi):
-                    out[n, kk, row - row0, u - row * wp - col0] = act_value(acc[k, u - ua] + b[kk], kind, slope)
+                act_run(out_flat, ((n * k_ + kk) * oh_ + row - row0) * ow_ + lo - row * wp - col0, flat,
+                        k * tu + lo - ua, hi - lo, b[kk], kind, slope)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _wide_transpose(dy, dyw, wp):
     """dyw[n, oh * wp + ow, k] = dy[n, k, oh, ow]; the wide grid's extra columns are 0."""
     n_, k_, oh_, ow_ = dy.shape
@@ -114,7 +119,7 @@ def _wide_transpose(dy, dyw, wp):
                     dyw[n, oh * wp + ow, k] = dy[n, k, oh, ow]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _shifted_weight(xp, dyw, part, wp, r_, s_, dil_h, dil_w):
     """part[chunk, g, (c, r, s), k] = sum over the chunk's images and wide pixels u of
     xp[n, g*Cg + c, u + offset(r, s)] * dyw[n, u, g*Kg + k]."""
@@ -129,12 +134,13 @@ def _shifted_weight(xp, dyw, part, wp, r_, s_, dil_h, dil_w):
 
 
 # ----------------------------------------------------------------------------------------------- packed path
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
     """y3[n, k, p] = act(sum over the group's (c, r, s) of w3[g, k, (c, r, s)] * cols + b[k])."""
     groups, kg, rows = w3.shape
-    cg, p_ = x.shape[1] // groups, y3.shape[2]
+    cg, k_, p_ = x.shape[1] // groups, y3.shape[1], y3.shape[2]
     total = y3.shape[0] * p_
+    y_flat = y3.reshape(-1)
     tiles = (total + tp - 1) // tp
     for task in prange(tiles * groups):
         tile, g = task // groups, task % groups
@@ -145,6 +151,7 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
         tile_cols(x, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, False)
         gemm(w3[g], np.arange(kg), np.zeros(kg, dtype=np.int64), cols, np.arange(rows),
              np.zeros(rows, dtype=np.int64), acc, kg, rows, t)
+        flat = acc.reshape(-1)
         jj = 0
         while jj < t:  # epilogue: bias + activation, back to NCHW
             n = (j0 + jj) // p_
@@ -152,12 +159,11 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
             cnt = min(p_ - p, t - jj)
             for k in range(kg):
                 kk = g * kg + k
-                for q in range(cnt):
-                    y3[n, kk, p + q] = act_value(acc[k, jj + q] + b[kk], kind, slope)
+                act_run(y_flat, (n * k_ + kk) * p_ + p, flat, k * tp + jj, cnt, b[kk], kind, slope)
             jj += cnt
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _packed_backward_data(dy3, wt3, dx, ib, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w):
     """dx (zeroed) += col2im(w^T @ dy), one task per (block of ib images, group)."""
     groups, rows, kg = wt3.shape
@@ -179,7 +185,7 @@ def _packed_backward_data(dy3, wt3, dx, ib, tp, r_, s_, oh_, ow_, sh, sw, pt, pl
             tile_cols(dx, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, True)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w):
     """part[chunk, g, (c, r, s), k] (zeroed) += cols @ dy^T over the chunk's share of the N*OH*OW pixels."""
     chunks, groups, rows, kg = part.shape
@@ -199,13 +205,14 @@ def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, di
 
 
 # ----------------------------------------------------------------------------------------------- direct path
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _direct_forward(x, w, b, y, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
     """One task per (n, k) output plane: sum of the group's taps, then bias + activation."""
     n_, c_, h_, w_ = x.shape
     k_, cg, r_, s_ = w.shape
     oh_, ow_ = y.shape[2], y.shape[3]
     kg = k_ // (c_ // cg)
+    y_flat = y.reshape(-1)
     for task in prange(n_ * k_):
         n, k = task // k_, task % k_
         c0 = (k // kg) * cg
@@ -220,12 +227,10 @@ def _direct_forward(x, w, b, y, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
                         ih = oh * sh - pt + r * dil_h
                         if 0 <= ih < h_:
                             axpy_run(out[oh], lo, 1, x[n, c0 + c, ih], lo * sw + off, sw, hi - lo, wv)
-        for oh in range(oh_):
-            for ow in range(ow_):
-                out[oh, ow] = act_value(out[oh, ow] + b[k], kind, slope)
+        act_run(y_flat, task * oh_ * ow_, y_flat, task * oh_ * ow_, oh_ * ow_, b[k], kind, slope)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _direct_backward_data(dy, w, dx, sh, sw, pt, pl, dil_h, dil_w):
     """One task per (n, c) input plane, gathering from the group's output planes."""
     n_, c_, h_, w_ = dx.shape
@@ -248,7 +253,7 @@ def _direct_backward_data(dy, w, dx, sh, sw, pt, pl, dil_h, dil_w):
                             axpy_run(plane[ih], lo * sw + off, sw, dy[n, k, oh], lo, 1, hi - lo, wv)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def _product_run(lanes, g, row, lo, hi, start, step):
     """lanes[o] += g[o] * row[start + (o - lo) * step] for lo <= o < hi (unsigned indices: vectorises)."""
     if hi <= lo:
@@ -262,7 +267,7 @@ def _product_run(lanes, g, row, lo, hi, start, step):
             lanes[d + u] += g[d + u] * row[o + u * st]
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _direct_backward_weight(dy, x, part, sh, sw, pt, pl, dil_h, dil_w):
     """part[chunk, k, c, r, s]: the weight gradient from the chunk's share of the batch; one task per
     (chunk, k, c), one running sum per output column (a vector, so no reassociation is needed)."""
@@ -288,7 +293,7 @@ def _direct_backward_weight(dy, x, part, sh, sw, pt, pl, dil_h, dil_w):
                 part[chunk, k, c, r, s] = lanes.sum()
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
     """db[k] = sum of dy over (n, oh, ow), accumulated in float64."""
     for k in prange(dy3.shape[1]):
@@ -311,23 +316,24 @@ def _tile(rows: int, total: int, tasks_outside: int = 1) -> int:
 
 
 def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
-         path: str | None = None) -> tuple[str, str]:
-    """(path of forward and backward-weight, path of backward-data) for this conv; see the module docstring."""
+         path: str | None = None) -> tuple[str, str, str]:
+    """The paths (forward, backward-weight, backward-data) of this conv; see the module docstring."""
     if path is not None:
         if path not in PATHS:
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path == "shifted" and stride != (1, 1):
             raise ValueError("path='shifted' needs stride 1")
-        return path, path
-    if w_shape[0] // groups < GEMM_MIN_ROWS:
-        return "direct", "direct"
+        return path, path, path
+    kg = w_shape[0] // groups
+    if kg < GEMM_MIN_ROWS:
+        return "direct", "direct", "direct"
     if stride != (1, 1):
-        return "packed", "packed"
+        return "packed", "direct" if kg < WEIGHT_GEMM_MIN else "packed", "packed"
     span = dilation[1] * (w_shape[3] - 1)
     out_w = x_shape[3] + padding[2] + padding[3] - span
     forward = "shifted" if x_shape[3] + padding[2] + padding[3] <= MAX_WIDE_WASTE * out_w else "packed"
     data = "shifted" if out_w + 2 * span <= MAX_WIDE_WASTE * x_shape[3] else "packed"
-    return forward, data
+    return forward, "direct" if kg < WEIGHT_GEMM_MIN else forward, data
 
 
 def _geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair):
@@ -393,7 +399,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
     if need_db:
         db = np.empty(k, dtype=x.dtype)
         _bias_grad(dy3, db)
-    weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
+    _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
     if weight_route == "direct":
         part = np.empty((min(n, _cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
         _direct_backward_weight(dy, x, part, *geo)

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     """c[i, j] += sum over q < kd of a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j], for i < m, j < t.
 
@@ -67,7 +67,7 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
                 c[i0, j] += w00 * b[r0, f0 + j]
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def copy_run(dst, d0, src, s0, sstep, count):
     """dst[d0 + u] = src[s0 + u * sstep] for u < count; starts must be >= 0. Unsigned indices (vectorisable)."""
     if count <= 0:
@@ -82,7 +82,7 @@ def copy_run(dst, d0, src, s0, sstep, count):
             dst[d + u] = src[o + u * st]
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def zero_run(dst, d0, count):
     """dst[d0 + u] = 0 for u < count."""
     if count <= 0:
@@ -92,7 +92,7 @@ def zero_run(dst, d0, count):
         dst[d + u] = 0
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def add_run(dst, d0, dstep, src, s0, count):
     """dst[d0 + u * dstep] += src[s0 + u] for u < count; starts must be >= 0."""
     if count <= 0:
@@ -106,7 +106,7 @@ def add_run(dst, d0, dstep, src, s0, count):
             dst[d + u * dt] += src[o + u]
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def axpy_run(dst, d0, dstep, src, s0, sstep, count, alpha):
     """dst[d0 + u * dstep] += alpha * src[s0 + u * sstep] for u < count; starts must be >= 0."""
     if count <= 0:
@@ -121,7 +121,7 @@ def axpy_run(dst, d0, dstep, src, s0, sstep, count, alpha):
             dst[d + u * dt] += alpha * src[o + u * st]
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def valid_range(off, stride, size, lo_bound, hi_bound):
     """[lo, hi) within [lo_bound, hi_bound): the output positions o with 0 <= o * stride + off < size."""
     lo = 0 if off >= 0 else (stride - 1 - off) // stride
@@ -130,7 +130,7 @@ def valid_range(off, stride, size, lo_bound, hi_bound):
     return lo, max(lo, min(hi, hi_bound))
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def tile_cols(x, cols, j0, t, c0, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, scatter):
     """Columns of output pixels j0 .. j0+t-1 (flat over (n, oh, ow)) for input channels c0 .. c0+cg-1:
     ``cols[(c, r, s), j - j0] = xpad[n, c0 + c, oh*sh + r*dil_h, ow*sw + s*dil_w]`` (padding reads 0).
@@ -172,7 +172,7 @@ def tile_cols(x, cols, j0, t, c0, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
         jj += ow1 - ow0
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def tile_rows(y3, buf, j0, t, k0, m, transpose):
     """The (m, t) block of y3 viewed as (K, N*P) at rows k0.., columns j0..: buf[i, j - j0] = y3[n, k0 + i, p]
     for the pixels j = (n, p); buf[j - j0, i] instead when ``transpose``."""

@@ -1,22 +1,20 @@
 """Softmax cross-entropy, Numba: one pass per row gives both the loss term and the gradient row."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from .activation import row_max_logsumexp
+from .activation import exp_neg, row_max_logsumexp
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _xent(logits, labels, losses, dlogits):
     n = logits.shape[0]
     for i in prange(n):
         m, lse = row_max_logsumexp(logits, i)
         label = labels[i]
         for j in range(logits.shape[1]):
-            prob = math.exp((logits[i, j] - m) - lse)
+            prob = exp_neg(lse - (logits[i, j] - m))
             dlogits[i, j] = ((prob - 1.0) if j == label else prob) / n
         losses[i] = lse - (logits[i, label] - m)
 

@@ -1,7 +1,8 @@
 """Batch normalisation, Numba, and the dropout mask (the NumPy backend's own).
 
-Per-channel statistics are parallel over channels and accumulated in float64 (two passes: mean, then the
-centred sum of squares); the elementwise passes are parallel over (n, c) planes.
+Every kernel is parallel over the (n, c) planes. Per-channel statistics are float64 sums per plane (four
+interleaved partial sums, so the adds pipeline), added over the batch afterwards; two passes for the variance
+(mean, then the centred sum of squares).
 """
 from __future__ import annotations
 
@@ -13,27 +14,46 @@ from numba import njit, prange
 from cnnkit.backends.numpy.norm import dropout_mask  # noqa: F401  (re-exported as this backend's op)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _batch_stats(x, mean, var):
-    """mean[c] and biased var[c] over (n, p) of x (N, C, P)."""
-    n_, c_, p_ = x.shape
-    count = n_ * p_
-    for c in prange(c_):
-        s = 0.0
-        for n in range(n_):
-            for p in range(p_):
-                s += x[n, c, p]
-        mu = s / count
-        q = 0.0
-        for n in range(n_):
-            for p in range(p_):
-                d = x[n, c, p] - mu
-                q += d * d
-        mean[c] = mu
-        var[c] = q / count
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _plane_sums(x, y, n, c, shift, scale, mode):
+    """Over the plane (n, c) of x (N, C, P), in float64 with four interleaved partial sums (independent chains,
+    fixed order): mode 0 sum(x); 1 sum((x - shift)^2); 2 sum(y * (x - shift) * scale), y the second plane."""
+    s0 = s1 = s2 = s3 = 0.0
+    p_ = x.shape[2]
+    nu, cu = np.uint64(n), np.uint64(c)
+    for i in range(np.uint64(p_ // 4)):
+        j = i * np.uint64(4)
+        v0, v1 = float(x[nu, cu, j]) - shift, float(x[nu, cu, j + 1]) - shift
+        v2, v3 = float(x[nu, cu, j + 2]) - shift, float(x[nu, cu, j + 3]) - shift
+        if mode == 1:
+            v0, v1, v2, v3 = v0 * v0, v1 * v1, v2 * v2, v3 * v3
+        elif mode == 2:
+            v0, v1 = y[nu, cu, j] * (v0 * scale), y[nu, cu, j + 1] * (v1 * scale)
+            v2, v3 = y[nu, cu, j + 2] * (v2 * scale), y[nu, cu, j + 3] * (v3 * scale)
+        s0, s1, s2, s3 = s0 + v0, s1 + v1, s2 + v2, s3 + v3
+    for j in range(p_ - p_ % 4, p_):
+        v = float(x[n, c, j]) - shift
+        s0 += v * v if mode == 1 else (y[n, c, j] * (v * scale) if mode == 2 else v)
+    return (s0 + s1) + (s2 + s3)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _partial_sums(x, y, shift, scale, mode, out):
+    """out[n, c] = _plane_sums of every (n, c) plane, one task each (summed over n afterwards)."""
+    n_, c_ = x.shape[0], x.shape[1]
+    for task in prange(n_ * c_):
+        n, c = task // c_, task % c_
+        out[n, c] = _plane_sums(x, y, n, c, shift[c], scale[c], mode)
+
+
+def _channel_sums(x: np.ndarray, y: np.ndarray, shift: np.ndarray, scale: np.ndarray, mode: int) -> np.ndarray:
+    """Per-channel float64 sums of :func:`_plane_sums` (mode 0, 1 or 2) over the batch."""
+    out = np.empty(x.shape[:2])
+    _partial_sums(x, y, shift, scale, mode, out)
+    return out.sum(axis=0)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _normalise(x, mean, inv_std, gamma, beta, y):
     """y = (x - mean) * inv_std * gamma + beta per channel."""
     n_, c_, p_ = x.shape
@@ -44,23 +64,7 @@ def _normalise(x, mean, inv_std, gamma, beta, y):
             y[n, c, p] = (x[n, c, p] - mu) * s * g + b
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _grad_sums(dy, x, mean, inv_std, dgamma, dbeta):
-    """dbeta[c] = sum dy, dgamma[c] = sum dy * x_hat, in float64."""
-    n_, c_, p_ = x.shape
-    for c in prange(c_):
-        sb = 0.0
-        sg = 0.0
-        for n in range(n_):
-            for p in range(p_):
-                g = float(dy[n, c, p])
-                sb += g
-                sg += g * ((x[n, c, p] - mean[c]) * inv_std[c])
-        dbeta[c] = sb
-        dgamma[c] = sg
-
-
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _input_grad(dy, x, mean, inv_std, gamma, dgamma, dbeta, training, dx):
     """dx = gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M) in training, gamma * inv_std * dy in eval."""
     n_, c_, p_ = x.shape
@@ -91,9 +95,10 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     xf = _flat(x, x.dtype)
     c = x.shape[1]
     if training:
-        mean, var = np.empty(c), np.empty(c)
-        _batch_stats(xf, mean, var)
         m = xf.shape[0] * xf.shape[2]
+        zeros = np.zeros(c)
+        mean = _channel_sums(xf, xf, zeros, zeros, 0) / m
+        var = _channel_sums(xf, xf, mean, zeros, 1) / m  # two passes: no cancellation
         running_mean *= 1 - momentum
         running_mean += momentum * mean
         running_var *= 1 - momentum
@@ -111,8 +116,8 @@ def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
     xf, mean, inv_std, training = saved
     dyf = _flat(dy, xf.dtype)
     c = xf.shape[1]
-    dgamma, dbeta = np.empty(c), np.empty(c)
-    _grad_sums(dyf, xf, mean, inv_std, dgamma, dbeta)
+    dbeta = _channel_sums(dyf, dyf, np.zeros(c), np.zeros(c), 0)
+    dgamma = _channel_sums(xf, dyf, mean, inv_std, 2)
     dx = np.empty_like(xf)
     _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(gamma, dtype=np.float64), dgamma, dbeta,
                 training, dx)

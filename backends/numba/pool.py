@@ -24,7 +24,7 @@ def _output(x_shape, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, 
                  for a in (0, 1))
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def _span(o, stride, pad, kernel, size, count_include_pad):
     """PyTorch's avg window along one axis: (first, last + 1) clipped to the input, and its divisor length
     (clipped to the padded input when count_include_pad, else to the input)."""
@@ -36,7 +36,7 @@ def _span(o, stride, pad, kernel, size, count_include_pad):
 
 
 # ----------------------------------------------------------------------------------------------- max
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _max_forward(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     h_, w_ = x.shape[1], x.shape[2]
     for t in prange(x.shape[0]):
@@ -58,7 +58,7 @@ def _max_forward(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
                 argmax[t, oh, ow] = where
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _max_backward(dy, argmax, dx):
     for t in prange(dx.shape[0]):
         plane = dx[t]
@@ -89,7 +89,7 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------------------------- average
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _avg_forward(x, y, kh, kw, sh, sw, ph, pw, include_pad):
     h_, w_ = x.shape[1], x.shape[2]
     for t in prange(x.shape[0]):
@@ -104,7 +104,7 @@ def _avg_forward(x, y, kh, kw, sh, sw, ph, pw, include_pad):
                 y[t, oh, ow] = acc / (dvh * dvw)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
     h_, w_ = dx.shape[1], dx.shape[2]
     for t in prange(dx.shape[0]):
@@ -139,7 +139,7 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair
 
 
 # ----------------------------------------------------------------------------------------------- Lp
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, error_model="numpy")
 def _pow(a, p):
     """a ** p for a >= 0, exact for the common p = 1 and p = 2."""
     if p == 2.0:
@@ -149,7 +149,7 @@ def _pow(a, p):
     return a ** p
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _lp_forward(x, y, p, kh, kw, sh, sw, ph, pw):
     h_, w_ = x.shape[1], x.shape[2]
     for t in prange(x.shape[0]):
@@ -164,7 +164,7 @@ def _lp_forward(x, y, p, kh, kw, sh, sw, ph, pw):
                 y[t, oh, ow] = acc ** (1.0 / p)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
     """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); windows with y == 0 and cells with x == 0
     give 0."""
