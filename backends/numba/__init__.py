@@ -8,7 +8,10 @@ after editing ``gemm.py`` or ``activation.py`` (whose helpers other kernels inli
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
-included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. Calling
+included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. The
+Linear layers' NumPy matmuls still use OpenBLAS, whose threads spin after each call and take the cores from
+Numba's pool: run with ``OPENBLAS_NUM_THREADS=1`` (measured on 2 cores: LeNet-5 training step, batch 64, 5.2 ms
+instead of 19 ms). Calling
 the backend from several Python threads at once needs a thread-safe threading layer
 (``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback aborts on concurrent use).
 """
