@@ -11,9 +11,8 @@ Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`
 included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. The
 Linear layers' NumPy matmuls still use OpenBLAS, whose threads spin after each call and take the cores from
 Numba's pool: run with ``OPENBLAS_NUM_THREADS=1`` (measured on 2 cores: LeNet-5 training step, batch 64, 5.2 ms
-instead of 19 ms). Calling
-the backend from several Python threads at once needs a thread-safe threading layer
-(``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback aborts on concurrent use).
+instead of 19 ms). Calling the backend from several Python threads at once needs a thread-safe threading
+layer (``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback aborts on concurrent use).
 """
 from __future__ import annotations
 
