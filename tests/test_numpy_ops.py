@@ -271,3 +271,12 @@ def test_non_contiguous_inputs_give_the_same_results():
     for (name, strided), (_, contiguous) in zip(_every_op(base), _every_op(np.ascontiguousarray(base)), strict=True):
         for a, b in zip(strided, contiguous, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13, err_msg=name)
+
+
+def test_max_pool_window_covering_only_padding_passes_no_gradient():
+    """With dilation, a window can miss every input cell: its argmax is -1 and its dy goes nowhere."""
+    x = np.arange(3.0).reshape(1, 1, 1, 3)
+    y, idx = F.max_pool2d(x, (2, 1), padding=(1, 0), dilation=(2, 1), backend="numpy")
+    assert np.all(idx == -1) and np.all(np.isneginf(y))
+    dx = F.max_pool2d_backward(np.ones_like(y), idx, x.shape, backend="numpy")
+    np.testing.assert_array_equal(dx, np.zeros_like(x))

@@ -79,10 +79,13 @@ def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
 
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
-    """Scatter-add dy onto the argmax cells (bincount over flat indices, one pass over the outputs)."""
+    """Scatter-add dy onto the argmax cells (bincount over flat indices, one pass over the outputs).
+    A window that covers no input cell (argmax -1, possible with dilation and padding) passes no gradient."""
     n, c, h, w = x_shape
     plane = np.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
-    dx = np.bincount((plane + argmax).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+    empty = argmax < 0
+    flat = np.where(empty, 0, plane + argmax).ravel()
+    dx = np.bincount(flat, weights=np.where(empty, 0, dy).ravel(), minlength=n * c * h * w)
     return dx.astype(dy.dtype, copy=False).reshape(x_shape)
 
 
