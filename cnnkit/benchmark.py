@@ -79,7 +79,8 @@ def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str) -> Ste
     def train() -> None:
         opt.zero_grad()
         _, dlogits = softmax_cross_entropy(model(xb), yb, backend=be)
-        model.backward(dlogits)
+        with model.input_grad_skipped():  # as PyTorch, which computes no gradient for the input batch
+            model.backward(dlogits)
         opt.step()
         be.synchronize()
     return train

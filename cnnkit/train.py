@@ -266,7 +266,8 @@ def _train_epoch(model: Layer, loader: Iterable, optimizer: Any, loss_fn: LossFn
     started = time.perf_counter()
     for x, y in loader:
         batch_loss, dlogits, batch_correct = _batch_stats(model, loss_fn, x, y)
-        model.backward(dlogits)
+        with model.input_grad_skipped():
+            model.backward(dlogits)
         optimizer.step()
         optimizer.zero_grad()
         loss_sum = loss_sum + batch_loss * y.shape[0]

@@ -413,3 +413,23 @@ def test_backward_before_forward_is_an_error():
 def test_layers_default_to_float32():
     for layer in (nn.Conv2d(1, 2, 3), nn.Linear(3, 2), nn.BatchNorm2d(2), nn.Subsampling(2)):
         assert {p.data.dtype for p in layer.parameters()} == {np.dtype(np.float32)}, type(layer).__name__
+
+
+def test_input_grad_skipped_gives_same_parameter_grads_and_no_dx():
+    """Skipping the first conv's dx (as training does) changes no parameter gradient, and is restored after."""
+    from cnnkit import models
+
+    model = models.lenet5().to("numpy", dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32))
+    dy = np.random.default_rng(1).standard_normal((2, 10))
+    model(x)
+    full_dx = model.backward(dy)
+    full = {k: p.grad.copy() for k, p in model.named_parameters()}
+    model.zero_grad()
+    model(x)
+    with model.input_grad_skipped():
+        assert model.backward(dy) is None
+    for k, p in model.named_parameters():
+        np.testing.assert_array_equal(p.grad, full[k], err_msg=k)
+    assert model.first_layer().requires_input_grad
+    assert full_dx.shape == x.shape

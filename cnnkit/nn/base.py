@@ -7,6 +7,7 @@ optimiser skips them (PyTorch's ``requires_grad=False``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -40,6 +41,7 @@ class Layer:
 
     def __init__(self) -> None:
         self.training = True
+        self.requires_input_grad = True
         self._trainable = True
         self._buffers: list[str] = []
         self._backend: Backend = get_backend()
@@ -104,6 +106,23 @@ class Layer:
         """Freeze (False) or unfreeze this layer and all its sub-layers."""
         for _, layer in self.modules():
             layer._trainable = bool(value)
+
+    def first_layer(self) -> Layer:
+        """The layer that receives the model's input (self for a leaf; containers override)."""
+        return self
+
+    @contextlib.contextmanager
+    def input_grad_skipped(self) -> Iterator[Layer]:
+        """Within the block, the layer that sees the model input skips computing dx, since nobody needs the
+        gradient of the data (a conv then computes only dw and db, and backward returns None); restored
+        after. Training loops and benchmarks use this; gradient checks of the input do not."""
+        first = self.first_layer()
+        before = first.requires_input_grad
+        first.requires_input_grad = False
+        try:
+            yield self
+        finally:
+            first.requires_input_grad = before
 
     def train(self, mode: bool = True) -> Layer:
         for _, layer in self.modules():
@@ -226,6 +245,9 @@ class Sequential(Layer):
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
 
+    def first_layer(self) -> Layer:
+        return self.layers[0].first_layer() if self.layers else self
+
     def forward(self, x: Array) -> Array:
         i = 0
         while i < len(self.layers):
@@ -242,7 +264,7 @@ class Sequential(Layer):
                 i += 1
         return x
 
-    def backward(self, dy: Array) -> Array:
+    def backward(self, dy: Array) -> Array | None:
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
