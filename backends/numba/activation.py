@@ -3,7 +3,8 @@
 Each activation has an integer code; :func:`act_run` applies one to a run of elements (the conv kernels' fused
 epilogue uses it too) with the choice of activation made outside the loop, so every loop vectorises. Values
 are computed in float64 and rounded once to the array's dtype. exp and tanh are written here, branch-free
-(Cody-Waite reduction and Taylor polynomials, within 1 ulp of libm in float64), because a libm call per element
+(Cody-Waite reduction and Taylor polynomials, within 1 ulp of libm in float64; float32 arrays get a shorter
+tanh polynomial, 6e-10 relative, far below their rounding), because a libm call per element
 keeps LLVM from vectorising and costs ~50x more than the arithmetic. ``error_model="numpy"`` everywhere: a
 division then needs no zero check, which would also block vectorisation.
 """
@@ -59,11 +60,27 @@ def exp_neg(t):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def tanh(x):
-    """tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), sign restored; expm1 by Taylor near 0 (no cancellation)."""
+def _taylor_expm1_short(r):
+    """exp(r) - 1 for |r| <= ln2 / 2, Taylor to r^8 (relative truncation below 6e-10: ample for float32)."""
+    return r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 + r * (
+        1.0 / 5040 + r / 40320.0)))))))
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def tanh(x, short):
+    """tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), sign restored. One reduction t = k ln2 - r serves every
+    |x| (k = 0 near 0, so expm1(-t) is the polynomial itself: no cancellation); 2|x| is capped at 44, where
+    exp(-44) no longer changes a float64 tanh, so 2^-k needs only six bits. ``short``: the float32 polynomial."""
     t = 2.0 * abs(x)
-    small = _taylor_expm1(-t)
-    em1 = small if t < _HALF_LN2 else exp_neg(t) - 1.0
+    t = 44.0 if t > 44.0 else t  # (a NaN passes through)
+    k = math.floor(t * _INV_LN2 + 0.5)
+    r = (k * _LN2_HI - t) + k * _LN2_LO
+    q = _taylor_expm1_short(r) if short else _taylor_expm1(r)
+    b = np.int64(k)
+    s = ((0.5 if b & 1 else 1.0) * (0.25 if b & 2 else 1.0)) * ((2.0 ** -4 if b & 4 else 1.0)
+                                                                * (2.0 ** -8 if b & 8 else 1.0))
+    s = s * ((2.0 ** -16 if b & 16 else 1.0) * (2.0 ** -32 if b & 32 else 1.0))
+    em1 = q * s + (s - 1.0)  # exp(-t) - 1 = (1 + q) 2^-k - 1; exactly q when k = 0
     return math.copysign(-em1 / (2.0 + em1), x)
 
 
@@ -93,12 +110,14 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
     elif kind == SIGMOID:
         for u in range(n):
             dst[d + u] = sigmoid(float(src[o + u] + bias))
-    elif kind == TANH:
-        for u in range(n):
-            dst[d + u] = tanh(float(src[o + u] + bias))
-    elif kind == SCALED_TANH:
-        for u in range(n):
-            dst[d + u] = _A * tanh(_S * float(src[o + u] + bias))
+    elif kind == TANH or kind == SCALED_TANH:
+        a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
+        if dst.itemsize == 4:  # float32 output: the short polynomial (a loop of its own, so both vectorise)
+            for u in range(n):
+                dst[d + u] = a * tanh(sc * float(src[o + u] + bias), True)
+        else:
+            for u in range(n):
+                dst[d + u] = a * tanh(sc * float(src[o + u] + bias), False)
     else:
         for u in range(n):
             dst[d + u] = src[o + u] + bias

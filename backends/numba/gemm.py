@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+FMA = {"contract"}
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+
+@njit(cache=True, fastmath=FMA, error_model="numpy")
 def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     """c[i, j] += sum over q < kd of a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j], for i < m, j < t.
 
