@@ -12,10 +12,12 @@ from cnnkit.data.idx import read_idx, read_idx_dataset, write_idx
 from cnnkit.data.imagefolder import read_image_folder
 from cnnkit.data.loader import DataLoader, split
 from cnnkit.data.registry import NAMES, SEARCH_PATHS, DataNotFoundError, load, load_sample
+from cnnkit.data.synthetic import synthetic_digits
 from cnnkit.data.transforms import Compose, normalize, pad, random_crop, random_hflip, random_rotation
 
 __all__ = [
     "Dataset", "DataFormatError", "DataNotFoundError", "load", "load_sample", "NAMES", "SEARCH_PATHS", "cache_dir",
     "read_idx", "write_idx", "read_idx_dataset", "read_cifar10", "read_image_folder",
     "DataLoader", "split", "Compose", "normalize", "pad", "random_crop", "random_hflip", "random_rotation",
+    "synthetic_digits",
 ]
