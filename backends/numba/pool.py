@@ -89,35 +89,73 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------------------------- average
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _inner(sw, pw, kw, w_, ow_):
+    """[lo, hi): the output columns whose window lies wholly inside the input row (its divisor is then kw in
+    both count_include_pad modes)."""
+    lo = min((pw + sw - 1) // sw, ow_)
+    return lo, max(lo, min(ow_, (w_ + pw - kw) // sw + 1))
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _avg_forward(x, y, kh, kw, sh, sw, ph, pw, include_pad):
+    """Window sums added in (row, column) order; the columns of inner windows as one vectorised run per tap."""
     h_, w_ = x.shape[1], x.shape[2]
+    lo, hi = _inner(sw, pw, kw, w_, y.shape[2])
+    dvw = np.empty(y.shape[2])
+    for ow in range(y.shape[2]):
+        dvw[ow] = _span(ow, sw, pw, kw, w_, include_pad)[2]
     for t in prange(x.shape[0]):
+        lanes = np.empty(y.shape[2], dtype=np.float64)
         for oh in range(y.shape[1]):
             h0, h1, dvh = _span(oh, sh, ph, kh, h_, include_pad)
             for ow in range(y.shape[2]):
-                w0, w1, dvw = _span(ow, sw, pw, kw, w_, include_pad)
-                acc = 0.0
+                lanes[ow] = 0.0
+            for ih in range(h0, h1):
+                row = x[t, ih]
+                for j in range(kw):
+                    off = np.uint64(j - pw + lo * sw)
+                    for u in range(np.uint64(hi - lo)):
+                        lanes[np.uint64(lo) + u] += row[off + u * np.uint64(sw)]
+            for ow in range(y.shape[2] if lo > 0 or hi < y.shape[2] else 0):  # the edge windows
+                if lo <= ow < hi:
+                    continue
+                w0, w1, _ = _span(ow, sw, pw, kw, w_, include_pad)
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
-                        acc += x[t, ih, iw]
-                y[t, oh, ow] = acc / (dvh * dvw)
+                        lanes[ow] += x[t, ih, iw]
+            for ow in range(y.shape[2]):
+                y[t, oh, ow] = lanes[ow] / (dvh * dvw[ow])
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
+    """Each window adds dy / divisor to its cells; inner windows' columns as one vectorised run per tap."""
     h_, w_ = dx.shape[1], dx.shape[2]
+    lo, hi = _inner(sw, pw, kw, w_, dy.shape[2])
+    dvw = np.empty(dy.shape[2])
+    for ow in range(dy.shape[2]):
+        dvw[ow] = _span(ow, sw, pw, kw, w_, include_pad)[2]
     for t in prange(dx.shape[0]):
         plane = dx[t]
         plane[:, :] = 0
+        g = np.empty(dy.shape[2], dtype=np.float64)
         for oh in range(dy.shape[1]):
             h0, h1, dvh = _span(oh, sh, ph, kh, h_, include_pad)
             for ow in range(dy.shape[2]):
-                w0, w1, dvw = _span(ow, sw, pw, kw, w_, include_pad)
-                g = dy[t, oh, ow] / (dvh * dvw)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        plane[ih, iw] += g
+                g[ow] = dy[t, oh, ow] / (dvh * dvw[ow])
+            for ow in range(dy.shape[2] if lo > 0 or hi < dy.shape[2] else 0):  # the edge windows
+                if ow < lo or ow >= hi:
+                    w0, w1, _ = _span(ow, sw, pw, kw, w_, include_pad)
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            plane[ih, iw] += g[ow]
+            for ih in range(h0, h1):
+                row = plane[ih]
+                for j in range(kw):
+                    off = np.uint64(j - pw + lo * sw)
+                    for u in range(np.uint64(hi - lo)):
+                        row[off + u * np.uint64(sw)] += g[np.uint64(lo) + u]
 
 
 def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
