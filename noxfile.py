@@ -25,7 +25,7 @@ def gpu(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "cnnkit", "backends", "bench", "tests", "noxfile.py")
+    session.run("ruff", "check", "cnnkit", "backends", "bench", "tests", "examples", "noxfile.py")
 
 
 @nox.session

@@ -10,7 +10,7 @@ import pytest
 
 import cnnkit as ck
 from cnnkit.backend import BackendUnavailableError, unavailable_reason
-from cnnkit.backends import OPS, BACKEND_NAMES
+from cnnkit.backends import BACKEND_NAMES, OPS
 
 
 def test_numpy_backend_is_always_available_and_complete():

@@ -9,10 +9,10 @@ import zlib
 
 import numpy as np
 import pytest
-from cnnkit.backends import ACTIVATIONS
 from gradcheck import check_grad
 
 import cnnkit.functional as F
+from cnnkit.backends import ACTIVATIONS
 
 BE = "numpy"
 

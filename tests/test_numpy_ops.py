@@ -7,10 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
-from cnnkit.backends import OPS
 
 import cnnkit.functional as F
 from cnnkit.backend import backend
+from cnnkit.backends import OPS
 
 BE = "numpy"
 OP = backend(BE).ops

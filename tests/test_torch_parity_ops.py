@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
 from tolerances import RTOL_ACT_F32, assert_close_f32, assert_close_f64
 
 import cnnkit.functional as F
+from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
 
 BE = "numpy"
 DTYPES = [np.float64, np.float32]
