@@ -6,6 +6,7 @@ the three Numba conv paths it admits (direct, shifted, packed) besides the autom
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zlib
@@ -48,6 +49,19 @@ def test_importing_the_package_does_not_import_numba():
     code = "import sys, cnnkit.backends.numba as b; assert 'numba' not in sys.modules, 'numba imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("env, expected", [(None, 1), ("2", 2)])
+def test_creating_the_backend_limits_blas_to_one_thread_unless_told(env, expected):
+    """OpenBLAS's spinning threads would take the cores from numba's pool (see the package docstring)."""
+    code = ("import threadpoolctl, numpy; from cnnkit.backend import backend; backend('numba'); "
+            "print(min(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))")
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if env is not None:
+        environ["OPENBLAS_NUM_THREADS"] = env
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environ)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == expected
 
 
 def test_warmup_compiles_and_reports_seconds(capsys):

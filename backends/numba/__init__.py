@@ -9,14 +9,22 @@ after editing ``gemm.py`` or ``activation.py`` (whose helpers other kernels inli
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
 included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. The
-Linear layers' NumPy matmuls still use OpenBLAS, whose threads spin after each call and take the cores from
-Numba's pool: run with ``OPENBLAS_NUM_THREADS=1`` (measured on 2 cores: LeNet-5 training step, batch 64, 5.2 ms
-instead of 19 ms). Calling the backend from several Python threads at once needs a thread-safe threading
-layer (``NUMBA_THREADING_LAYER=omp`` or ``tbb``; numba's ``workqueue`` fallback aborts on concurrent use).
+Linear layers' NumPy matmuls still use OpenBLAS, whose worker threads spin for a long while after each call and
+take the cores from Numba's pool (every parallel region then waits for a descheduled thread). So
+:func:`create` limits BLAS to one thread for the process with ``threadpoolctl`` (a dependency of the
+``numba`` extra) unless ``OPENBLAS_NUM_THREADS`` is set, which is then obeyed. Measured on 2 cores, LeNet-5
+training step at batch 64: 28 ms with two OpenBLAS threads, 6.1 ms with one (the same as
+``OPENBLAS_NUM_THREADS=1``); the NumPy backend's LeNet-5 step is unchanged by it (8.3 vs 8.4 ms: its
+matrices are too small for a second BLAS thread to pay). Threading layer: numba's default here is OpenMP,
+whose workers spin briefly between regions, which suits the many short regions of a training step
+(``workqueue``: 11.3 ms; ``OMP_WAIT_POLICY=passive``: 7.2 ms). Calling the backend from several Python threads
+at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts on concurrent use).
 """
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -38,10 +46,25 @@ def unavailable_reason() -> str | None:
 def create() -> Backend:
     from . import activation, conv, loss, norm, pool
 
+    _single_thread_blas()
     return Backend(
         name=NAME, xp=np, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
         array_type=np.ndarray, device="cpu", to_numpy=np.asarray,
     )
+
+
+def _single_thread_blas() -> None:
+    """One BLAS thread for the process (see the module docstring), unless OPENBLAS_NUM_THREADS says otherwise."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        warnings.warn("threadpoolctl is not installed, so OpenBLAS threads will compete with numba's for the "
+                      "cores (training steps several times slower): pip install 'cnnkit[numba]' or set "
+                      "OPENBLAS_NUM_THREADS=1", RuntimeWarning, stacklevel=3)
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def warmup(dtypes: Sequence[str] = ("float32",), verbose: bool = True) -> float:
