@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from cnnkit.backends import conv_output_size
 
-from .activation import act_run, code
+from .activation import SIGMOID, act_run, code
 from .gemm import axpy_run, copy_run, gemm, tile_cols, tile_rows, valid_range
 
 Pair = tuple[int, int]
@@ -96,12 +96,22 @@ def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind
         arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
         gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
         flat = acc.reshape(-1)
+        whole = kind >= SIGMOID  # tanh, sigmoid: activate whole accumulator rows in place (short runs would
+        # leave many elements to the slow scalar remainder of the vectorised loop), then copy the real columns
+        if whole:
+            done = np.empty_like(flat)  # not in place: overlapping runs would defeat the vectorised loop
+            for k in range(kg):
+                act_run(done, k * tu, flat, k * tu, t, b[g * kg + k], kind, slope)
+            flat = done
         for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
             lo, hi = max(row * wp + col0, ua), min(row * wp + col0 + ow_, ua + t)
             for k in range(kg):
                 kk = g * kg + k
-                act_run(out_flat, ((n * k_ + kk) * oh_ + row - row0) * ow_ + lo - row * wp - col0, flat,
-                        k * tu + lo - ua, hi - lo, b[kk], kind, slope)
+                dst, src = ((n * k_ + kk) * oh_ + row - row0) * ow_ + lo - row * wp - col0, k * tu + lo - ua
+                if whole:
+                    copy_run(out_flat, dst, flat, src, 1, hi - lo)
+                else:
+                    act_run(out_flat, dst, flat, src, hi - lo, b[kk], kind, slope)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -152,6 +162,13 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
         gemm(w3[g], np.arange(kg), np.zeros(kg, dtype=np.int64), cols, np.arange(rows),
              np.zeros(rows, dtype=np.int64), acc, kg, rows, t)
         flat = acc.reshape(-1)
+        whole = kind >= SIGMOID  # tanh, sigmoid: activate whole accumulator rows in place (short runs would
+        # leave many elements to the slow scalar remainder of the vectorised loop), then copy the real columns
+        if whole:
+            done = np.empty_like(flat)  # not in place: overlapping runs would defeat the vectorised loop
+            for k in range(kg):
+                act_run(done, k * tp, flat, k * tp, t, b[g * kg + k], kind, slope)
+            flat = done
         jj = 0
         while jj < t:  # epilogue: bias + activation, back to NCHW
             n = (j0 + jj) // p_
@@ -159,7 +176,10 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
             cnt = min(p_ - p, t - jj)
             for k in range(kg):
                 kk = g * kg + k
-                act_run(y_flat, (n * k_ + kk) * p_ + p, flat, k * tp + jj, cnt, b[kk], kind, slope)
+                if whole:
+                    copy_run(y_flat, (n * k_ + kk) * p_ + p, flat, k * tp + jj, 1, cnt)
+                else:
+                    act_run(y_flat, (n * k_ + kk) * p_ + p, flat, k * tp + jj, cnt, b[kk], kind, slope)
             jj += cnt
 
 
