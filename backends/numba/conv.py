@@ -8,7 +8,8 @@
 * ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
   plus the same GEMM; col2im for the input gradient.
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
-  blocks would be mostly empty and the packing would cost as much as the multiply-adds.
+  blocks would be mostly empty and the packing would cost as much as the multiply-adds. Its stride-1 weight
+  gradient runs on the wide grid (one long product run per image and tap, not one per output row).
 
 Rule (:func:`plan`), with Kg = K / groups: forward and backward-data are direct when Kg < 4; else shifted when
 the stride is 1 and the padded width is at most ``MAX_WIDE_WASTE`` (1.5) times the output width (for
@@ -46,6 +47,7 @@ ACC_ELEMS = 1 << 14    # shifted: accumulator elements per task tile (64 KiB in 
 MIN_TILE, MAX_TILE = 32, 1024  # pixels per tile: long enough to vectorise, short enough to stay in cache
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
 WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
+WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
 FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
 PATHS = ("direct", "shifted", "packed")
 
@@ -314,6 +316,32 @@ def _direct_backward_weight(dy, x, part, sh, sw, pt, pl, dil_h, dil_w):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _wide_direct_weight(xp, dyw, part, wp, span, r_, s_, dil_h, dil_w):
+    """Stride 1: part[chunk, k, c, r, s] = sum over the chunk's images and wide pixels u < span of
+    dyw[n, k, u] * xp[n, ci, u + r*dil_h*wp + s*dil_w], one long vectorised run per (image, tap) instead of one
+    per output row (dyw: dy on the wide grid of the padded planes xp, zero in the extra columns)."""
+    n_, c_ = xp.shape[0], xp.shape[1]
+    chunks, k_, cg = part.shape[0], part.shape[1], part.shape[2]
+    kg = k_ // (c_ // cg)
+    for task in prange(chunks * k_ * cg):
+        chunk, k, c = task // (k_ * cg), (task // cg) % k_, task % cg
+        ci = (k // kg) * cg + c
+        lanes = np.empty(span, dtype=part.dtype)
+        for r in range(r_):
+            for s in range(s_):
+                for u in range(span):
+                    lanes[u] = 0
+                for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
+                    _product_run(lanes, dyw[n, k], xp[n, ci], 0, span, r * dil_h * wp + s * dil_w, 1)
+                s0 = s1 = s2 = s3 = 0.0  # four interleaved chains in a fixed order: the adds pipeline
+                for u in range(0, span - 3, 4):
+                    s0, s1, s2, s3 = s0 + lanes[u], s1 + lanes[u + 1], s2 + lanes[u + 2], s3 + lanes[u + 3]
+                for u in range(span - span % 4, span):
+                    s0 += lanes[u]
+                part[chunk, k, c, r, s] = (s0 + s1) + (s2 + s3)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
     """db[k] = sum of dy over (n, oh, ow), accumulated in float64."""
     for k in prange(dy3.shape[1]):
@@ -421,8 +449,15 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         _bias_grad(dy3, db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
     if weight_route == "direct":
-        part = np.empty((min(n, _cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
-        _direct_backward_weight(dy, x, part, *geo)
+        if stride == (1, 1):  # each chunk's partial ends in a serial sum per weight: fewer, longer tasks
+            part = np.empty((min(n, _cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
+            xp, wp = _padded(x, *padding)
+            dyw = np.empty((n, k, oh * wp), dtype=x.dtype)
+            _pad_planes(dy, dyw, 0, 0, wp)
+            _wide_direct_weight(xp, dyw, part, wp, (oh - 1) * wp + ow, r, s, *dilation)
+        else:
+            part = np.empty((min(n, _cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
+            _direct_backward_weight(dy, x, part, *geo)
         dw = part.sum(axis=0)
     else:
         if weight_route == "shifted":
