@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_cupy_ops import cp  # noqa: F401  (the module fixture that fails, never skips, without a device)
-from tolerances import MODEL_REL_F32, norm_rel_err
+from tolerances import MODEL_REL_F32, max_rel_err, norm_rel_err
 
 from cnnkit import losses, models, nn, optim
 
@@ -37,14 +37,6 @@ def _batch(name: str) -> tuple[np.ndarray, np.ndarray]:
     _, shape, n, _, _ = MODELS[name]
     rng = np.random.default_rng(1)
     return rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, 10, n)
-
-
-def max_rel_err(ours, reference) -> float:
-    """max|ours - reference| / max|reference| (max|ours| when the reference is all zeros)."""
-    ours, reference = np.asarray(ours, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    assert ours.shape == reference.shape
-    scale = np.abs(reference).max()
-    return float(np.abs(ours - reference).max() / scale if scale else np.abs(ours).max())
 
 
 def _host_state(model) -> dict[str, np.ndarray]:

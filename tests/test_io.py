@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from tolerances import MODEL_REL_F32
+from tolerances import MODEL_REL_F32, max_rel_err
+from torch_models import torch_lenet5, torch_resnet20
 
 from cnnkit import io, models, nn
 
@@ -119,56 +120,9 @@ def test_atomic_write_new_file_and_failure_without_previous(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- PyTorch
-class _TorchResidual(torch.nn.Module):
-    def __init__(self, body, projection=None):
-        super().__init__()
-        self.body, self.projection = body, projection
-
-    def forward(self, x):
-        return self.body(x) + (x if self.projection is None else self.projection(x))
-
-
-class _TorchGlobalAvgPool(torch.nn.Module):
-    def forward(self, x):
-        return x.mean(dim=(2, 3))
-
-
-def _torch_resnet20():
-    """The torch twin of cnnkit.models.resnet(20), with the same module tree and so the same state-dict keys."""
-    def conv3x3(c_in, c_out, stride=1):
-        return torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-
-    stages, c_in = [], 16
-    for index, c in enumerate((16, 32, 64)):
-        blocks = []
-        for b in range(3):
-            stride = 2 if index > 0 and b == 0 else 1
-            body = torch.nn.Sequential(conv3x3(c_in, c, stride), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
-                                       conv3x3(c, c), torch.nn.BatchNorm2d(c))
-            proj = None
-            if stride != 1 or c_in != c:
-                proj = torch.nn.Sequential(torch.nn.Conv2d(c_in, c, 1, stride=stride, bias=False),
-                                           torch.nn.BatchNorm2d(c))
-            blocks.append(torch.nn.Sequential(_TorchResidual(body, proj), torch.nn.ReLU()))
-            c_in = c
-        stages.append(torch.nn.Sequential(*blocks))
-    return torch.nn.Sequential(conv3x3(3, 16), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), *stages,
-                               _TorchGlobalAvgPool(), torch.nn.Linear(64, 10))
-
-
-def _torch_lenet5():
-    t = torch.nn
-    return t.Sequential(t.Conv2d(1, 6, 5), t.Tanh(), t.AvgPool2d(2), t.Conv2d(6, 16, 5), t.Tanh(), t.AvgPool2d(2),
-                        t.Conv2d(16, 120, 5), t.Tanh(), t.Flatten(), t.Linear(120, 84), t.Tanh(), t.Linear(84, 10))
-
-
-def _max_rel_err(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 @pytest.mark.parametrize("name,torch_model,input_shape", [
-    ("lenet5", _torch_lenet5, (1, 32, 32)),
-    ("resnet20", _torch_resnet20, (3, 32, 32)),
+    ("lenet5", torch_lenet5, (1, 32, 32)),
+    ("resnet20", torch_resnet20, (3, 32, 32)),
 ])
 def test_from_torch_gives_the_torch_forward(name, torch_model, input_shape):
     torch.manual_seed(0)
@@ -188,18 +142,18 @@ def test_from_torch_gives_the_torch_forward(name, torch_model, input_shape):
         expected = ref(torch.from_numpy(x)).numpy()
     got = model(x)
     assert got.dtype == np.float32
-    err = _max_rel_err(got.astype(np.float64), expected.astype(np.float64))
+    err = max_rel_err(got.astype(np.float64), expected.astype(np.float64))
     assert err <= MODEL_REL_F32, f"{name}: max relative error {err:.3g}"
 
 
 def test_from_torch_reports_mismatched_keys_and_shapes():
     model = models.lenet5()
-    state = _torch_lenet5().state_dict()
+    state = torch_lenet5().state_dict()
     state["12.weight"] = state.pop("11.weight")
     with pytest.raises(KeyError, match=r"PyTorch state dict.*missing keys \['11\.weight'\].*unexpected keys "
                                        r"\['12\.weight'\]"):
         io.from_torch(model, state)
-    state = _torch_lenet5().state_dict()
+    state = torch_lenet5().state_dict()
     state["0.weight"] = torch.zeros(6, 1, 3, 3)
     with pytest.raises(ValueError, match=r"shape mismatch for '0\.weight'"):
         io.from_torch(model, state)
@@ -213,7 +167,7 @@ def test_from_torch_drops_torch_only_buffers_the_model_lacks():
     np.testing.assert_array_equal(model[0].weight.data, ref[0].weight.detach().numpy())
 
 
-@pytest.mark.parametrize("name,torch_model", [("lenet5", _torch_lenet5), ("resnet20", _torch_resnet20)])
+@pytest.mark.parametrize("name,torch_model", [("lenet5", torch_lenet5), ("resnet20", torch_resnet20)])
 def test_to_torch_state_dict_loads_into_torch(name, torch_model):
     model = models.create(name).eval()
     _randomise_buffers(model, 3)
@@ -222,4 +176,4 @@ def test_to_torch_state_dict_loads_into_torch(name, torch_model):
     x = np.random.default_rng(1).standard_normal((2, *model.input_shape)).astype(np.float32)
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
-    assert _max_rel_err(model(x).astype(np.float64), expected.astype(np.float64)) <= MODEL_REL_F32
+    assert max_rel_err(model(x).astype(np.float64), expected.astype(np.float64)) <= MODEL_REL_F32

@@ -30,6 +30,16 @@ def norm_rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / denom) if denom else float(np.linalg.norm(a))
 
 
+def max_rel_err(ours, reference) -> float:
+    """max|ours - reference| / max|reference| (max|ours| when the reference is all zeros): the measure
+    MODEL_REL_F32 bounds, per tensor."""
+    ours = np.asarray(ours, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert ours.shape == reference.shape, f"shape {ours.shape} != {reference.shape}"
+    scale = np.abs(reference).max() if reference.size else 0.0
+    return float(np.abs(ours - reference).max() / scale if scale else np.abs(ours).max())
+
+
 def assert_close_f32(actual, reference, what: str = "") -> None:
     """float32 result vs float64 reference, by DESIGN.md's conv/pool/bn rule (norm-relative and elementwise)."""
     actual = np.asarray(actual, dtype=np.float64)
