@@ -52,8 +52,9 @@ ACC_ELEMS = 1 << 14    # shifted: accumulator elements per task tile (64 KiB in 
 MIN_TILE, MAX_TILE = 32, 1024  # pixels per tile: long enough to vectorise, short enough to stay in cache
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
 WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
-TAP_CHUNKS = 16        # stride-1 weight gradient: at most this many partials ...
-TAP_MIN_RUN = 256      # ... each over at least this many wide-grid pixels
+TAP_CHUNKS = 8         # stride-1 weight gradient: at most this many partials (fewer: less overhead)...
+TAP_MIN_RUN = 1024     # ... each over at least this many wide-grid pixels
+RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loops without scalar remainders)
 WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
 FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
 PATHS = ("direct", "shifted", "packed")
@@ -165,7 +166,8 @@ def _tap_weight(dt, xt, part, chan, off, total, zero):
     cg = xt.shape[0] // groups
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
-        u0, u1 = chunk * total // chunks, (chunk + 1) * total // chunks
+        u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
+        u1 = total if chunk == chunks - 1 else (chunk + 1) * total // chunks // RUN_ALIGN * RUN_ALIGN
         for kb in range(0, kg, 4):
             last = g * kg + kg - 1  # a short block repeats its last row
             k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), min(g * kg + kb + 3, last)
