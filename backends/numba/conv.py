@@ -55,6 +55,7 @@ WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
 TAP_CHUNKS = 8         # stride-1 weight gradient: at most this many partials (fewer: less overhead)...
 TAP_MIN_RUN = 1024     # ... each over at least this many wide-grid pixels
 RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loops without scalar remainders)
+SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
 WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
 FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
 PATHS = ("direct", "shifted", "packed")
@@ -168,16 +169,22 @@ def _tap_weight(dt, xt, part, chan, off, total, zero):
         chunk, g = task // groups, task % groups
         u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
         u1 = total if chunk == chunks - 1 else (chunk + 1) * total // chunks // RUN_ALIGN * RUN_ALIGN
-        for kb in range(0, kg, 4):
-            last = g * kg + kg - 1  # a short block repeats its last row
-            k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), min(g * kg + kb + 3, last)
-            for qb in range(0, rows, 4):
-                q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-                sums = _dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                                g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], u0, u1, zero)
-                for i in range(min(4, kg - kb)):
-                    for j in range(min(4, rows - qb)):
-                        part[chunk, g, kb + i, qb + j] = sums[i * 4 + j]
+        last = g * kg + kg - 1  # a short block repeats its last row
+        for i in range(kg):
+            for q in range(rows):
+                part[chunk, g, i, q] = 0
+        for s0 in range(u0, u1, SUB_RUN):  # sub-runs whose rows stay in cache while every block reads them
+            s1 = min(s0 + SUB_RUN, u1)
+            for kb in range(0, kg, 4):
+                k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
+                    min(g * kg + kb + 3, last)
+                for qb in range(0, rows, 4):
+                    q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
+                    sums = _dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
+                                    g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
+                    for i in range(min(4, kg - kb)):
+                        for j in range(min(4, rows - qb)):
+                            part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
 
 
 # ----------------------------------------------------------------------------------------------- packed path
