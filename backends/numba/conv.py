@@ -3,13 +3,16 @@
 * ``shifted`` (stride 1, the common case): implicit GEMM with no im2col. On the zero-padded input planes, tap
   (r, s) of output pixel u = oh * Wp + ow reads plane element u + r*dil_h*Wp + s*dil_w, so each GEMM operand row
   is a shifted window of a plane that stays in cache; outputs are computed on the padded width ("wide" grid)
-  and the Wp - OW extra columns are dropped. Backward-data is the same kernel on dy padded by dil*(k-1) with the
-  flipped, transposed weights. Backward-weight is a set of long dot products instead of a GEMM (its M = Kg is
-  small and its reduction over N*OH*OW pixels huge): x (padded) and dy are laid out channel-major on the wide
-  grid, so dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]) over one run of all the chunk's images, 4x4
-  (k, tap) blocks in 16 vector accumulators (``fastmath`` reassociation, local to that loop: the summation
-  order is fixed by the compiled code). LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.25 ms (124 GFLOP/s),
-  C1 0.43 -> 0.18 ms; ResNet 16-channel 32x32 layer at batch 32: 2.8 -> 0.67 ms.
+  and the Wp - OW extra columns are dropped. The backward passes lay x (padded) and dy out channel-major on
+  the padded planes of all the batch's images, (C, N*Hp*Wp), dy at its output positions and 0 elsewhere, after
+  a zero margin as long as the largest tap offset: one long run per channel instead of one per image, so
+  tiles are long and aligned whatever the image size. Backward-data is then one GEMM (the flipped taps: read
+  dy at v - offset(r, s)) over all positions v, keeping the real input ones. Backward-weight is a set of long
+  dot products instead of a GEMM (its M = Kg is small and its reduction over N*OH*OW pixels huge):
+  dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]) over the chunk's pixels, 4x4 (k, tap) blocks in 16
+  vector accumulators (``fastmath`` reassociation, local to that loop: the summation order is fixed by the
+  compiled code). LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.36 ms; C1 dw 0.43 ->
+  0.17 ms; ResNet-20 64-channel 8x8 layer at batch 32: dx 2.2 -> 1.7 ms.
 * ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
   plus the same GEMM; col2im for the input gradient.
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
@@ -17,9 +20,9 @@
   gradient runs on the wide grid (one long product run per image and tap, not one per output row).
 
 Rule (:func:`plan`), with Kg = K / groups: forward and backward-data are direct when Kg < 4; else shifted when
-the stride is 1 and the padded width is at most ``MAX_WIDE_WASTE`` (1.5) times the output width (for
-backward-data: the dy-padded width vs the input width); else packed. Backward-weight follows the forward,
-except that strided convs with Kg < 8 use direct (the packed GEMM runs along Kg, shorter than one float32 vector).
+the stride is 1 and the padded width is at most ``MAX_WIDE_WASTE`` (1.5) times the output width (backward-data:
+and also at most that times the input width); else packed. Backward-weight follows the forward, except that
+strided convs with Kg < 8 use direct (the packed GEMM runs along Kg, shorter than one float32 vector).
 ``path=`` forces one for everything (the tests run every path on every shape).
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
@@ -27,9 +30,9 @@ the cores (measured: 10-30 ms stalls per conv when they alternate). The 4x4-bloc
 Numba tasks on one pool and matches single-thread OpenBLAS on conv-sized blocks (see gemm.py).
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
-forward over (image, group, pixel tile); backward-data over (image, group) for shifted and (image block, group)
-for packed (col2im scatters within its own images); backward-weight over (batch chunk, group) with one partial
-gradient per chunk (stride-1 shifted: per run of at least TAP_MIN_RUN wide pixels), summed afterwards.
+forward over (image, group, pixel tile); backward-data over (group, position tile) for shifted and (image
+block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group)
+with one partial gradient per chunk (shifted: per run of at least TAP_MIN_RUN pixels), summed afterwards.
 """
 from __future__ import annotations
 
@@ -88,20 +91,20 @@ def _tap_rows(cg, r_, s_, wp, dil_h, dil_w):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind, slope):
+def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
     """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
-    xp[n, g*Cg + c, (y + row0 + r*dil_h) * wp + x + col0 + s*dil_w]): a stride-1 correlation of the padded
+    xp[n, g*Cg + c, (y + r*dil_h) * wp + x + s*dil_w]): a stride-1 correlation of the padded
     planes xp (N, C, Hp*wp), on the wide grid u = row * wp + col, tiles of tu pixels."""
     groups, kg, rows = wq.shape
     n_, cg = xp.shape[0], xp.shape[1] // groups
     k_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
     out_flat = out.reshape(-1)
-    u_start, u_end = row0 * wp + col0, (row0 + oh_ - 1) * wp + col0 + ow_
-    tiles = (u_end - u_start + tu - 1) // tu
+    u_end = (oh_ - 1) * wp + ow_
+    tiles = (u_end + tu - 1) // tu
     chan, off = _tap_rows(cg, r_, s_, wp, dil_h, dil_w)
     for task in prange(n_ * groups * tiles):
         n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
-        ua = u_start + tile * tu
+        ua = tile * tu
         t = min(tu, u_end - ua)
         acc = np.zeros((kg, tu), dtype=out.dtype)
         arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
@@ -115,10 +118,10 @@ def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind
                 act_run(done, k * tu, flat, k * tu, t, b[g * kg + k], kind, slope)
             flat = done
         for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
-            lo, hi = max(row * wp + col0, ua), min(row * wp + col0 + ow_, ua + t)
+            lo, hi = max(row * wp, ua), min(row * wp + ow_, ua + t)
             for k in range(kg):
                 kk = g * kg + k
-                dst, src = ((n * k_ + kk) * oh_ + row - row0) * ow_ + lo - row * wp - col0, k * tu + lo - ua
+                dst, src = ((n * k_ + kk) * oh_ + row) * ow_ + lo - row * wp, k * tu + lo - ua
                 if whole:
                     copy_run(out_flat, dst, flat, src, 1, hi - lo)
                 else:
@@ -127,15 +130,16 @@ def _shifted_conv(xp, wq, b, out, wp, row0, col0, r_, s_, dil_h, dil_w, tu, kind
 
 # ----------------------------------------------------------------------------------------- tap weight gradient
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _channel_major(x, xt, top, left, wp, plane):
-    """xt[c, n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt (C, L) is 0."""
+def _channel_major(x, xt, front, top, left, wp, plane):
+    """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
     n_, c_, h_, w_ = x.shape
     for task in prange(c_ * n_):
         c, n = task // n_, task % n_
-        for i in range(n * plane, (n + 1) * plane):
+        start = 0 if n == 0 else front + n * plane  # the first image's task zeroes the front margin too
+        for i in range(start, front + (n + 1) * plane):
             xt[c, i] = 0
         for h in range(h_):
-            copy_run(xt[c], n * plane + (top + h) * wp + left, x[n, c, h], 0, 1, w_)
+            copy_run(xt[c], front + n * plane + (top + h) * wp + left, x[n, c, h], 0, 1, w_)
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -159,9 +163,9 @@ def _dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_weight(dt, xt, part, chan, off, total, zero):
-    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dt[g*Kg + k, u] *
-    xt[g*Cg + chan[q], u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
+def _tap_weight(dt, xt, part, chan, off, front, total, zero):
+    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dt[g*Kg + k, front + u] *
+    xt[g*Cg + chan[q], front + u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
     wide grid (dy zero off the real outputs). One long run over the chunk's images per 4x4 block of (k, tap)."""
     chunks, groups, kg, rows = part.shape
     cg = xt.shape[0] // groups
@@ -173,8 +177,8 @@ def _tap_weight(dt, xt, part, chan, off, total, zero):
         for i in range(kg):
             for q in range(rows):
                 part[chunk, g, i, q] = 0
-        for s0 in range(u0, u1, SUB_RUN):  # sub-runs whose rows stay in cache while every block reads them
-            s1 = min(s0 + SUB_RUN, u1)
+        for s0 in range(front + u0, front + u1, SUB_RUN):  # sub-runs: their rows stay in cache for every block
+            s1 = min(s0 + SUB_RUN, front + u1)
             for kb in range(0, kg, 4):
                 k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
                     min(g * kg + kb + 3, last)
@@ -185,6 +189,34 @@ def _tap_weight(dt, xt, part, chan, off, total, zero):
                     for i in range(min(4, kg - kb)):
                         for j in range(min(4, rows - qb)):
                             part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tap_data(dt, wt, dx, chan, off, front, wp, hp, top, left, tu):
+    """Stride 1: dx[n, g*Cg + c, h, w] = sum over the group's (k, r, s) of wt[g, c, (k, r, s)] *
+    dt[g*Kg + k, front + v - offset(r, s)] at the padded-grid position v = n*plane + (top + h)*wp + left + w:
+    the transposed correlation as one GEMM over all the batch's planes, tiles of tu positions."""
+    groups, cg, kd = wt.shape
+    n_, c_, h_, w_ = dx.shape
+    kg = dt.shape[0] // groups
+    total = n_ * hp * wp
+    tiles = (total + tu - 1) // tu
+    dx_flat = dx.reshape(-1)
+    boff = front - off
+    for task in prange(groups * tiles):
+        g, tile = task // tiles, task % tiles
+        v0 = tile * tu
+        t = min(tu, total - v0)
+        acc = np.zeros((cg, tu), dtype=dx.dtype)
+        gemm(wt[g], np.arange(cg), np.zeros(cg, dtype=np.int64), dt, chan + g * kg, boff + v0, acc, cg, kd, t)
+        flat = acc.reshape(-1)
+        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real input positions
+            n, h = row // hp, row % hp - top
+            lo, hi = max(row * wp + left, v0), min(row * wp + left + w_, v0 + t)
+            if 0 <= h < h_ and hi > lo:
+                for c in range(cg):
+                    copy_run(dx_flat, ((n * c_ + g * cg + c) * h_ + h) * w_ + lo - row * wp - left, flat,
+                             c * tu + lo - v0, 1, hi - lo)
 
 
 # ----------------------------------------------------------------------------------------------- packed path
@@ -421,8 +453,9 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         return "packed", "direct" if kg < WEIGHT_GEMM_MIN else "packed", "packed"
     span = dilation[1] * (w_shape[3] - 1)
     out_w = x_shape[3] + padding[2] + padding[3] - span
-    forward = "shifted" if x_shape[3] + padding[2] + padding[3] <= MAX_WIDE_WASTE * out_w else "packed"
-    data = "shifted" if out_w + 2 * span <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+    padded_w = x_shape[3] + padding[2] + padding[3]
+    forward = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
+    data = "shifted" if forward == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
     return forward, forward, data
 
 
@@ -452,22 +485,46 @@ def _shifted_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) 
     return _cdiv(total, tiles)
 
 
-def _tap_weight_grad(dy: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pads, dilation: Pair,
-                     groups: int) -> np.ndarray:
-    """Stride-1 weight gradient by :func:`_tap_weight`: x (padded) and dy channel-major on the wide grid, then
+def _wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
+    """dy channel-major on the padded input's planes (see :func:`_channel_major`), after a zero margin as long
+    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp."""
+    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
+    reach = dilation[0] * (w_shape[2] - 1) * wp + dilation[1] * (w_shape[3] - 1)
+    front = _cdiv(reach, RUN_ALIGN) * RUN_ALIGN
+    dt = np.empty((dy.shape[1], front + dy.shape[0] * hp * wp), dtype=dy.dtype)
+    _channel_major(dy, dt, front, 0, 0, wp, hp * wp)
+    return dt, front, hp, wp
+
+
+def _tap_weight_grad(dt: np.ndarray, front: int, hp: int, wp: int, x: np.ndarray, w: np.ndarray,
+                     padding: Pads, dilation: Pair, groups: int, oh: int, ow: int) -> np.ndarray:
+    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`_wide_dy` lays it out and x likewise:
     TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     k, cg, r, s = w.shape
-    hp, wp = h + padding[0] + padding[1], wd + padding[2] + padding[3]
     chan, off = _tap_rows(cg, r, s, wp, *dilation)
-    xt, dt = np.empty((c, n * hp * wp), dtype=x.dtype), np.empty((k, n * hp * wp), dtype=x.dtype)
-    _channel_major(x, xt, padding[0], padding[2], wp, hp * wp)
-    _channel_major(dy, dt, 0, 0, wp, hp * wp)
-    total = (n - 1) * hp * wp + (dy.shape[2] - 1) * wp + dy.shape[3]
+    xt = np.empty((c, dt.shape[1]), dtype=x.dtype)
+    _channel_major(x, xt, front, padding[0], padding[2], wp, hp * wp)
+    total = (n - 1) * hp * wp + (oh - 1) * wp + ow
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
-    _tap_weight(dt, xt, part, chan, off, total, x.dtype.type(0))
+    _tap_weight(dt, xt, part, chan, off, front, total, x.dtype.type(0))
     return part.sum(axis=0).reshape(w.shape)
+
+
+def _tap_data_grad(dt: np.ndarray, front: int, hp: int, wp: int, x_shape, w: np.ndarray, padding: Pads,
+                   dilation: Pair, groups: int) -> np.ndarray:
+    """Stride-1 input gradient by :func:`_tap_data`, tiles of whole vectors bounded by ACC_ELEMS."""
+    k, cg, r, s = w.shape
+    kg = k // groups
+    chan, off = _tap_rows(kg, r, s, wp, *dilation)
+    wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
+    total = x_shape[0] * hp * wp
+    tiles = max(_cdiv(total * cg, ACC_ELEMS), _cdiv(MIN_TASKS, groups))
+    tu = min(_cdiv(_cdiv(total, tiles), RUN_ALIGN) * RUN_ALIGN, total)
+    dx = np.empty(x_shape, dtype=dt.dtype)
+    _tap_data(dt, wt, dx, chan, off, front, wp, hp, padding[0], padding[2], tu)
+    return dx
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
@@ -486,7 +543,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
         _direct_forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
     elif route == "shifted":
         xp, wp = _padded(x, *padding)
-        _shifted_conv(xp, w3, b, y, wp, 0, 0, r, s, *dilation, _shifted_tile(w3.shape[1], n, groups, oh, ow, wp),
+        _shifted_conv(xp, w3, b, y, wp, r, s, *dilation, _shifted_tile(w3.shape[1], n, groups, oh, ow, wp),
                       kind, FUSED_SLOPE)
     else:
         tp = _tile(w3.shape[2], n * oh * ow, groups)
@@ -499,7 +556,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
     """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; dx / db are None when not needed."""
     x = np.ascontiguousarray(x)
     w, dy = np.ascontiguousarray(w, dtype=x.dtype), np.ascontiguousarray(dy, dtype=x.dtype)
-    n, c, k, r, s = x.shape[0], x.shape[1], w.shape[0], w.shape[2], w.shape[3]
+    n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
     oh, ow, geo = _geometry(x.shape, w.shape, stride, padding, dilation)
     kg, rows = k // groups, w[0].size
     dy3 = dy.reshape(n, k, oh * ow)
@@ -508,6 +565,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         db = np.empty(k, dtype=x.dtype)
         _bias_grad(dy3, db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
+    if weight_route == "shifted" or (need_dx and data_route == "shifted"):
+        wide = _wide_dy(dy, x.shape, w.shape, padding, dilation)
     if weight_route == "direct":
         if stride == (1, 1):  # each chunk's partial ends in a serial sum per weight: fewer, longer tasks
             part = np.empty((min(n, _cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
@@ -520,7 +579,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
             _direct_backward_weight(dy, x, part, *geo)
         dw = part.sum(axis=0)
     elif weight_route == "shifted":
-        dw = _tap_weight_grad(dy, x, w, padding, dilation, groups)
+        dw = _tap_weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
     else:
         tp = _tile(rows, n * oh * ow)
         part = np.zeros((min(WEIGHT_CHUNKS, _cdiv(n * oh * ow, tp)), groups, rows, kg), dtype=x.dtype)
@@ -531,14 +590,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
     if data_route == "direct":
         dx = np.empty_like(x)
         _direct_backward_data(dy, w, dx, *geo)
-    elif data_route == "shifted":  # correlate dy, padded by dil*(k-1), with the flipped transposed weights
-        ph, pw = dilation[0] * (r - 1), dilation[1] * (s - 1)
-        dyp, wq_ = _padded(dy, ph, ph, pw, pw)
-        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].reshape(groups, kg, c // groups, r, s).transpose(0, 2, 1, 3, 4))
-        dx = np.empty_like(x)
-        _shifted_conv(dyp, wf.reshape(groups, c // groups, -1), np.zeros(c, dtype=x.dtype), dx, wq_,
-                      padding[0], padding[2], r, s, *dilation, _shifted_tile(c // groups, n, groups, x.shape[2],
-                                                                              x.shape[3], wq_), 0, FUSED_SLOPE)
+    elif data_route == "shifted":
+        dx = _tap_data_grad(*wide, x.shape, w, padding, dilation, groups)
     else:
         dx = np.zeros_like(x)
         tp = _tile(rows, n * oh * ow)
