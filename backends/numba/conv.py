@@ -417,13 +417,19 @@ def _wide_direct_weight(xp, dyw, part, wp, span, r_, s_, dil_h, dil_w):
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
-    """db[k] = sum of dy over (n, oh, ow), accumulated in float64."""
+    """db[k] = sum of dy over (n, oh, ow), accumulated in float64 in eight interleaved chains (a fixed order;
+    one chain would wait on the add latency: LeNet-5 C1 at batch 64, 0.2 ms)."""
+    p_ = dy3.shape[2]
     for k in prange(dy3.shape[1]):
-        acc = 0.0
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
         for n in range(dy3.shape[0]):
-            for p in range(dy3.shape[2]):
-                acc += dy3[n, k, p]
-        db[k] = acc
+            row = dy3[n, k]
+            for p in range(0, p_ - 7, 8):
+                a0, a1, a2, a3 = a0 + row[p], a1 + row[p + 1], a2 + row[p + 2], a3 + row[p + 3]
+                a4, a5, a6, a7 = a4 + row[p + 4], a5 + row[p + 5], a6 + row[p + 6], a7 + row[p + 7]
+            for p in range(p_ - p_ % 8, p_):
+                a0 += row[p]
+        db[k] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
 # ----------------------------------------------------------------------------------------------- the ops
