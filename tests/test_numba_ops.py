@@ -7,6 +7,7 @@ the three Numba conv paths it admits (direct, shifted, packed) besides the autom
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import zlib
@@ -62,6 +63,28 @@ def test_creating_the_backend_limits_blas_to_one_thread_unless_told(env, expecte
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environ)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == expected
+
+
+_MMAPPED_AFTER_ALLOC = (
+    "import ctypes, numpy as np; from cnnkit.backend import backend; backend('numba')\n"
+    "class Info(ctypes.Structure): _fields_ = [(f, ctypes.c_size_t) for f in 'arena ordblks smblks hblks hblkhd "
+    "usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
+    "libc = ctypes.CDLL(None); libc.mallinfo2.restype = Info\n"
+    "before = libc.mallinfo2().hblkhd; a = np.ones(1 << 20); print(libc.mallinfo2().hblkhd - before)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("env, mapped", [(None, False), ("131072", True)])
+def test_creating_the_backend_keeps_freed_memory_unless_told(env, mapped):
+    """An 8 MiB array comes from the reusable heap, not fresh mmap pages (see the package docstring), unless
+    MALLOC_MMAP_THRESHOLD_ says otherwise."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if env is not None:
+        environ["MALLOC_MMAP_THRESHOLD_"] = env
+    out = subprocess.run([sys.executable, "-c", _MMAPPED_AFTER_ALLOC], capture_output=True, text=True,
+                         timeout=120, env=environ)
+    assert out.returncode == 0, out.stderr
+    assert (int(out.stdout.strip()) >= 8 << 20) == mapped
 
 
 def test_warmup_compiles_and_reports_seconds(capsys):

@@ -19,10 +19,19 @@ matrices are too small for a second BLAS thread to pay). Threading layer: numba'
 whose workers spin briefly between regions, which suits the many short regions of a training step
 (``workqueue``: 11.3 ms; ``OMP_WAIT_POLICY=passive``: 7.2 ms). Calling the backend from several Python threads
 at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts on concurrent use).
+
+Memory: every op allocates its outputs and scratch arrays afresh, hundreds of KiB to MiB each. glibc's malloc
+serves those with fresh ``mmap`` pages and returns the freed heap top to the system, so each step page-faults
+on most of its arrays again. With glibc, :func:`create` therefore raises ``M_MMAP_THRESHOLD`` to 32 MiB (its
+maximum) and ``M_TRIM_THRESHOLD`` to 1 GiB with ``mallopt``, unless ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` is set: freed blocks are reused, and the process keeps up to its peak heap (as a
+caching allocator would). Measured on 2 cores, LeNet-5 training step at batch 64: 3.3-4.1 -> 2.65-2.8 ms.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 import warnings
 from typing import Sequence
@@ -47,6 +56,7 @@ def create() -> Backend:
     from . import activation, conv, loss, norm, pool
 
     _single_thread_blas()
+    _keep_freed_memory()
     return Backend(
         name=NAME, xp=np, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
         array_type=np.ndarray, device="cpu", to_numpy=np.asarray,
@@ -65,6 +75,19 @@ def _single_thread_blas() -> None:
                       "OPENBLAS_NUM_THREADS=1", RuntimeWarning, stacklevel=3)
         return
     threadpool_limits(limits=1, user_api="blas")
+
+
+def _keep_freed_memory() -> bool:
+    """glibc: reuse freed memory instead of fresh pages (see the module docstring); True when it was set."""
+    if not sys.platform.startswith("linux") or any(
+            name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def warmup(dtypes: Sequence[str] = ("float32",), verbose: bool = True) -> float:
