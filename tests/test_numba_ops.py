@@ -196,6 +196,14 @@ def test_conv_non_contiguous_inputs_and_optional_outputs():
     assert x.base is not None and np.array_equal(x, base[:, ::2, ::2, :])  # input untouched
 
 
+def test_dense_conv_backward_without_dx():
+    """A conv whose one output pixel sees the whole input (LeNet-5's C5) takes the matmul shortcut, dx or not."""
+    x, w, dy = _data((3, 4, 5, 5), "dx"), _data((6, 4, 5, 5), "dw"), _data((3, 6, 1, 1), "dy")
+    dx, dw, db = nb_conv.conv2d_backward(dy, x, w, (1, 1), (0, 0, 0, 0), (1, 1), 1, need_dx=False, need_db=False)
+    assert dx is None and db is None
+    assert_close_f64(dw, F.conv2d_backward(dy, x, w, backend=NP)[1])
+
+
 def test_results_do_not_depend_on_the_thread_count():
     x, w = _data((4, 8, 10, 10), "th"), _data((16, 8, 3, 3), "thw")
     dy = _data((4, 16, 10, 10), "thdy")

@@ -14,7 +14,8 @@
   compiled code). LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.36 ms; C1 dw 0.43 ->
   0.17 ms; ResNet-20 64-channel 8x8 layer at batch 32: dx 2.2 -> 1.7 ms.
 * ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
-  plus the same GEMM; col2im for the input gradient.
+  plus the same GEMM; col2im for the input gradient. Its backward, when the one output pixel sees the whole
+  unpadded input (LeNet-5's C5), is two plain matmuls instead (x is its own im2col matrix): 0.24 -> 0.07 ms.
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
   blocks would be mostly empty and the packing would cost as much as the multiply-adds. Its stride-1 weight
   gradient runs on the wide grid (one long product run per image and tap, not one per output row).
@@ -257,6 +258,19 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
                 else:
                     act_run(y_flat, (n * k_ + kk) * p_ + p, flat, k * tp + jj, cnt, b[kk], kind, slope)
             jj += cnt
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _dense(a, b, c):
+    """c = a @ b (c is overwritten), one task per block of 4 rows of c."""
+    m, kd = a.shape
+    brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
+    for task in prange((m + 3) // 4):
+        i0 = task * 4
+        rows = min(4, m - i0)
+        blk = c[i0:i0 + rows]
+        blk[:, :] = 0
+        gemm(a, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), b, brow, boff, blk, rows, kd, b.shape[1])
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -573,6 +587,14 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
     if weight_route == "shifted" or (need_dx and data_route == "shifted"):
         wide = _wide_dy(dy, x.shape, w.shape, padding, dilation)
+    if data_route == "packed" and groups == 1 and oh * ow == 1 and padding == (0, 0, 0, 0) \
+            and x.shape[2:] == w.shape[2:]:  # one output pixel that sees the whole input: im2col is x itself
+        x2, dy2, w2 = x.reshape(n, rows), dy.reshape(n, k), w.reshape(k, rows)
+        dw, dx = np.empty_like(w2), np.empty_like(x2) if need_dx else None
+        _dense(np.ascontiguousarray(dy2.T), x2, dw)
+        if need_dx:
+            _dense(dy2, w2, dx)
+        return (dx.reshape(x.shape) if need_dx else None), dw.reshape(w.shape), db
     if weight_route == "direct":
         if stride == (1, 1):  # each chunk's partial ends in a serial sum per weight: fewer, longer tasks
             part = np.empty((min(n, _cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
