@@ -3,15 +3,9 @@
 * ``shifted`` (stride 1, the common case): implicit GEMM with no im2col. On the zero-padded input planes, tap
   (r, s) of output pixel u = oh * Wp + ow reads plane element u + r*dil_h*Wp + s*dil_w, so each GEMM operand row
   is a shifted window of a plane that stays in cache; outputs are computed on the padded width ("wide" grid)
-  and the Wp - OW extra columns are dropped. The backward passes lay x (padded) and dy out channel-major on
-  the padded planes of all the batch's images, (C, N*Hp*Wp), dy at its output positions and 0 elsewhere, after
-  a zero margin as long as the largest tap offset: one long run per channel instead of one per image, so
-  tiles are long and aligned whatever the image size. Backward-data is then one GEMM (the flipped taps: read
-  dy at v - offset(r, s)) over all positions v, keeping the real input ones. Backward-weight is a set of long
-  dot products instead of a GEMM (its M = Kg is small and its reduction over N*OH*OW pixels huge):
-  dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]) over the chunk's pixels, 4x4 (k, tap) blocks in 16
-  vector accumulators (``fastmath`` reassociation, local to that loop: the summation order is fixed by the
-  compiled code). LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.36 ms; C1 dw 0.43 ->
+  and the Wp - OW extra columns are dropped. The backward passes (taps.py) run on channel-major planes of the
+  whole batch: the weight gradient as long 4x4-blocked dot products, the input gradient as one GEMM with the
+  flipped taps. LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.29 ms; C1 dw 0.43 ->
   0.17 ms; ResNet-20 64-channel 8x8 layer at batch 32: dx 2.2 -> 1.7 ms.
 * ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
   plus the same GEMM; col2im for the input gradient. When the one output pixel sees the whole unpadded input
@@ -34,7 +28,7 @@ Numba tasks on one pool and matches single-thread OpenBLAS on conv-sized blocks 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
 forward over (image, group, pixel tile); backward-data over (group, position tile) for shifted and (image
 block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group)
-with one partial gradient per chunk (shifted: per run of at least TAP_MIN_RUN pixels), summed afterwards.
+with one partial gradient per chunk (shifted: per run of pixels, see taps.py), summed afterwards.
 """
 from __future__ import annotations
 
@@ -43,8 +37,10 @@ from numba import njit, prange
 
 from cnnkit.backends import conv_output_size
 
+from . import taps
 from .activation import SIGMOID, act_run, code
 from .gemm import axpy_run, copy_run, gemm, tile_cols, tile_rows, valid_range
+from .taps import cdiv, tap_rows
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
@@ -57,10 +53,6 @@ ACC_ELEMS = 1 << 14    # shifted: accumulator elements per task tile (64 KiB in 
 MIN_TILE, MAX_TILE = 32, 1024  # pixels per tile: long enough to vectorise, short enough to stay in cache
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
 WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
-TAP_CHUNKS = 8         # stride-1 weight gradient: at most this many partials (fewer: less overhead)...
-TAP_MIN_RUN = 1024     # ... each over at least this many wide-grid pixels
-RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loops without scalar remainders)
-SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
 WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
 FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
 PATHS = ("direct", "shifted", "packed")
@@ -79,19 +71,6 @@ def _pad_planes(x, xp, top, left, wp):
             copy_run(xp[n, c], (top + h) * wp + left, x[n, c, h], 0, 1, w_)
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
-def _tap_rows(cg, r_, s_, wp, dil_h, dil_w):
-    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window."""
-    rows = cg * r_ * s_
-    chan, off = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
-    for c in range(cg):
-        for r in range(r_):
-            for s in range(s_):
-                q = (c * r_ + r) * s_ + s
-                chan[q], off[q] = c, r * dil_h * wp + s * dil_w
-    return chan, off
-
-
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
     """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
@@ -103,7 +82,7 @@ def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
     out_flat = out.reshape(-1)
     u_end = (oh_ - 1) * wp + ow_
     tiles = (u_end + tu - 1) // tu
-    chan, off = _tap_rows(cg, r_, s_, wp, dil_h, dil_w)
+    chan, off = tap_rows(cg, r_, s_, wp, dil_h, dil_w)
     for task in prange(n_ * groups * tiles):
         n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
         ua = tile * tu
@@ -128,97 +107,6 @@ def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
                     copy_run(out_flat, dst, flat, src, 1, hi - lo)
                 else:
                     act_run(out_flat, dst, flat, src, hi - lo, b[kk], kind, slope)
-
-
-# ----------------------------------------------------------------------------------------- tap weight gradient
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _channel_major(x, xt, front, top, left, wp, plane):
-    """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
-    n_, c_, h_, w_ = x.shape
-    for task in prange(c_ * n_):
-        c, n = task // n_, task % n_
-        start = 0 if n == 0 else front + n * plane  # the first image's task zeroes the front margin too
-        for i in range(start, front + (n + 1) * plane):
-            xt[c, i] = 0
-        for h in range(h_):
-            copy_run(xt[c], front + n * plane + (top + h) * wp + left, x[n, c, h], 0, 1, w_)
-
-
-@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero):
-    """The 16 dot products sum over u0 <= u < u1 of d[ki, u] * xs[cj, u + oj]: one pass over the eight rows,
-    16 accumulators (reassociation lets LLVM keep them as vectors; the order is fixed by the compiled code,
-    so results do not depend on the thread count)."""
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    a0, a1, a2, a3 = np.uint64(k0), np.uint64(k1), np.uint64(k2), np.uint64(k3)
-    b0, b1, b2, b3 = np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3)
-    f0, f1, f2, f3 = np.uint64(o0), np.uint64(o1), np.uint64(o2), np.uint64(o3)
-    for u in range(np.uint64(u0), np.uint64(u1)):
-        y0, y1, y2, y3 = d[a0, u], d[a1, u], d[a2, u], d[a3, u]
-        x0, x1, x2, x3 = xs[b0, u + f0], xs[b1, u + f1], xs[b2, u + f2], xs[b3, u + f3]
-        s00, s01, s02, s03 = s00 + y0 * x0, s01 + y0 * x1, s02 + y0 * x2, s03 + y0 * x3
-        s10, s11, s12, s13 = s10 + y1 * x0, s11 + y1 * x1, s12 + y1 * x2, s13 + y1 * x3
-        s20, s21, s22, s23 = s20 + y2 * x0, s21 + y2 * x1, s22 + y2 * x2, s23 + y2 * x3
-        s30, s31, s32, s33 = s30 + y3 * x0, s31 + y3 * x1, s32 + y3 * x2, s33 + y3 * x3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_weight(dt, xt, part, chan, off, front, total, zero):
-    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dt[g*Kg + k, front + u] *
-    xt[g*Cg + chan[q], front + u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
-    wide grid (dy zero off the real outputs). One long run over the chunk's images per 4x4 block of (k, tap)."""
-    chunks, groups, kg, rows = part.shape
-    cg = xt.shape[0] // groups
-    for task in prange(chunks * groups):
-        chunk, g = task // groups, task % groups
-        u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
-        u1 = total if chunk == chunks - 1 else (chunk + 1) * total // chunks // RUN_ALIGN * RUN_ALIGN
-        last = g * kg + kg - 1  # a short block repeats its last row
-        for i in range(kg):
-            for q in range(rows):
-                part[chunk, g, i, q] = 0
-        for s0 in range(front + u0, front + u1, SUB_RUN):  # sub-runs: their rows stay in cache for every block
-            s1 = min(s0 + SUB_RUN, front + u1)
-            for kb in range(0, kg, 4):
-                k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
-                    min(g * kg + kb + 3, last)
-                for qb in range(0, rows, 4):
-                    q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-                    sums = _dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                                    g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
-                    for i in range(min(4, kg - kb)):
-                        for j in range(min(4, rows - qb)):
-                            part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_data(dt, wt, dx, chan, off, front, wp, hp, top, left, tu):
-    """Stride 1: dx[n, g*Cg + c, h, w] = sum over the group's (k, r, s) of wt[g, c, (k, r, s)] *
-    dt[g*Kg + k, front + v - offset(r, s)] at the padded-grid position v = n*plane + (top + h)*wp + left + w:
-    the transposed correlation as one GEMM over all the batch's planes, tiles of tu positions."""
-    groups, cg, kd = wt.shape
-    n_, c_, h_, w_ = dx.shape
-    kg = dt.shape[0] // groups
-    total = n_ * hp * wp
-    tiles = (total + tu - 1) // tu
-    dx_flat = dx.reshape(-1)
-    boff = front - off
-    for task in prange(groups * tiles):
-        g, tile = task // tiles, task % tiles
-        v0 = tile * tu
-        t = min(tu, total - v0)
-        acc = np.zeros((cg, tu), dtype=dx.dtype)
-        gemm(wt[g], np.arange(cg), np.zeros(cg, dtype=np.int64), dt, chan + g * kg, boff + v0, acc, cg, kd, t)
-        flat = acc.reshape(-1)
-        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real input positions
-            n, h = row // hp, row % hp - top
-            lo, hi = max(row * wp + left, v0), min(row * wp + left + w_, v0 + t)
-            if 0 <= h < h_ and hi > lo:
-                for c in range(cg):
-                    copy_run(dx_flat, ((n * c_ + g * cg + c) * h_ + h) * w_ + lo - row * wp - left, flat,
-                             c * tu + lo - v0, 1, hi - lo)
 
 
 # ----------------------------------------------------------------------------------------------- packed path
@@ -465,14 +353,10 @@ def _bias_grad(dy3, db):
 
 
 # ----------------------------------------------------------------------------------------------- the ops
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _tile(rows: int, total: int, tasks_outside: int = 1) -> int:
     """Pixels per tile: cache-sized, at least MIN_TILE, and short enough for MIN_TASKS tasks in all."""
     tp = max(MIN_TILE, min(TILE_ELEMS // rows, MAX_TILE))
-    return max(1, min(tp, max(MIN_TILE, _cdiv(total * tasks_outside, MIN_TASKS)), total))
+    return max(1, min(tp, max(MIN_TILE, cdiv(total * tasks_outside, MIN_TASKS)), total))
 
 
 def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
@@ -518,51 +402,9 @@ def _shifted_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) 
     """Wide-grid pixels per shifted tile: the operand rows are windows of planes already in cache, so the
     tile is bounded by the accumulator (ACC_ELEMS), then split evenly, into enough tiles for MIN_TASKS tasks."""
     total = (oh - 1) * wp + ow
-    tiles = max(_cdiv(total, max(MIN_TILE, ACC_ELEMS // outputs)), min(_cdiv(MIN_TASKS, n * groups),
-                                                                        _cdiv(total, MIN_TILE)))
-    return _cdiv(total, tiles)
-
-
-def _wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
-    """dy channel-major on the padded input's planes (see :func:`_channel_major`), after a zero margin as long
-    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp."""
-    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
-    reach = dilation[0] * (w_shape[2] - 1) * wp + dilation[1] * (w_shape[3] - 1)
-    front = _cdiv(reach, RUN_ALIGN) * RUN_ALIGN
-    dt = np.empty((dy.shape[1], front + dy.shape[0] * hp * wp), dtype=dy.dtype)
-    _channel_major(dy, dt, front, 0, 0, wp, hp * wp)
-    return dt, front, hp, wp
-
-
-def _tap_weight_grad(dt: np.ndarray, front: int, hp: int, wp: int, x: np.ndarray, w: np.ndarray,
-                     padding: Pads, dilation: Pair, groups: int, oh: int, ow: int) -> np.ndarray:
-    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`_wide_dy` lays it out and x likewise:
-    TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
-    n, c = x.shape[:2]
-    k, cg, r, s = w.shape
-    chan, off = _tap_rows(cg, r, s, wp, *dilation)
-    xt = np.empty((c, dt.shape[1]), dtype=x.dtype)
-    _channel_major(x, xt, front, padding[0], padding[2], wp, hp * wp)
-    total = (n - 1) * hp * wp + (oh - 1) * wp + ow
-    part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
-                    dtype=x.dtype)
-    _tap_weight(dt, xt, part, chan, off, front, total, x.dtype.type(0))
-    return part.sum(axis=0).reshape(w.shape)
-
-
-def _tap_data_grad(dt: np.ndarray, front: int, hp: int, wp: int, x_shape, w: np.ndarray, padding: Pads,
-                   dilation: Pair, groups: int) -> np.ndarray:
-    """Stride-1 input gradient by :func:`_tap_data`, tiles of whole vectors bounded by ACC_ELEMS."""
-    k, cg, r, s = w.shape
-    kg = k // groups
-    chan, off = _tap_rows(kg, r, s, wp, *dilation)
-    wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
-    total = x_shape[0] * hp * wp
-    tiles = max(_cdiv(total * cg, ACC_ELEMS), _cdiv(MIN_TASKS, groups))
-    tu = min(_cdiv(_cdiv(total, tiles), RUN_ALIGN) * RUN_ALIGN, total)
-    dx = np.empty(x_shape, dtype=dt.dtype)
-    _tap_data(dt, wt, dx, chan, off, front, wp, hp, padding[0], padding[2], tu)
-    return dx
+    tiles = max(cdiv(total, max(MIN_TILE, ACC_ELEMS // outputs)), min(cdiv(MIN_TASKS, n * groups),
+                                                                        cdiv(total, MIN_TILE)))
+    return cdiv(total, tiles)
 
 
 def _dense_geometry(x_shape, w_shape, padding: Pads, groups: int, outputs: int) -> bool:
@@ -612,7 +454,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         _bias_grad(dy3, db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
     if weight_route == "shifted" or (need_dx and data_route == "shifted"):
-        wide = _wide_dy(dy, x.shape, w.shape, padding, dilation)
+        wide = taps.wide_dy(dy, x.shape, w.shape, padding, dilation)
     if data_route == "packed" and _dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         x2, dy2, w2 = x.reshape(n, rows), dy.reshape(n, k), w.reshape(k, rows)
         dw, dx = np.empty_like(w2), np.empty_like(x2) if need_dx else None
@@ -622,20 +464,20 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         return (dx.reshape(x.shape) if need_dx else None), dw.reshape(w.shape), db
     if weight_route == "direct":
         if stride == (1, 1):  # each chunk's partial ends in a serial sum per weight: fewer, longer tasks
-            part = np.empty((min(n, _cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
+            part = np.empty((min(n, cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
             xp, wp = _padded(x, *padding)
             dyw = np.empty((n, k, oh * wp), dtype=x.dtype)
             _pad_planes(dy, dyw, 0, 0, wp)
             _wide_direct_weight(xp, dyw, part, wp, (oh - 1) * wp + ow, r, s, *dilation)
         else:
-            part = np.empty((min(n, _cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
+            part = np.empty((min(n, cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
             _direct_backward_weight(dy, x, part, *geo)
         dw = part.sum(axis=0)
     elif weight_route == "shifted":
-        dw = _tap_weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
+        dw = taps.weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
     else:
         tp = _tile(rows, n * oh * ow)
-        part = np.zeros((min(WEIGHT_CHUNKS, _cdiv(n * oh * ow, tp)), groups, rows, kg), dtype=x.dtype)
+        part = np.zeros((min(WEIGHT_CHUNKS, cdiv(n * oh * ow, tp)), groups, rows, kg), dtype=x.dtype)
         _packed_weight(dy3, x, part, tp, r, s, oh, ow, *geo)
         dw = np.ascontiguousarray(part.sum(axis=0).transpose(0, 2, 1)).reshape(w.shape)
     if not need_dx:
@@ -644,11 +486,11 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         dx = np.empty_like(x)
         _direct_backward_data(dy, w, dx, *geo)
     elif data_route == "shifted":
-        dx = _tap_data_grad(*wide, x.shape, w, padding, dilation, groups)
+        dx = taps.data_grad(*wide, x.shape, w, padding, dilation, groups, ACC_ELEMS, MIN_TASKS)
     else:
         dx = np.zeros_like(x)
         tp = _tile(rows, n * oh * ow)
-        ib = min(n, max(_cdiv(MIN_TILE, oh * ow), _cdiv(n, MIN_TASKS)))  # whole images per task: race-free
+        ib = min(n, max(cdiv(MIN_TILE, oh * ow), cdiv(n, MIN_TASKS)))  # whole images per task: race-free
         wt3 = np.ascontiguousarray(w.reshape(groups, kg, rows).transpose(0, 2, 1))
         _packed_backward_data(dy3, wt3, dx, ib, min(ib * oh * ow, tp), r, s, oh, ow, *geo)
     return dx, dw, db

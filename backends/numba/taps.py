@@ -1,0 +1,179 @@
+"""The stride-1 backward passes of the ``shifted`` conv path (see conv.py), Numba, on channel-major planes.
+
+x (zero-padded) and dy are laid out (C, N*Hp*Wp): every image's padded plane in a row, dy at its output
+positions and 0 elsewhere, after a zero margin as long as the largest tap offset. Tap (r, s) is then one shift
+of a whole row, so every loop is one long run per channel across the batch instead of one per image: tiles are
+long and aligned whatever the image size.
+
+* Weight gradient: dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]), a GEMM with a small M (Kg) and a
+  huge reduction, done as long dot products, 4x4 (k, tap) blocks in 16 vector accumulators (``fastmath``
+  reassociation, local to that loop: the summation order is fixed by the compiled code). Partials per chunk
+  of pixels, in sub-runs that stay in L2, summed in a fixed order: results do not depend on the thread count.
+* Input gradient: one GEMM over all positions v with the flipped taps (dy read at v - offset(r, s)), keeping
+  the real input positions.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .gemm import copy_run, gemm
+
+Pair = tuple[int, int]
+Pads = tuple[int, int, int, int]
+
+TAP_CHUNKS = 8         # weight gradient: at most this many partials (fewer: less overhead) ...
+TAP_MIN_RUN = 1024     # ... each over at least this many wide-grid pixels
+RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loops without scalar remainders)
+SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling of a / b."""
+    return -(-a // b)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def tap_rows(cg, r_, s_, wp, dil_h, dil_w):
+    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window."""
+    rows = cg * r_ * s_
+    chan, off = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
+    for c in range(cg):
+        for r in range(r_):
+            for s in range(s_):
+                q = (c * r_ + r) * s_ + s
+                chan[q], off[q] = c, r * dil_h * wp + s * dil_w
+    return chan, off
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _channel_major(x, xt, front, top, left, wp, plane):
+    """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
+    n_, c_, h_, w_ = x.shape
+    for task in prange(c_ * n_):
+        c, n = task // n_, task % n_
+        start = 0 if n == 0 else front + n * plane  # the first image's task zeroes the front margin too
+        for i in range(start, front + (n + 1) * plane):
+            xt[c, i] = 0
+        for h in range(h_):
+            copy_run(xt[c], front + n * plane + (top + h) * wp + left, x[n, c, h], 0, 1, w_)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero):
+    """The 16 dot products sum over u0 <= u < u1 of d[ki, u] * xs[cj, u + oj]: one pass over the eight rows,
+    16 accumulators (reassociation lets LLVM keep them as vectors; the order is fixed by the compiled code,
+    so results do not depend on the thread count)."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+    a0, a1, a2, a3 = np.uint64(k0), np.uint64(k1), np.uint64(k2), np.uint64(k3)
+    b0, b1, b2, b3 = np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3)
+    f0, f1, f2, f3 = np.uint64(o0), np.uint64(o1), np.uint64(o2), np.uint64(o3)
+    for u in range(np.uint64(u0), np.uint64(u1)):
+        y0, y1, y2, y3 = d[a0, u], d[a1, u], d[a2, u], d[a3, u]
+        x0, x1, x2, x3 = xs[b0, u + f0], xs[b1, u + f1], xs[b2, u + f2], xs[b3, u + f3]
+        s00, s01, s02, s03 = s00 + y0 * x0, s01 + y0 * x1, s02 + y0 * x2, s03 + y0 * x3
+        s10, s11, s12, s13 = s10 + y1 * x0, s11 + y1 * x1, s12 + y1 * x2, s13 + y1 * x3
+        s20, s21, s22, s23 = s20 + y2 * x0, s21 + y2 * x1, s22 + y2 * x2, s23 + y2 * x3
+        s30, s31, s32, s33 = s30 + y3 * x0, s31 + y3 * x1, s32 + y3 * x2, s33 + y3 * x3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tap_weight(dt, xt, part, chan, off, front, total, zero):
+    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dt[g*Kg + k, front + u] *
+    xt[g*Cg + chan[q], front + u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
+    wide grid (dy zero off the real outputs). One long run over the chunk's images per 4x4 block of (k, tap)."""
+    chunks, groups, kg, rows = part.shape
+    cg = xt.shape[0] // groups
+    for task in prange(chunks * groups):
+        chunk, g = task // groups, task % groups
+        u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
+        u1 = total if chunk == chunks - 1 else (chunk + 1) * total // chunks // RUN_ALIGN * RUN_ALIGN
+        last = g * kg + kg - 1  # a short block repeats its last row
+        for i in range(kg):
+            for q in range(rows):
+                part[chunk, g, i, q] = 0
+        for s0 in range(front + u0, front + u1, SUB_RUN):  # sub-runs: their rows stay in cache for every block
+            s1 = min(s0 + SUB_RUN, front + u1)
+            for kb in range(0, kg, 4):
+                k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
+                    min(g * kg + kb + 3, last)
+                for qb in range(0, rows, 4):
+                    q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
+                    sums = _dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
+                                    g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
+                    for i in range(min(4, kg - kb)):
+                        for j in range(min(4, rows - qb)):
+                            part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tap_data(dt, wt, dx, chan, off, front, wp, hp, top, left, tu):
+    """Stride 1: dx[n, g*Cg + c, h, w] = sum over the group's (k, r, s) of wt[g, c, (k, r, s)] *
+    dt[g*Kg + k, front + v - offset(r, s)] at the padded-grid position v = n*plane + (top + h)*wp + left + w:
+    the transposed correlation as one GEMM over all the batch's planes, tiles of tu positions."""
+    groups, cg, kd = wt.shape
+    n_, c_, h_, w_ = dx.shape
+    kg = dt.shape[0] // groups
+    total = n_ * hp * wp
+    tiles = (total + tu - 1) // tu
+    dx_flat = dx.reshape(-1)
+    boff = front - off
+    for task in prange(groups * tiles):
+        g, tile = task // tiles, task % tiles
+        v0 = tile * tu
+        t = min(tu, total - v0)
+        acc = np.zeros((cg, tu), dtype=dx.dtype)
+        gemm(wt[g], np.arange(cg), np.zeros(cg, dtype=np.int64), dt, chan + g * kg, boff + v0, acc, cg, kd, t)
+        flat = acc.reshape(-1)
+        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real input positions
+            n, h = row // hp, row % hp - top
+            lo, hi = max(row * wp + left, v0), min(row * wp + left + w_, v0 + t)
+            if 0 <= h < h_ and hi > lo:
+                for c in range(cg):
+                    copy_run(dx_flat, ((n * c_ + g * cg + c) * h_ + h) * w_ + lo - row * wp - left, flat,
+                             c * tu + lo - v0, 1, hi - lo)
+
+
+def wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
+    """dy channel-major on the padded input's planes (see :func:`_channel_major`), after a zero margin as long
+    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp."""
+    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
+    reach = dilation[0] * (w_shape[2] - 1) * wp + dilation[1] * (w_shape[3] - 1)
+    front = cdiv(reach, RUN_ALIGN) * RUN_ALIGN
+    dt = np.empty((dy.shape[1], front + dy.shape[0] * hp * wp), dtype=dy.dtype)
+    _channel_major(dy, dt, front, 0, 0, wp, hp * wp)
+    return dt, front, hp, wp
+
+
+def weight_grad(dt: np.ndarray, front: int, hp: int, wp: int, x: np.ndarray, w: np.ndarray,
+                padding: Pads, dilation: Pair, groups: int, oh: int, ow: int) -> np.ndarray:
+    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`wide_dy` lays it out and x likewise:
+    TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
+    n, c = x.shape[:2]
+    k, cg, r, s = w.shape
+    chan, off = tap_rows(cg, r, s, wp, *dilation)
+    xt = np.empty((c, dt.shape[1]), dtype=x.dtype)
+    _channel_major(x, xt, front, padding[0], padding[2], wp, hp * wp)
+    total = (n - 1) * hp * wp + (oh - 1) * wp + ow
+    part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
+                    dtype=x.dtype)
+    _tap_weight(dt, xt, part, chan, off, front, total, x.dtype.type(0))
+    return part.sum(axis=0).reshape(w.shape)
+
+
+def data_grad(dt: np.ndarray, front: int, hp: int, wp: int, x_shape, w: np.ndarray, padding: Pads,
+              dilation: Pair, groups: int, acc_elems: int, min_tasks: int) -> np.ndarray:
+    """Stride-1 input gradient by :func:`_tap_data`: tiles of whole vectors, at most ``acc_elems``
+    accumulator elements each, and at least ``min_tasks`` tasks."""
+    k, cg, r, s = w.shape
+    kg = k // groups
+    chan, off = tap_rows(kg, r, s, wp, *dilation)
+    wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
+    total = x_shape[0] * hp * wp
+    tiles = max(cdiv(total * cg, acc_elems), cdiv(min_tasks, groups))
+    tu = min(cdiv(cdiv(total, tiles), RUN_ALIGN) * RUN_ALIGN, total)
+    dx = np.empty(x_shape, dtype=dt.dtype)
+    _tap_data(dt, wt, dx, chan, off, front, wp, hp, padding[0], padding[2], tu)
+    return dx
