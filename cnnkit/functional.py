@@ -17,7 +17,7 @@ from cnnkit.backends import ACTIVATIONS, Backend, conv_output_size, pool_output_
 Array = Any
 IntPair = int | Sequence[int]
 
-_FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # cupy arrays carry numpy dtypes too
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -35,7 +35,7 @@ def check_array(be: Backend, a: Array, name: str, ndim: int | None = None, float
             f"or move the model with model.to(...)")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(a.shape)}")
-    if floating and str(a.dtype) not in _FLOAT_DTYPES:
+    if floating and a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
 
 
@@ -451,7 +451,7 @@ def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float3
     if not isinstance(shape, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in shape):
         raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
     dtype = be.xp.dtype(dtype)
-    if str(dtype) not in _FLOAT_DTYPES:
+    if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return be.dropout_mask(tuple(int(v) for v in shape), p, int(seed), dtype)
 
