@@ -227,6 +227,8 @@ POOL_CASES = [
     ((1, 3, 7, 8), (3, 2), (1, 2), (1, 0), (2, 1), False),
     ((2, 2, 8, 7), 3, 3, 0, 1, True),
     ((1, 1, 5, 6), (2, 3), 1, (1, 1), 1, False),
+    ((1, 2, 7, 9), 2, 2, 0, 1, False),     # tiled 2x2 windows (avg's fast path) with a row and a column left over
+    ((2, 1, 9, 7), (3, 2), (3, 2), 0, 1, False),  # tiled, general kernel, a column left over
 ]
 POOL_IDS = [f"x{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-ceil{c[5]}" for c in POOL_CASES]
 

@@ -158,12 +158,65 @@ def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
                         row[off + u * np.uint64(sw)] += g[np.uint64(lo) + u]
 
 
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tiled_forward(x, y, kh, kw):
+    """Tiled windows (stride = kernel, no padding, all whole): each output one sum, the same (row, column)
+    order as :func:`_avg_forward`, no per-row lanes; one task per plane."""
+    area = float(kh * kw)
+    for t in prange(x.shape[0]):
+        for oh in range(y.shape[1]):
+            if kh == 2 and kw == 2:  # LeNet's pool, written out: 4-5x faster than the two short loops
+                r0, r1 = x[t, 2 * oh], x[t, 2 * oh + 1]
+                for ow in range(y.shape[2]):
+                    y[t, oh, ow] = (((float(r0[2 * ow]) + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0
+                continue
+            for ow in range(y.shape[2]):
+                acc = 0.0
+                for i in range(kh):
+                    for j in range(kw):
+                        acc += x[t, oh * kh + i, ow * kw + j]
+                y[t, oh, ow] = acc / area
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tiled_backward(dy, dx, kh, kw):
+    """Tiled windows: every cell of a window gets dy / area; cells past the last whole window get 0."""
+    area = float(kh * kw)
+    for t in prange(dx.shape[0]):
+        plane = dx[t]
+        for oh in range(dy.shape[1]):
+            if kh == 2 and kw == 2:  # written out, as in the forward
+                r0, r1 = plane[2 * oh], plane[2 * oh + 1]
+                for ow in range(dy.shape[2]):
+                    g = dy[t, oh, ow] / 4.0
+                    r0[2 * ow] = r0[2 * ow + 1] = r1[2 * ow] = r1[2 * ow + 1] = g
+            for ow in range(dy.shape[2] if kh != 2 or kw != 2 else 0):
+                g = dy[t, oh, ow] / area
+                for i in range(kh):
+                    for j in range(kw):
+                        plane[oh * kh + i, ow * kw + j] = g
+            for iw in range(dy.shape[2] * kw, dx.shape[2]):
+                for i in range(kh):
+                    plane[oh * kh + i, iw] = 0
+        plane[dy.shape[1] * kh:, :] = 0
+
+
+def _tiled(x_shape, out: Pair, kernel: Pair, stride: Pair, padding: Pair) -> bool:
+    """True when the windows tile the input: stride = kernel, no padding, none hanging past the input (the
+    divisor is then the window area in both count_include_pad modes)."""
+    return (stride == kernel and padding == (0, 0) and out[0] * kernel[0] <= x_shape[2]
+            and out[1] * kernel[1] <= x_shape[3] and out[0] > 0 and out[1] > 0)
+
+
 def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> np.ndarray:
     """Window sums over the zero-padded input divided by PyTorch's divisor."""
     out = _output(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     y = np.empty(x.shape[:2] + out, dtype=x.dtype)
-    _avg_forward(_planes(x), y.reshape(-1, *out), *kernel_size, *stride, *padding, bool(count_include_pad))
+    if _tiled(x.shape, out, kernel_size, stride, padding):
+        _tiled_forward(_planes(x), y.reshape(-1, *out), *kernel_size)
+    else:
+        _avg_forward(_planes(x), y.reshape(-1, *out), *kernel_size, *stride, *padding, bool(count_include_pad))
     return y
 
 
@@ -172,7 +225,10 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair
     """Each input cell gets dy / divisor from every window that holds it."""
     n, c, h, w = x_shape
     dx = np.empty((n * c, h, w), dtype=dy.dtype)
-    _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
+    if _tiled(x_shape, dy.shape[2:], kernel_size, stride, padding):
+        _tiled_backward(_planes(dy), dx, *kernel_size)
+    else:
+        _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
     return dx.reshape(x_shape)
 
 
