@@ -311,6 +311,21 @@ def test_activations(kind, dtype):
                                    rtol=RTOL_ACT_F32, atol=RTOL_ACT_F32 * float(np.abs(dx_ref).max()))
 
 
+@pytest.mark.parametrize("kind", ["tanh", "scaled_tanh"])
+def test_float32_tanh_dense_grid(kind):
+    """The float32-arithmetic tanh against float64 tanh of the same float32 inputs: a dense grid over the
+    reduction's every k, tiny |x| (down to where the result is still a float32 normal: a subnormal has no 1e-6
+    relative precision), and |x| around the saturation cap (2|x| = 20)."""
+    x = np.concatenate([np.linspace(-30, 30, 2_000_001), np.geomspace(1e-37, 1e-2, 200_001),
+                        -np.geomspace(1e-37, 1e-2, 20_001), np.linspace(8.0, 16.0, 200_001), [0.0, np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    y = F.activation(x, kind, backend=NB)
+    y_ref = F.activation(x.astype(np.float64), kind, backend=NP)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, y_ref, rtol=RTOL_ACT_F32, atol=0)
+    assert (np.signbit(y) == np.signbit(x)).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_family_and_cross_entropy(dtype):
     x, dy = _data((7, 10), "sm", scale=4.0), _data((7, 10), "smdy")
