@@ -71,6 +71,19 @@ def _pad_planes(x, xp, top, left, wp):
             copy_run(xp[n, c], (top + h) * wp + left, x[n, c, h], 0, 1, w_)
 
 
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def _activate_rows(acc, t, b, k0, kind, slope):
+    """act(acc[k, :t] + b[k0 + k]) for every row k of a (K, T) accumulator tile, flattened. Used for tanh and
+    sigmoid: activating whole rows (rather than the short runs of real output columns the epilogue copies) keeps
+    the vectorised loop off its slow scalar remainder. Not in place: overlapping runs would defeat vectorising."""
+    flat = acc.reshape(-1)
+    done = np.empty_like(flat)
+    width = acc.shape[1]
+    for k in range(acc.shape[0]):
+        act_run(done, k * width, flat, k * width, t, b[k0 + k], kind, slope)
+    return done
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
     """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
@@ -90,14 +103,8 @@ def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
         acc = np.zeros((kg, tu), dtype=out.dtype)
         arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
         gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
-        flat = acc.reshape(-1)
-        whole = kind >= SIGMOID  # tanh, sigmoid: activate whole accumulator rows in place (short runs would
-        # leave many elements to the slow scalar remainder of the vectorised loop), then copy the real columns
-        if whole:
-            done = np.empty_like(flat)  # not in place: overlapping runs would defeat the vectorised loop
-            for k in range(kg):
-                act_run(done, k * tu, flat, k * tu, t, b[g * kg + k], kind, slope)
-            flat = done
+        whole = kind >= SIGMOID
+        flat = _activate_rows(acc, t, b, g * kg, kind, slope) if whole else acc.reshape(-1)
         for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
             lo, hi = max(row * wp, ua), min(row * wp + ow_, ua + t)
             for k in range(kg):
@@ -127,14 +134,8 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
         tile_cols(x, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, False)
         gemm(w3[g], np.arange(kg), np.zeros(kg, dtype=np.int64), cols, np.arange(rows),
              np.zeros(rows, dtype=np.int64), acc, kg, rows, t)
-        flat = acc.reshape(-1)
-        whole = kind >= SIGMOID  # tanh, sigmoid: activate whole accumulator rows in place (short runs would
-        # leave many elements to the slow scalar remainder of the vectorised loop), then copy the real columns
-        if whole:
-            done = np.empty_like(flat)  # not in place: overlapping runs would defeat the vectorised loop
-            for k in range(kg):
-                act_run(done, k * tp, flat, k * tp, t, b[g * kg + k], kind, slope)
-            flat = done
+        whole = kind >= SIGMOID
+        flat = _activate_rows(acc, t, b, g * kg, kind, slope) if whole else acc.reshape(-1)
         jj = 0
         while jj < t:  # epilogue: bias + activation, back to NCHW
             n = (j0 + jj) // p_
