@@ -97,14 +97,21 @@ def _inner(sw, pw, kw, w_, ow_):
     return lo, max(lo, min(ow_, (w_ + pw - kw) // sw + 1))
 
 
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _column_divisors(sw, pw, kw, w_, ow_, include_pad):
+    """The width part of each output column's divisor (the forward and the backward share it)."""
+    dvw = np.empty(ow_)
+    for ow in range(ow_):
+        dvw[ow] = _span(ow, sw, pw, kw, w_, include_pad)[2]
+    return dvw
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _avg_forward(x, y, kh, kw, sh, sw, ph, pw, include_pad):
     """Window sums added in (row, column) order; the columns of inner windows as one vectorised run per tap."""
     h_, w_ = x.shape[1], x.shape[2]
     lo, hi = _inner(sw, pw, kw, w_, y.shape[2])
-    dvw = np.empty(y.shape[2])
-    for ow in range(y.shape[2]):
-        dvw[ow] = _span(ow, sw, pw, kw, w_, include_pad)[2]
+    dvw = _column_divisors(sw, pw, kw, w_, y.shape[2], include_pad)
     for t in prange(x.shape[0]):
         lanes = np.empty(y.shape[2], dtype=np.float64)
         for oh in range(y.shape[1]):
@@ -133,9 +140,7 @@ def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
     """Each window adds dy / divisor to its cells; inner windows' columns as one vectorised run per tap."""
     h_, w_ = dx.shape[1], dx.shape[2]
     lo, hi = _inner(sw, pw, kw, w_, dy.shape[2])
-    dvw = np.empty(dy.shape[2])
-    for ow in range(dy.shape[2]):
-        dvw[ow] = _span(ow, sw, pw, kw, w_, include_pad)[2]
+    dvw = _column_divisors(sw, pw, kw, w_, dy.shape[2], include_pad)
     for t in prange(dx.shape[0]):
         plane = dx[t]
         plane[:, :] = 0
