@@ -109,6 +109,10 @@ CONV_CASES = [
     ((2, 8, 5, 5), (16, 8, 1, 1), 1, 0, 1, 1, None),                        # shifted: 1x1 conv
     ((1, 5, 7, 9), (4, 5, 2, 3), 1, (1, 0, 0, 2), 1, 1, "tanh"),            # shifted: batch 1, odd sizes
     ((1, 2, 5, 5), (4, 2, 2, 2), 1, 3, 1, 1, None),                         # shifted; dx packed: pad > kernel
+    ((2, 32, 6, 5), (8, 32, 3, 3), 1, 1, 1, 1, "relu"),                     # im2row: 288 weights per output
+    ((2, 64, 5, 7), (8, 32, 3, 3), 1, (1, 1, 2, 2), (1, 2), 2, "tanh"),     # im2row: groups, width dilated
+    ((2, 8, 9, 9), (8, 8, 3, 3), 2, 1, 1, 1, None),                         # im2row: strided, 72 per output
+    ((1, 4, 4, 4), (32, 4, 3, 3), 1, 1, 1, 1, None),                        # shifted; dx im2row (8x8-like)
 ]
 CONV_IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}-{c[6]}" for c in CONV_CASES]
 
@@ -160,15 +164,22 @@ def test_conv_automatic_paths_are_the_documented_ones():
         return nb_conv.plan(x_shape, w_shape, stride, F.conv_padding(padding, w_shape[2:], dilation, stride),
                             dilation, groups)
     expected = ["shifted", "shifted", "packed", "shifted", "packed", "packed", "shifted", "shifted", "direct",
-                "direct", "shifted", "shifted", "shifted"]
+                "direct", "shifted", "shifted", "shifted", "im2row", "im2row", "im2row", "shifted"]
     assert [route(case)[0] for case in CONV_CASES] == expected
-    assert route(CONV_CASES[-1])[2] == "packed" and route(CONV_CASES[2])[2] == "packed"
+    assert [route(case)[2] for case in CONV_CASES[-4:]] == ["shifted", "packed", "packed", "im2row"]
+    assert route(CONV_CASES[3])[2] == "shifted"  # 3x3 on 8x8 planes, but only 72 weights per input
+    assert route(CONV_CASES[12])[2] == "packed" and route(CONV_CASES[2])[2] == "packed"
     assert route(CONV_CASES[0])[1] == "shifted" and route(CONV_CASES[1])[1] == "shifted"  # Kg = 6 and 16
     assert route(CONV_CASES[4])[1] == "packed"
     with pytest.raises(ValueError, match="stride 1"):
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1, path="shifted")
     with pytest.raises(ValueError, match="path"):
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, path="blas")
+    # forced im2row: the weight gradient, and a dx the flipped correlation cannot express, are packed
+    assert nb_conv.plan((1, 2, 5, 5), (4, 2, 2, 2), (1, 1), (3, 3, 3, 3), (1, 1), 1, "im2row") == \
+        ("im2row", "packed", "packed")
+    assert nb_conv.plan((1, 2, 5, 5), (4, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, "im2row") == \
+        ("im2row", "packed", "im2row")
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)

@@ -1,29 +1,33 @@
-"""Convolution, Numba: three kernels, chosen per shape by :func:`plan`, all parallel over the output they write.
+"""Convolution, Numba: four kernels, chosen per shape by :func:`plan`, all parallel over the output they write.
 
-* ``shifted`` (stride 1, the common case): implicit GEMM with no im2col. On the zero-padded input planes, tap
-  (r, s) of output pixel u = oh * Wp + ow reads plane element u + r*dil_h*Wp + s*dil_w, so each GEMM operand row
-  is a shifted window of a plane that stays in cache; outputs are computed on the padded width ("wide" grid)
-  and the Wp - OW extra columns are dropped. The backward passes (taps.py) run on channel-major planes of the
-  whole batch: the weight gradient as long 4x4-blocked dot products, the input gradient as one GEMM with the
-  flipped taps. LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.29 ms; C1 dw 0.43 ->
-  0.17 ms; ResNet-20 64-channel 8x8 layer at batch 32: dx 2.2 -> 1.7 ms.
-* ``packed`` (strides > 1, or outputs much narrower than the padded input, like LeNet-5's 1x1 C5): im2col tiles
-  plus the same GEMM; col2im for the input gradient. When the one output pixel sees the whole unpadded input
-  (LeNet-5's C5), x is its own im2col matrix and each pass is a plain matmul: forward 0.115 -> 0.067 ms,
-  backward 0.24 -> 0.07 ms at batch 64.
+* ``shifted`` (stride 1): implicit GEMM with no im2col. On the zero-padded input planes, tap (r, s) of output
+  pixel u = oh * Wp + ow reads plane element u + r*dil_h*Wp + s*dil_w, so each GEMM operand row is a shifted
+  window of a plane that stays in cache; outputs are computed on the padded width ("wide" grid) and the extra
+  columns dropped. The backward passes (taps.py) run on channel-major planes of the whole batch: the weight
+  gradient as long 4x4-blocked dot products, the input gradient as one GEMM with the flipped taps.
+  LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.29 ms; C1 dw 0.43 -> 0.17 ms.
+* ``im2row`` (many weights per output): each output pixel's window gathered channel-last as one row, each output
+  one long dot product (im2row.py); the stride-1 input gradient is the same correlation of dy. ResNet-20 at
+  batch 128: 64-channel 8x8 layer forward 6.4 -> 2.1 ms, dx 4.3 -> 2.7 ms; 32-to-64 stride-2 forward 3.0 -> 1.7 ms.
+* ``packed`` (strided convs with few weights per output, or outputs much narrower than the padded input):
+  im2col tiles plus the GEMM; col2im for the input gradient. When the one output pixel sees the whole unpadded
+  input (LeNet-5's C5), x is its own im2col matrix and each pass is a plain matmul (forward 0.115 -> 0.067 ms).
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
-  blocks would be mostly empty and the packing would cost as much as the multiply-adds. Its stride-1 weight
-  gradient runs on the wide grid (one long product run per image and tap, not one per output row).
+  blocks would be mostly empty. Its stride-1 weight gradient runs on the wide grid.
 
-Rule (:func:`plan`), with Kg = K / groups: forward and backward-data are direct when Kg < 4; else shifted when
-the stride is 1 and the padded width is at most ``MAX_WIDE_WASTE`` (1.5) times the output width (backward-data:
-and also at most that times the input width); else packed. Backward-weight follows the forward, except that
-strided convs with Kg < 8 use direct (the packed GEMM runs along Kg, shorter than one float32 vector).
-``path=`` forces one for everything (the tests run every path on every shape).
+Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
+for LeNet-5's C5 geometry; strided convs: im2row forward from ROW_MIN_STRIDED (64) weights per output, else
+packed, and packed backward passes (direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted
+unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row
+from ROW_MIN (256) weights per output, else as the weight gradient; the input gradient is im2row from Kg*R*S >=
+ROW_MIN when the padded planes are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted
+grid is mostly padding), else shifted or packed like the forward. ``path=`` forces one (the tests run every path
+on every shape; a forced im2row computes the weight gradient, and a dx it cannot express, by ``packed``).
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
-the cores (measured: 10-30 ms stalls per conv when they alternate). The 4x4-blocked GEMM here runs inside the
-Numba tasks on one pool and matches single-thread OpenBLAS on conv-sized blocks (see gemm.py).
+the cores (10-30 ms stalls per conv when they alternate); and its kernels here are AVX2 ("Haswell") while LLVM
+compiles these loops for the machine (AVX-512 on this EPYC: the im2row dots reach 270 GFLOP/s on two cores,
+single-thread OpenBLAS 125).
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
 forward over (image, group, pixel tile); backward-data over (group, position tile) for shifted and (image
@@ -37,9 +41,9 @@ from numba import njit, prange
 
 from cnnkit.backends import conv_output_size
 
-from . import taps
+from . import direct, im2row, taps
 from .activation import SIGMOID, act_run, code
-from .gemm import axpy_run, copy_run, gemm, tile_cols, tile_rows, valid_range
+from .gemm import copy_run, gemm, tile_cols, tile_rows
 from .taps import cdiv, tap_rows
 
 Pair = tuple[int, int]
@@ -55,7 +59,10 @@ MIN_TASKS = 64         # split work into at least this many tasks when the shape
 WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
 WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
 FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
-PATHS = ("direct", "shifted", "packed")
+ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
+ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
+DATA_ROW_WASTE = 1.4   # ... and the input gradient when the padded planes exceed the input by this factor
+PATHS = ("direct", "shifted", "packed", "im2row")
 
 
 # ----------------------------------------------------------------------------------------------- shifted path
@@ -221,121 +228,6 @@ def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, di
                  np.zeros(t, dtype=np.int64), part[chunk, g], rows, t, kg)
 
 
-# ----------------------------------------------------------------------------------------------- direct path
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _direct_forward(x, w, b, y, sh, sw, pt, pl, dil_h, dil_w, kind, slope):
-    """One task per (n, k) output plane: sum of the group's taps, then bias + activation."""
-    n_, c_, h_, w_ = x.shape
-    k_, cg, r_, s_ = w.shape
-    oh_, ow_ = y.shape[2], y.shape[3]
-    kg = k_ // (c_ // cg)
-    y_flat = y.reshape(-1)
-    for task in prange(n_ * k_):
-        n, k = task // k_, task % k_
-        c0 = (k // kg) * cg
-        out = y[n, k]
-        out[:, :] = 0
-        for c in range(cg):
-            for r in range(r_):
-                for s in range(s_):
-                    wv, off = w[k, c, r, s], s * dil_w - pl
-                    lo, hi = valid_range(off, sw, w_, 0, ow_)
-                    for oh in range(oh_):
-                        ih = oh * sh - pt + r * dil_h
-                        if 0 <= ih < h_:
-                            axpy_run(out[oh], lo, 1, x[n, c0 + c, ih], lo * sw + off, sw, hi - lo, wv)
-        act_run(y_flat, task * oh_ * ow_, y_flat, task * oh_ * ow_, oh_ * ow_, b[k], kind, slope)
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _direct_backward_data(dy, w, dx, sh, sw, pt, pl, dil_h, dil_w):
-    """One task per (n, c) input plane, gathering from the group's output planes."""
-    n_, c_, h_, w_ = dx.shape
-    k_, cg, r_, s_ = w.shape
-    oh_, ow_ = dy.shape[2], dy.shape[3]
-    kg = k_ // (c_ // cg)
-    for task in prange(n_ * c_):
-        n, ci = task // c_, task % c_
-        g, c = ci // cg, ci % cg
-        plane = dx[n, ci]
-        plane[:, :] = 0
-        for k in range(g * kg, (g + 1) * kg):
-            for r in range(r_):
-                for s in range(s_):
-                    wv, off = w[k, c, r, s], s * dil_w - pl
-                    lo, hi = valid_range(off, sw, w_, 0, ow_)
-                    for oh in range(oh_):
-                        ih = oh * sh - pt + r * dil_h
-                        if 0 <= ih < h_:
-                            axpy_run(plane[ih], lo * sw + off, sw, dy[n, k, oh], lo, 1, hi - lo, wv)
-
-
-@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def _product_run(lanes, g, row, lo, hi, start, step):
-    """lanes[o] += g[o] * row[start + (o - lo) * step] for lo <= o < hi (unsigned indices: vectorises)."""
-    if hi <= lo:
-        return
-    d, o, st = np.uint64(lo), np.uint64(start), np.uint64(step)
-    if step == 1:
-        for u in range(np.uint64(hi - lo)):
-            lanes[d + u] += g[d + u] * row[o + u]
-    else:
-        for u in range(np.uint64(hi - lo)):
-            lanes[d + u] += g[d + u] * row[o + u * st]
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _direct_backward_weight(dy, x, part, sh, sw, pt, pl, dil_h, dil_w):
-    """part[chunk, k, c, r, s]: the weight gradient from the chunk's share of the batch; one task per
-    (chunk, k, c), one running sum per output column (a vector, so no reassociation is needed)."""
-    n_, c_, h_, w_ = x.shape
-    chunks, k_, cg, r_, s_ = part.shape
-    oh_, ow_ = dy.shape[2], dy.shape[3]
-    kg = k_ // (c_ // cg)
-    for task in prange(chunks * k_ * cg):
-        chunk, k, c = task // (k_ * cg), (task // cg) % k_, task % cg
-        ci = (k // kg) * cg + c
-        lanes = np.empty(ow_, dtype=part.dtype)
-        for r in range(r_):
-            for s in range(s_):
-                off = s * dil_w - pl
-                lo, hi = valid_range(off, sw, w_, 0, ow_)
-                for ow in range(ow_):
-                    lanes[ow] = 0
-                for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
-                    for oh in range(oh_):
-                        ih = oh * sh - pt + r * dil_h
-                        if 0 <= ih < h_:
-                            _product_run(lanes, dy[n, k, oh], x[n, ci, ih], lo, hi, lo * sw + off, sw)
-                part[chunk, k, c, r, s] = lanes.sum()
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _wide_direct_weight(xp, dyw, part, wp, span, r_, s_, dil_h, dil_w):
-    """Stride 1: part[chunk, k, c, r, s] = sum over the chunk's images and wide pixels u < span of
-    dyw[n, k, u] * xp[n, ci, u + r*dil_h*wp + s*dil_w], one long vectorised run per (image, tap) instead of one
-    per output row (dyw: dy on the wide grid of the padded planes xp, zero in the extra columns)."""
-    n_, c_ = xp.shape[0], xp.shape[1]
-    chunks, k_, cg = part.shape[0], part.shape[1], part.shape[2]
-    kg = k_ // (c_ // cg)
-    for task in prange(chunks * k_ * cg):
-        chunk, k, c = task // (k_ * cg), (task // cg) % k_, task % cg
-        ci = (k // kg) * cg + c
-        lanes = np.empty(span, dtype=part.dtype)
-        for r in range(r_):
-            for s in range(s_):
-                for u in range(span):
-                    lanes[u] = 0
-                for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
-                    _product_run(lanes, dyw[n, k], xp[n, ci], 0, span, r * dil_h * wp + s * dil_w, 1)
-                s0 = s1 = s2 = s3 = 0.0  # four interleaved chains in a fixed order: the adds pipeline
-                for u in range(0, span - 3, 4):
-                    s0, s1, s2, s3 = s0 + lanes[u], s1 + lanes[u + 1], s2 + lanes[u + 2], s3 + lanes[u + 3]
-                for u in range(span - span % 4, span):
-                    s0 += lanes[u]
-                part[chunk, k, c, r, s] = (s0 + s1) + (s2 + s3)
-
-
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
     """db[k] = sum of dy over (n, oh, ow), accumulated in float64 in eight interleaved chains (a fixed order;
@@ -368,18 +260,29 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path == "shifted" and stride != (1, 1):
             raise ValueError("path='shifted' needs stride 1")
+        if path == "im2row":
+            return path, "packed", path if im2row.data_grad_fits(stride, padding, dilation, w_shape) else "packed"
         return path, path, path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
         return "direct", "direct", "direct"
+    out_h = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], padding[1], dilation[0])
+    out_w = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[2], padding[3], dilation[1])
+    if _dense_geometry(x_shape, w_shape, padding, groups, out_h * out_w):
+        return "packed", "packed", "packed"
+    reduction = w_shape[1] * w_shape[2] * w_shape[3]
     if stride != (1, 1):
-        return "packed", "direct" if kg < WEIGHT_GEMM_MIN else "packed", "packed"
-    span = dilation[1] * (w_shape[3] - 1)
-    out_w = x_shape[3] + padding[2] + padding[3] - span
-    padded_w = x_shape[3] + padding[2] + padding[3]
-    forward = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
-    data = "shifted" if forward == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
-    return forward, forward, data
+        forward = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
+        return forward, "direct" if kg < WEIGHT_GEMM_MIN else "packed", "packed"
+    padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
+    weight = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
+    forward = "im2row" if reduction >= ROW_MIN else weight
+    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > DATA_ROW_WASTE * x_shape[2] * x_shape[3]
+            and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
+        data = "im2row"
+    else:
+        data = "shifted" if weight == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+    return forward, weight, data
 
 
 def _geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair):
@@ -425,11 +328,13 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
     w3 = w.reshape(groups, k // groups, -1)
     if route == "direct":
-        _direct_forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
+        direct.forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
     elif route == "shifted":
         xp, wp = _padded(x, *padding)
         _shifted_conv(xp, w3, b, y, wp, r, s, *dilation, _shifted_tile(w3.shape[1], n, groups, oh, ow, wp),
                       kind, FUSED_SLOPE)
+    elif route == "im2row":
+        im2row.correlate(x, w, b, y, stride, padding, dilation, groups, kind, FUSED_SLOPE)
     elif _dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         yt = np.empty((k, n), dtype=x.dtype)
         _dense_forward(w.reshape(k, -1), np.ascontiguousarray(x.reshape(n, -1).T), b, yt, kind, FUSED_SLOPE)
@@ -469,10 +374,10 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
             xp, wp = _padded(x, *padding)
             dyw = np.empty((n, k, oh * wp), dtype=x.dtype)
             _pad_planes(dy, dyw, 0, 0, wp)
-            _wide_direct_weight(xp, dyw, part, wp, (oh - 1) * wp + ow, r, s, *dilation)
+            direct.wide_weight(xp, dyw, part, wp, (oh - 1) * wp + ow, r, s, *dilation)
         else:
             part = np.empty((min(n, cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
-            _direct_backward_weight(dy, x, part, *geo)
+            direct.backward_weight(dy, x, part, *geo)
         dw = part.sum(axis=0)
     elif weight_route == "shifted":
         dw = taps.weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
@@ -485,7 +390,9 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         return None, dw, db
     if data_route == "direct":
         dx = np.empty_like(x)
-        _direct_backward_data(dy, w, dx, *geo)
+        direct.backward_data(dy, w, dx, *geo)
+    elif data_route == "im2row":
+        dx = im2row.data_grad(dy, w, padding, dilation, groups, x.shape)
     elif data_route == "shifted":
         dx = taps.data_grad(*wide, x.shape, w, padding, dilation, groups, ACC_ELEMS, MIN_TASKS)
     else:
