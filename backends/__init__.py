@@ -20,9 +20,10 @@ The ops
 -------
 conv2d_forward(x, w, b, stride, padding, dilation, groups, activation=None) -> y
     y = act(conv(x, w) + b); ``b`` is a (K,) array or None. ``activation`` is the fused epilogue.
-conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_db=True) -> (dx, dw, db)
-    Gradients of the pre-activation conv output ``dy`` (N, K, OH, OW). ``dx`` is None unless ``need_dx``,
-    ``db`` is None unless ``need_db``.
+conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_db=True, need_dw=True)
+        -> (dx, dw, db)
+    Gradients of the pre-activation conv output ``dy`` (N, K, OH, OW). Each is None, and not computed, unless
+    its ``need_*`` flag is set (a frozen conv skips its weight gradient).
 max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode) -> (y, argmax)
     PyTorch max_pool2d; padding counts as -inf. ``argmax`` (int64 array, y's shape) is the flat index
     ``h * W + w`` into the unpadded input plane, as PyTorch's return_indices (first maximum on ties).

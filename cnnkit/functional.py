@@ -129,8 +129,10 @@ def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair =
 
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,
                     dilation: IntPair = 1, groups: int = 1, need_dx: bool = True, need_bias: bool = True,
-                    *, backend: str | Backend | None = None) -> tuple[Array | None, Array, Array | None]:
-    """Gradients (dx, dweight, dbias) of conv2d, given dy of its pre-activation output."""
+                    need_weight: bool = True, *,
+                    backend: str | Backend | None = None) -> tuple[Array | None, Array | None, Array | None]:
+    """Gradients (dx, dweight, dbias) of conv2d, given dy of its pre-activation output; each is None (and not
+    computed) when its ``need_*`` flag is off."""
     be = _be(backend)
     x_, w_, _, geometry = _conv_args(be, x, weight, None, stride, padding, dilation, groups)
     check_array(be, dy, "dy", ndim=4)
@@ -138,7 +140,7 @@ def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, pad
     expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the conv output shape {expected}, got {tuple(dy.shape)}")
-    return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_bias)
+    return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_bias, need_dw=need_weight)
 
 
 def conv2d_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: tuple[int, int],

@@ -140,6 +140,9 @@ def test_conv2d_no_bias_and_need_flags(cp):
     dx, dw, db = F.conv2d_backward(cp.asarray(np.ones(y.shape, np.float32)), x, w, stride, padding,
                                    need_dx=False, need_bias=False, backend="cupy")
     assert dx is None and db is None and dw.shape == w.shape
+    dx, dw, db = F.conv2d_backward(cp.asarray(np.ones(y.shape, np.float32)), x, w, stride, padding,
+                                   need_weight=False, backend="cupy")
+    assert dw is None and dx.shape == x.shape and db.shape == (w.shape[0],)
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[9], CONV_CASES[10]],

@@ -83,7 +83,12 @@ def test_conv2d_backward_skips_unneeded_gradients():
     dy = rng.standard_normal((1, 2, 2, 2))
     dx, dw, db = F.conv2d_backward(dy, x, w, need_dx=False, need_bias=False, backend=BE)
     assert dx is None and db is None
-    np.testing.assert_array_equal(dw, F.conv2d_backward(dy, x, w, backend=BE)[1])
+    full = F.conv2d_backward(dy, x, w, backend=BE)
+    np.testing.assert_array_equal(dw, full[1])
+    dx, dw, db = F.conv2d_backward(dy, x, w, need_weight=False, backend=BE)  # a frozen conv
+    assert dw is None
+    np.testing.assert_array_equal(dx, full[0])
+    np.testing.assert_array_equal(db, full[2])
 
 
 # ----------------------------------------------------------------------------------------------- pooling

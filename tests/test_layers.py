@@ -338,6 +338,24 @@ def test_trainable_false_leaves_grads_none_but_passes_dx():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_frozen_conv_does_not_compute_its_weight_gradient(monkeypatch):
+    """trainable=False reaches the kernel as need_dw=False (the weight gradient is skipped, not discarded)."""
+    from cnnkit.backend import backend as resolve
+    ops, calls = resolve("numpy").ops, []
+    original = ops.conv2d_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["need_dw"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(ops, "conv2d_backward", spy)
+    conv = nn.Conv2d(2, 4, 3)
+    x = _rng("frozen-conv").standard_normal((2, 2, 5, 5)).astype(np.float32)
+    for trainable in (True, False):
+        conv.trainable = trainable
+        conv.backward(np.ones(conv(x).shape, dtype=np.float32))
+    assert calls == [True, False]
+
+
 def test_manual_seed_makes_models_reproducible():
     nn.init.manual_seed(11)
     a = _small_model().state_dict()

@@ -207,6 +207,23 @@ def test_conv_non_contiguous_inputs_and_optional_outputs():
     assert x.base is not None and np.array_equal(x, base[:, ::2, ::2, :])  # input untouched
 
 
+@pytest.mark.parametrize("path", nb_conv.PATHS)
+def test_conv_backward_without_dw(path):
+    """A frozen conv asks for no weight gradient: dw is None and dx, db are unchanged, on every path."""
+    x, w, dy = _data((2, 4, 6, 6), "fzx"), _data((8, 4, 3, 3), "fzw", scale=0.3), _data((2, 8, 6, 6), "fzdy")
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    dx, dw, db = nb_conv.conv2d_backward(dy, x, w, *geometry, need_dw=False, path=path)
+    ref = F.conv2d_backward(dy, x, w, padding=1, backend=NP)
+    assert dw is None
+    assert_close_f64(dx, ref[0], f"dx {path}")
+    assert_close_f64(db, ref[2], f"db {path}")
+    xd, wd = _data((3, 4, 5, 5), "fzdx"), _data((6, 4, 5, 5), "fzdw")  # the dense (C5) shortcut
+    dyd = _data((3, 6, 1, 1), "fzddy")
+    dx, dw, _ = nb_conv.conv2d_backward(dyd, xd, wd, (1, 1), (0, 0, 0, 0), (1, 1), 1, need_dw=False)
+    assert dw is None
+    assert_close_f64(dx, F.conv2d_backward(dyd, xd, wd, backend=NP)[0])
+
+
 def test_dense_conv_backward_without_dx():
     """A conv whose one output pixel sees the whole input (LeNet-5's C5) takes the matmul shortcut, dx or not."""
     x, w, dy = _data((3, 4, 5, 5), "dx"), _data((6, 4, 5, 5), "dw"), _data((3, 6, 1, 1), "dy")

@@ -86,13 +86,14 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
 
 
 def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilation: Pair, groups: int,
-                    need_dx: bool = True, need_db: bool = True) -> tuple[Any | None, Any, Any | None]:
-    """(dx, dw, db) of the pre-activation conv output's gradient dy."""
+                    need_dx: bool = True, need_db: bool = True,
+                    need_dw: bool = True) -> tuple[Any | None, Any | None, Any | None]:
+    """(dx, dw, db) of the pre-activation conv output's gradient dy; each is None when not needed."""
     dy, x, w = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(w, "w")
     geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
     tiled = conv_path(x.shape, w.shape, groups) == "tiled"
     dx = _backward_data(dy, w, x.shape, geom, tiled) if need_dx else None
-    dw = _backward_weight(dy, x, w.shape, geom, tiled)
+    dw = _backward_weight(dy, x, w.shape, geom, tiled) if need_dw else None
     db = channel_sums(dy) if need_db else None
     return dx, dw, db
 

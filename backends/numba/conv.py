@@ -346,29 +346,39 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
 
 
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
-                    groups: int, need_dx: bool = True, need_db: bool = True, path: str | None = None):
-    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; dx / db are None when not needed."""
+                    groups: int, need_dx: bool = True, need_db: bool = True, need_dw: bool = True,
+                    path: str | None = None):
+    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; each is None when not needed."""
     x = np.ascontiguousarray(x)
     w, dy = np.ascontiguousarray(w, dtype=x.dtype), np.ascontiguousarray(dy, dtype=x.dtype)
-    n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
-    oh, ow, geo = _geometry(x.shape, w.shape, stride, padding, dilation)
-    kg, rows = k // groups, w[0].size
-    dy3 = dy.reshape(n, k, oh * ow)
+    n, k, oh, ow = dy.shape
     db = None
     if need_db:
         db = np.empty(k, dtype=x.dtype)
-        _bias_grad(dy3, db)
+        _bias_grad(dy.reshape(n, k, oh * ow), db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
-    if weight_route == "shifted" or (need_dx and data_route == "shifted"):
-        wide = taps.wide_dy(dy, x.shape, w.shape, padding, dilation)
     if data_route == "packed" and _dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
-        x2, dy2, w2 = x.reshape(n, rows), dy.reshape(n, k), w.reshape(k, rows)
-        dw, dx = np.empty_like(w2), np.empty_like(x2) if need_dx else None
-        _dense(np.ascontiguousarray(dy2.T), x2, dw)
+        x2, dy2, w2 = x.reshape(n, -1), dy.reshape(n, k), w.reshape(k, -1)
+        dx, dw = np.empty_like(x2) if need_dx else None, np.empty_like(w2) if need_dw else None
+        if need_dw:
+            _dense(np.ascontiguousarray(dy2.T), x2, dw)
         if need_dx:
             _dense(dy2, w2, dx)
-        return (dx.reshape(x.shape) if need_dx else None), dw.reshape(w.shape), db
-    if weight_route == "direct":
+        return (dx.reshape(x.shape) if need_dx else None), (dw.reshape(w.shape) if need_dw else None), db
+    wide = None
+    if (need_dw and weight_route == "shifted") or (need_dx and data_route == "shifted"):
+        wide = taps.wide_dy(dy, x.shape, w.shape, padding, dilation)
+    dw = _weight_grad(weight_route, dy, x, w, stride, padding, dilation, groups, wide) if need_dw else None
+    dx = _data_grad(data_route, dy, x.shape, w, stride, padding, dilation, groups, wide) if need_dx else None
+    return dx, dw, db
+
+
+def _weight_grad(route: str, dy, x, w, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
+    """dw by the backward-weight path ``route`` (see :func:`plan`); ``wide`` is taps.wide_dy's layout of dy."""
+    n, k, oh, ow = dy.shape
+    r, s = w.shape[2:]
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation)[2]
+    if route == "direct":
         if stride == (1, 1):  # each chunk's partial ends in a serial sum per weight: fewer, longer tasks
             part = np.empty((min(n, cdiv(WIDE_WEIGHT_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
             xp, wp = _padded(x, *padding)
@@ -378,27 +388,32 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         else:
             part = np.empty((min(n, cdiv(MIN_TASKS, k * w.shape[1])),) + w.shape, dtype=x.dtype)
             direct.backward_weight(dy, x, part, *geo)
-        dw = part.sum(axis=0)
-    elif weight_route == "shifted":
-        dw = taps.weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
-    else:
-        tp = _tile(rows, n * oh * ow)
-        part = np.zeros((min(WEIGHT_CHUNKS, cdiv(n * oh * ow, tp)), groups, rows, kg), dtype=x.dtype)
-        _packed_weight(dy3, x, part, tp, r, s, oh, ow, *geo)
-        dw = np.ascontiguousarray(part.sum(axis=0).transpose(0, 2, 1)).reshape(w.shape)
-    if not need_dx:
-        return None, dw, db
-    if data_route == "direct":
-        dx = np.empty_like(x)
-        direct.backward_data(dy, w, dx, *geo)
-    elif data_route == "im2row":
-        dx = im2row.data_grad(dy, w, padding, dilation, groups, x.shape)
-    elif data_route == "shifted":
-        dx = taps.data_grad(*wide, x.shape, w, padding, dilation, groups, ACC_ELEMS, MIN_TASKS)
-    else:
-        dx = np.zeros_like(x)
-        tp = _tile(rows, n * oh * ow)
-        ib = min(n, max(cdiv(MIN_TILE, oh * ow), cdiv(n, MIN_TASKS)))  # whole images per task: race-free
-        wt3 = np.ascontiguousarray(w.reshape(groups, kg, rows).transpose(0, 2, 1))
-        _packed_backward_data(dy3, wt3, dx, ib, min(ib * oh * ow, tp), r, s, oh, ow, *geo)
-    return dx, dw, db
+        return part.sum(axis=0)
+    if route == "shifted":
+        return taps.weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
+    rows = w[0].size
+    tp = _tile(rows, n * oh * ow)
+    part = np.zeros((min(WEIGHT_CHUNKS, cdiv(n * oh * ow, tp)), groups, rows, k // groups), dtype=x.dtype)
+    _packed_weight(dy.reshape(n, k, oh * ow), x, part, tp, r, s, oh, ow, *geo)
+    return np.ascontiguousarray(part.sum(axis=0).transpose(0, 2, 1)).reshape(w.shape)
+
+
+def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
+    """dx by the backward-data path ``route`` (see :func:`plan`); ``wide`` is taps.wide_dy's layout of dy."""
+    if route == "direct":
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        direct.backward_data(dy, w, dx, *_geometry(x_shape, w.shape, stride, padding, dilation)[2])
+        return dx
+    if route == "im2row":
+        return im2row.data_grad(dy, w, padding, dilation, groups, x_shape)
+    if route == "shifted":
+        return taps.data_grad(*wide, x_shape, w, padding, dilation, groups, ACC_ELEMS, MIN_TASKS)
+    n, k, oh, ow = dy.shape
+    kg, rows, (r, s) = k // groups, w[0].size, w.shape[2:]
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    tp = _tile(rows, n * oh * ow)
+    ib = min(n, max(cdiv(MIN_TILE, oh * ow), cdiv(n, MIN_TASKS)))  # whole images per task: race-free
+    wt3 = np.ascontiguousarray(w.reshape(groups, kg, rows).transpose(0, 2, 1))
+    _packed_backward_data(dy.reshape(n, k, oh * ow), wt3, dx, ib, min(ib * oh * ow, tp), r, s, oh, ow,
+                          *_geometry(x_shape, w.shape, stride, padding, dilation)[2])
+    return dx

@@ -51,14 +51,16 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
 
 
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
-                    groups: int, need_dx: bool = True, need_db: bool = True):
-    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; dx / db are None when not needed."""
+                    groups: int, need_dx: bool = True, need_db: bool = True, need_dw: bool = True):
+    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; each is None when not needed."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     oh, ow = dy.shape[2:]
-    cols, _ = _im2col(x, r, s, stride, padding, dilation, groups)
     dyg = dy.transpose(1, 0, 2, 3).reshape(groups, k // groups, n * oh * ow)   # (G, Kg, N*OH*OW)
-    dw = (dyg @ cols.transpose(0, 2, 1)).reshape(w.shape)
+    dw = None
+    if need_dw:
+        cols, _ = _im2col(x, r, s, stride, padding, dilation, groups)
+        dw = (dyg @ cols.transpose(0, 2, 1)).reshape(w.shape)
     db = dy.sum(axis=(0, 2, 3)) if need_db else None
     if not need_dx:
         return None, dw, db

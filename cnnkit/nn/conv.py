@@ -108,7 +108,7 @@ class Conv2d(Layer):
         need_bias = self.trainable and self.bias is not None
         dx, dw, db = F.conv2d_backward(dy, x, self.effective_weight(), self.stride, self.padding, self.dilation,
                                        self.groups, need_dx=self.requires_input_grad, need_bias=need_bias,
-                                       backend=self.backend)
+                                       need_weight=self.trainable, backend=self.backend)
         if self.trainable:
             if self.flip_kernel:
                 dw = self.backend.xp.ascontiguousarray(dw[:, :, ::-1, ::-1])
