@@ -1,8 +1,10 @@
 """Batch normalisation, Numba, and the dropout mask (the NumPy backend's own).
 
-Every kernel is parallel over the (n, c) planes. Per-channel statistics are float64 sums per plane (four
-interleaved partial sums, so the adds pipeline), added over the batch afterwards; two passes for the variance
-(mean, then the centred sum of squares).
+Every kernel is parallel over the (n, c) planes. Per-channel statistics are float64 sums per plane (vector
+partial sums), combined over the batch afterwards. The variance is centred
+twice over: each plane's own sum of squares about its own mean (a second pass over a plane still in cache), then
+the planes combined exactly (Chan et al.), so x is read from memory once for both statistics. The backward
+reads dy and x once for both dbeta and dgamma.
 """
 from __future__ import annotations
 
@@ -14,43 +16,56 @@ from numba import njit, prange
 from cnnkit.backends.numpy.norm import dropout_mask  # noqa: F401  (re-exported as this backend's op)
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
-def _plane_sums(x, y, n, c, shift, scale, mode):
-    """Over the plane (n, c) of x (N, C, P), in float64 with four interleaved partial sums (independent chains,
-    fixed order): mode 0 sum(x); 1 sum((x - shift)^2); 2 sum(y * (x - shift) * scale), y the second plane."""
-    s0 = s1 = s2 = s3 = 0.0
-    p_ = x.shape[2]
-    nu, cu = np.uint64(n), np.uint64(c)
-    for i in range(np.uint64(p_ // 4)):
-        j = i * np.uint64(4)
-        v0, v1 = float(x[nu, cu, j]) - shift, float(x[nu, cu, j + 1]) - shift
-        v2, v3 = float(x[nu, cu, j + 2]) - shift, float(x[nu, cu, j + 3]) - shift
-        if mode == 1:
-            v0, v1, v2, v3 = v0 * v0, v1 * v1, v2 * v2, v3 * v3
-        elif mode == 2:
-            v0, v1 = y[nu, cu, j] * (v0 * scale), y[nu, cu, j + 1] * (v1 * scale)
-            v2, v3 = y[nu, cu, j + 2] * (v2 * scale), y[nu, cu, j + 3] * (v3 * scale)
-        s0, s1, s2, s3 = s0 + v0, s1 + v1, s2 + v2, s3 + v3
-    for j in range(p_ - p_ % 4, p_):
-        v = float(x[n, c, j]) - shift
-        s0 += v * v if mode == 1 else (y[n, c, j] * (v * scale) if mode == 2 else v)
-    return (s0 + s1) + (s2 + s3)
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _plane_sums(x, y, n, c, shift, mode):
+    """Over the plane (n, c) of x (N, C, P), in float64: mode 0 (sum(x), 0); 1 (0, sum((x - shift)^2));
+    2 (sum(y), sum(y * (x - shift))), y being the same plane of the second array. Reassociation lets LLVM
+    keep vector partial sums (the order is fixed by the compiled code, so results do not depend on threads)."""
+    a = b = 0.0
+    xs, ys = x[n, c], y[n, c]
+    if mode == 0:
+        for j in range(np.uint64(x.shape[2])):
+            a += float(xs[j])
+    elif mode == 1:
+        for j in range(np.uint64(x.shape[2])):
+            v = float(xs[j]) - shift
+            b += v * v
+    else:
+        for j in range(np.uint64(x.shape[2])):
+            u = float(ys[j])
+            a += u
+            b += u * (float(xs[j]) - shift)
+    return a, b
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _partial_sums(x, y, shift, scale, mode, out):
-    """out[n, c] = _plane_sums of every (n, c) plane, one task each (summed over n afterwards)."""
+def _plane_moments(x, means, m2s):
+    """Per plane (n, c): its mean, then its centred sum of squares (the plane is still in cache: one read of x
+    from memory, and no cancellation)."""
+    n_, c_, p_ = x.shape
+    for task in prange(n_ * c_):
+        n, c = task // c_, task % c_
+        mean = _plane_sums(x, x, n, c, 0.0, 0)[0] / p_
+        means[n, c], m2s[n, c] = mean, _plane_sums(x, x, n, c, mean, 1)[1]
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _plane_grad_sums(dy, x, mean, dbeta, dgamma_raw):
+    """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both."""
     n_, c_ = x.shape[0], x.shape[1]
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
-        out[n, c] = _plane_sums(x, y, n, c, shift[c], scale[c], mode)
+        dbeta[n, c], dgamma_raw[n, c] = _plane_sums(x, dy, n, c, mean[c], 2)
 
 
-def _channel_sums(x: np.ndarray, y: np.ndarray, shift: np.ndarray, scale: np.ndarray, mode: int) -> np.ndarray:
-    """Per-channel float64 sums of :func:`_plane_sums` (mode 0, 1 or 2) over the batch."""
-    out = np.empty(x.shape[:2])
-    _partial_sums(x, y, shift, scale, mode, out)
-    return out.sum(axis=0)
+def _batch_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float64 mean and biased variance of x (N, C, P): the planes' moments combined exactly
+    (Chan et al.: equal counts, so the total centred sum of squares is the planes' own plus P times the squared
+    deviations of their means)."""
+    means, m2s = np.empty(x.shape[:2]), np.empty(x.shape[:2])
+    _plane_moments(x, means, m2s)
+    mean = means.mean(axis=0)
+    return mean, (m2s.sum(axis=0) + x.shape[2] * ((means - mean) ** 2).sum(axis=0)) / (x.shape[0] * x.shape[2])
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -93,12 +108,9 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     move (in place) towards the batch mean and unbiased variance in training.
     ``saved = (x, mean, inv_std, training)``, the statistics in float64."""
     xf = _flat(x, x.dtype)
-    c = x.shape[1]
     if training:
         m = xf.shape[0] * xf.shape[2]
-        zeros = np.zeros(c)
-        mean = _channel_sums(xf, xf, zeros, zeros, 0) / m
-        var = _channel_sums(xf, xf, mean, zeros, 1) / m  # two passes: no cancellation
+        mean, var = _batch_moments(xf)
         running_mean *= 1 - momentum
         running_mean += momentum * mean
         running_var *= 1 - momentum
@@ -115,9 +127,9 @@ def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx is dy * gamma * inv_std."""
     xf, mean, inv_std, training = saved
     dyf = _flat(dy, xf.dtype)
-    c = xf.shape[1]
-    dbeta = _channel_sums(dyf, dyf, np.zeros(c), np.zeros(c), 0)
-    dgamma = _channel_sums(xf, dyf, mean, inv_std, 2)
+    dbeta, dgamma = np.empty(xf.shape[:2]), np.empty(xf.shape[:2])
+    _plane_grad_sums(dyf, xf, mean, dbeta, dgamma)
+    dbeta, dgamma = dbeta.sum(axis=0), dgamma.sum(axis=0) * inv_std
     dx = np.empty_like(xf)
     _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(gamma, dtype=np.float64), dgamma, dbeta,
                 training, dx)
