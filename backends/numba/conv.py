@@ -43,7 +43,7 @@ from cnnkit.backends import conv_output_size
 
 from . import direct, im2row, taps
 from .activation import SIGMOID, act_run, code
-from .gemm import copy_run, gemm, tile_cols, tile_rows
+from .gemm import copy_run, gemm, padded_plane, tile_cols, tile_rows
 from .taps import cdiv, tap_rows
 
 Pair = tuple[int, int]
@@ -69,13 +69,10 @@ PATHS = ("direct", "shifted", "packed", "im2row")
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _pad_planes(x, xp, top, left, wp):
     """xp[n, c, (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xp (N, C, L) is 0."""
-    n_, c_, h_, w_ = x.shape
+    n_, c_ = x.shape[0], x.shape[1]
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
-        for i in range(xp.shape[2]):
-            xp[n, c, i] = 0
-        for h in range(h_):
-            copy_run(xp[n, c], (top + h) * wp + left, x[n, c, h], 0, 1, w_)
+        padded_plane(xp[n, c], 0, x[n, c], top, left, wp, xp.shape[2])
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")

@@ -119,6 +119,18 @@ def zero_run(dst, d0, count):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def padded_plane(dst, base, src, top, left, wp, plane):
+    """dst[base + (top + h) * wp + left + w] = src[h, w], and 0 on the rest of dst[base:base + plane] (the
+    padding only: each element is written once)."""
+    h_, w_ = src.shape
+    zero_run(dst, base, top * wp + left)
+    for h in range(h_):
+        o = base + (top + h) * wp + left
+        copy_run(dst, o, src[h], 0, 1, w_)
+        zero_run(dst, o + w_, (o + wp if h < h_ - 1 else base + plane) - o - w_)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def add_run(dst, d0, dstep, src, s0, count):
     """dst[d0 + u * dstep] += src[s0 + u] for u < count; starts must be >= 0."""
     if count <= 0:

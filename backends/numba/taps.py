@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .gemm import copy_run, gemm
+from .gemm import copy_run, gemm, padded_plane, zero_run
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
@@ -49,14 +49,12 @@ def tap_rows(cg, r_, s_, wp, dil_h, dil_w):
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _channel_major(x, xt, front, top, left, wp, plane):
     """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
-    n_, c_, h_, w_ = x.shape
+    n_, c_ = x.shape[0], x.shape[1]
     for task in prange(c_ * n_):
         c, n = task // n_, task % n_
-        start = 0 if n == 0 else front + n * plane  # the first image's task zeroes the front margin too
-        for i in range(start, front + (n + 1) * plane):
-            xt[c, i] = 0
-        for h in range(h_):
-            copy_run(xt[c], front + n * plane + (top + h) * wp + left, x[n, c, h], 0, 1, w_)
+        if n == 0:  # the first image's task zeroes the front margin too
+            zero_run(xt[c], 0, front)
+        padded_plane(xt[c], front + n * plane, x[n, c], top, left, wp, plane)
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
