@@ -22,6 +22,7 @@ import cnnkit.functional as F
 from cnnkit.backend import backend
 from cnnkit.backends import ACTIVATIONS, OPS
 from cnnkit.backends.numba import conv as nb_conv
+from cnnkit.backends.numba import im2row as nb_im2row
 
 NB, NP = backend("numba"), backend("numpy")
 DTYPES = ("float64", "float32")
@@ -166,7 +167,8 @@ def test_conv_automatic_paths_are_the_documented_ones():
     expected = ["shifted", "shifted", "packed", "shifted", "packed", "packed", "shifted", "shifted", "direct",
                 "direct", "shifted", "shifted", "shifted", "im2row", "im2row", "im2row", "shifted"]
     assert [route(case)[0] for case in CONV_CASES] == expected
-    assert [route(case)[2] for case in CONV_CASES[-4:]] == ["shifted", "packed", "packed", "im2row"]
+    assert [route(case)[2] for case in CONV_CASES[-4:]] == ["shifted", "packed", "im2row", "im2row"]
+    assert route(CONV_CASES[15])[1] == "im2row"  # strided: the weight gradient gathers rows too
     assert route(CONV_CASES[3])[2] == "shifted"  # 3x3 on 8x8 planes, but only 72 weights per input
     assert route(CONV_CASES[12])[2] == "packed" and route(CONV_CASES[2])[2] == "packed"
     assert route(CONV_CASES[0])[1] == "shifted" and route(CONV_CASES[1])[1] == "shifted"  # Kg = 6 and 16
@@ -175,11 +177,10 @@ def test_conv_automatic_paths_are_the_documented_ones():
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1, path="shifted")
     with pytest.raises(ValueError, match="path"):
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, path="blas")
-    # forced im2row: the weight gradient, and a dx the flipped correlation cannot express, are packed
-    assert nb_conv.plan((1, 2, 5, 5), (4, 2, 2, 2), (1, 1), (3, 3, 3, 3), (1, 1), 1, "im2row") == \
-        ("im2row", "packed", "packed")
-    assert nb_conv.plan((1, 2, 5, 5), (4, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, "im2row") == \
-        ("im2row", "packed", "im2row")
+    # im2row's dx: the flipped correlation where it fits (stride 1, pad within reach), else scattered rows
+    assert nb_im2row.data_grad_fits((1, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
+    assert not nb_im2row.data_grad_fits((1, 1), (3, 3, 3, 3), (1, 1), (4, 2, 2, 2))
+    assert not nb_im2row.data_grad_fits((2, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -232,15 +233,18 @@ def test_dense_conv_backward_without_dx():
     assert_close_f64(dw, F.conv2d_backward(dy, x, w, backend=NP)[1])
 
 
-def test_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("path, stride", [(p, s) for p in nb_conv.PATHS for s in (1, 2) if p != "shifted" or s == 1])
+def test_results_do_not_depend_on_the_thread_count(path, stride):
     x, w = _data((4, 8, 10, 10), "th"), _data((16, 8, 3, 3), "thw")
-    dy = _data((4, 16, 10, 10), "thdy")
+    geometry = ((stride, stride), (1, 1, 1, 1), (1, 1), 1)
+    dy = _data((4, 16, 10 // stride, 10 // stride), "thdy")
     before = numba.get_num_threads()
     outs = []
     try:
         for threads in (1, before):
             numba.set_num_threads(threads)
-            outs.append((F.conv2d(x, w, padding=1, backend=NB),) + F.conv2d_backward(dy, x, w, padding=1, backend=NB))
+            outs.append((nb_conv.conv2d_forward(x, w, None, *geometry, path=path),)
+                        + nb_conv.conv2d_backward(dy, x, w, *geometry, path=path))
     finally:
         numba.set_num_threads(before)
     for a, b in zip(*outs):

@@ -7,8 +7,10 @@
   gradient as long 4x4-blocked dot products, the input gradient as one GEMM with the flipped taps.
   LeNet-5 at batch 64, float32: C3 dw 0.74 -> 0.23 ms, dx 0.47 -> 0.29 ms; C1 dw 0.43 -> 0.17 ms.
 * ``im2row`` (many weights per output): each output pixel's window gathered channel-last as one row, each output
-  one long dot product (im2row.py); the stride-1 input gradient is the same correlation of dy. ResNet-20 at
-  batch 128: 64-channel 8x8 layer forward 6.4 -> 2.1 ms, dx 4.3 -> 2.7 ms; 32-to-64 stride-2 forward 3.0 -> 1.7 ms.
+  one long dot product (im2row.py); the stride-1 input gradient is the same correlation of dy, other input
+  gradients scatter the rows back; the weight gradient multiplies dy by the gathered rows. ResNet-20 at batch
+  128: 64-channel 8x8 layer forward 6.4 -> 2.1 ms, dx 4.3 -> 2.7 ms; 32-to-64 stride-2 forward 3.0 -> 1.5 ms,
+  dx 3.3 -> 1.9 ms, dw 3.2 -> 1.5 ms.
 * ``packed`` (strided convs with few weights per output, or outputs much narrower than the padded input):
   im2col tiles plus the GEMM; col2im for the input gradient. When the one output pixel sees the whole unpadded
   input (LeNet-5's C5), x is its own im2col matrix and each pass is a plain matmul (forward 0.115 -> 0.067 ms).
@@ -16,13 +18,13 @@
   blocks would be mostly empty. Its stride-1 weight gradient runs on the wide grid.
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
-for LeNet-5's C5 geometry; strided convs: im2row forward from ROW_MIN_STRIDED (64) weights per output, else
-packed, and packed backward passes (direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted
+for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
+(direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted
 unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row
 from ROW_MIN (256) weights per output, else as the weight gradient; the input gradient is im2row from Kg*R*S >=
 ROW_MIN when the padded planes are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted
 grid is mostly padding), else shifted or packed like the forward. ``path=`` forces one (the tests run every path
-on every shape; a forced im2row computes the weight gradient, and a dx it cannot express, by ``packed``).
+on every shape).
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (10-30 ms stalls per conv when they alternate); and its kernels here are AVX2 ("Haswell") while LLVM
@@ -257,8 +259,6 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path == "shifted" and stride != (1, 1):
             raise ValueError("path='shifted' needs stride 1")
-        if path == "im2row":
-            return path, "packed", path if im2row.data_grad_fits(stride, padding, dilation, w_shape) else "packed"
         return path, path, path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -269,8 +269,8 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         return "packed", "packed", "packed"
     reduction = w_shape[1] * w_shape[2] * w_shape[3]
     if stride != (1, 1):
-        forward = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
-        return forward, "direct" if kg < WEIGHT_GEMM_MIN else "packed", "packed"
+        route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
+        return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
     padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
     weight = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
     forward = "im2row" if reduction >= ROW_MIN else weight
@@ -388,6 +388,8 @@ def _weight_grad(route: str, dy, x, w, stride: Pair, padding: Pads, dilation: Pa
         return part.sum(axis=0)
     if route == "shifted":
         return taps.weight_grad(*wide, x, w, padding, dilation, groups, oh, ow)
+    if route == "im2row":
+        return im2row.weight_grad(dy, x, w.shape, stride, padding, dilation, groups, WEIGHT_CHUNKS // 4)
     rows = w[0].size
     tp = _tile(rows, n * oh * ow)
     part = np.zeros((min(WEIGHT_CHUNKS, cdiv(n * oh * ow, tp)), groups, rows, k // groups), dtype=x.dtype)
@@ -401,8 +403,10 @@ def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation
         dx = np.empty(x_shape, dtype=dy.dtype)
         direct.backward_data(dy, w, dx, *_geometry(x_shape, w.shape, stride, padding, dilation)[2])
         return dx
-    if route == "im2row":
+    if route == "im2row" and im2row.data_grad_fits(stride, padding, dilation, w.shape):
         return im2row.data_grad(dy, w, padding, dilation, groups, x_shape)
+    if route == "im2row":
+        return im2row.scatter_data_grad(dy, w, stride, padding, dilation, groups, x_shape)
     if route == "shifted":
         return taps.data_grad(*wide, x_shape, w, padding, dilation, groups, ACC_ELEMS, MIN_TASKS)
     n, k, oh, ow = dy.shape
