@@ -227,21 +227,25 @@ def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, di
                  np.zeros(t, dtype=np.int64), part[chunk, g], rows, t, kg)
 
 
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _row_sum(row):
+    """sum(row) in float64; reassociation lets LLVM keep vector partial sums (the order is fixed by the
+    compiled code, so results do not depend on the thread count)."""
+    total = 0.0
+    for p in range(np.uint64(row.shape[0])):
+        total += float(row[p])
+    return total
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
-    """db[k] = sum of dy over (n, oh, ow), accumulated in float64 in eight interleaved chains (a fixed order;
-    one chain would wait on the add latency: LeNet-5 C1 at batch 64, 0.2 ms)."""
-    p_ = dy3.shape[2]
+    """db[k] = sum of dy over (n, oh, ow), accumulated in float64 (vector partial sums per plane, then the
+    planes in order)."""
     for k in prange(dy3.shape[1]):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        total = 0.0
         for n in range(dy3.shape[0]):
-            row = dy3[n, k]
-            for p in range(0, p_ - 7, 8):
-                a0, a1, a2, a3 = a0 + row[p], a1 + row[p + 1], a2 + row[p + 2], a3 + row[p + 3]
-                a4, a5, a6, a7 = a4 + row[p + 4], a5 + row[p + 5], a6 + row[p + 6], a7 + row[p + 7]
-            for p in range(p_ - p_ % 8, p_):
-                a0 += row[p]
-        db[k] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+            total += _row_sum(dy3[n, k])
+        db[k] = total
 
 
 # ----------------------------------------------------------------------------------------------- the ops
