@@ -1,6 +1,6 @@
 """Numba backend: ``@njit(parallel=True, cache=True)`` loops over NumPy arrays, float32 and float64.
 
-Importing this package does not import numba; :func:`create` does. Kernels compile on first use (about 35 s per
+Importing this package does not import numba; :func:`create` does. Kernels compile on first use (about 50 s per
 dtype on 2 cores) or load from numba's on-disk cache (next to the sources, or under ``NUMBA_CACHE_DIR``; under a
 second in a new process); :func:`warmup` does either up front. Numba keys a cached kernel on its own file only:
 after editing ``gemm.py`` or ``activation.py`` (whose helpers other kernels inline), delete the cache files
