@@ -182,7 +182,6 @@ def _weight_rows(w: np.ndarray, groups: int) -> np.ndarray:
         groups, k // groups, r * s * cg)
 
 
-
 def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
               dilation: Pair, groups: int, kind: int, slope: float) -> None:
     """y (N, K, OH, OW) = act(cross_correlate(x, w) + b) by gathered rows (module docstring); ``kind`` is the
