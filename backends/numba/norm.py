@@ -1,10 +1,10 @@
 """Batch normalisation, Numba, and the dropout mask (the NumPy backend's own).
 
 Every kernel is parallel over the (n, c) planes. Per-channel statistics are float64 sums per plane (vector
-partial sums), combined over the batch afterwards. The variance is centred
-twice over: each plane's own sum of squares about its own mean (a second pass over a plane still in cache), then
-the planes combined exactly (Chan et al.), so x is read from memory once for both statistics. The backward
-reads dy and x once for both dbeta and dgamma.
+partial sums), combined over the batch afterwards. The variance is centred twice over: each plane's own sum of
+squares about its own mean (a second pass over a plane still in cache), then the planes combined exactly (Chan
+et al.), so x is read from memory once for both statistics. The backward reads dy and x once for both dbeta and
+dgamma.
 """
 from __future__ import annotations
 
