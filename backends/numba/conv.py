@@ -19,12 +19,12 @@
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
-(direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted
-unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row
-from ROW_MIN (256) weights per output, else as the weight gradient; the input gradient is im2row from Kg*R*S >=
-ROW_MIN when the padded planes are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted
-grid is mostly padding), else shifted or packed like the forward. ``path=`` forces one (the tests run every path
-on every shape).
+(direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted unless the padded width exceeds
+MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row from ROW_MIN (256) weights per
+output, else as the weight gradient; the input gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes
+are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted grid is mostly padding), else
+shifted when the weight gradient is and the padded width is at most 1.5 times the input width, else packed.
+``path=`` forces one (the tests run every path on every shape).
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (10-30 ms stalls per conv when they alternate); and its kernels here are AVX2 ("Haswell") while LLVM
