@@ -45,7 +45,7 @@ from cnnkit.backends import conv_output_size
 
 from . import direct, im2row, taps
 from .activation import SIGMOID, act_run, code
-from .gemm import copy_run, gemm, padded_plane, tile_cols, tile_rows
+from .gemm import copy_run, gemm, padded_plane, row_sum, tile_cols, tile_rows
 from .taps import cdiv, tap_rows
 
 Pair = tuple[int, int]
@@ -227,16 +227,6 @@ def _packed_weight(dy3, x, part, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, di
                  np.zeros(t, dtype=np.int64), part[chunk, g], rows, t, kg)
 
 
-@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _row_sum(row):
-    """sum(row) in float64; reassociation lets LLVM keep vector partial sums (the order is fixed by the
-    compiled code, so results do not depend on the thread count)."""
-    total = 0.0
-    for p in range(np.uint64(row.shape[0])):
-        total += float(row[p])
-    return total
-
-
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _bias_grad(dy3, db):
     """db[k] = sum of dy over (n, oh, ow), accumulated in float64 (vector partial sums per plane, then the
@@ -244,7 +234,7 @@ def _bias_grad(dy3, db):
     for k in prange(dy3.shape[1]):
         total = 0.0
         for n in range(dy3.shape[0]):
-            total += _row_sum(dy3[n, k])
+            total += row_sum(dy3[n, k])
         db[k] = total
 
 

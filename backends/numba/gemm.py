@@ -1,5 +1,6 @@
 """The conv kernels' building blocks, Numba: one register-blocked matmul whose operand rows may be shifted
-windows into other arrays, and the im2col tile packing of the strided-conv path.
+windows into other arrays, the im2col tile packing of the strided-conv path, and the short run helpers (copy,
+zero, add, padded planes, the float64 row sum that batch norm uses too).
 
 Plain indexed loops only (no slices in hot loops: a slice costs more than a short row copy). Every inner loop
 runs along a contiguous axis, so LLVM vectorises it without fastmath.
@@ -106,6 +107,16 @@ def copy_run(dst, d0, src, s0, sstep, count):
         st = np.uint64(sstep)
         for u in range(n):
             dst[d + u] = src[o + u * st]
+
+
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def row_sum(row):
+    """sum(row) in float64 (conv bias gradients, batch-norm means); reassociation lets LLVM keep vector partial
+    sums (the order is fixed by the compiled code, so results do not depend on the thread count)."""
+    total = 0.0
+    for p in range(np.uint64(row.shape[0])):
+        total += float(row[p])
+    return total
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")

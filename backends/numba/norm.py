@@ -15,17 +15,18 @@ from numba import njit, prange
 # same mask on both CPU backends (so models with dropout train identically on numpy and numba).
 from cnnkit.backends.numpy.norm import dropout_mask  # noqa: F401  (re-exported as this backend's op)
 
+from .gemm import row_sum
+
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _plane_sums(x, y, n, c, shift, mode):
-    """Over the plane (n, c) of x (N, C, P), in float64: mode 0 (sum(x), 0); 1 (0, sum((x - shift)^2));
+    """Over the plane (n, c) of x (N, C, P), in float64: mode 0 (gemm.row_sum(x), 0); 1 (0, sum((x - shift)^2));
     2 (sum(y), sum(y * (x - shift))), y being the same plane of the second array. Reassociation lets LLVM
     keep vector partial sums (the order is fixed by the compiled code, so results do not depend on threads)."""
     a = b = 0.0
     xs, ys = x[n, c], y[n, c]
     if mode == 0:
-        for j in range(np.uint64(x.shape[2])):
-            a += float(xs[j])
+        a = row_sum(xs)
     elif mode == 1:
         for j in range(np.uint64(x.shape[2])):
             v = float(xs[j]) - shift
