@@ -82,12 +82,16 @@ SCALED_TANH_A = 1.7159
 SCALED_TANH_S = 2.0 / 3.0
 """LeCun's scaled tanh: A * tanh(S * x)."""
 
-BACKEND_NAMES: tuple[str, ...] = ("numpy", "numba", "cupy")
+BACKEND_NAMES: tuple[str, ...] = ("numpy", "numba", "cupy", "cudasim")
+BENCHMARK_BACKENDS: tuple[str, ...] = ("numpy", "numba", "cupy")
+"""What ``cnnkit bench --backends all`` and the asv suite run by default: cudasim (the cupy kernels on a CPU
+simulator) exists to check kernels, not to be fast."""
 
 INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install cnnkit",
     "numba": "pip install 'cnnkit[numba]'",
     "cupy": "pip install 'cnnkit[cuda]' (and an NVIDIA GPU with a working driver)",
+    "cudasim": "install a C++20 compiler (g++ >= 10, or set CXX); no GPU or CuPy is needed",
 }
 
 

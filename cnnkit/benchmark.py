@@ -457,14 +457,14 @@ def select_backends(spec: str, device: str) -> list[str]:
     """The backends to run: 'all' means every available one on ``device``; named ones must be available."""
     on_device = [n for n in _contract.BACKEND_NAMES if (n == "cupy") == (device == "gpu")]
     if spec == "all":
-        return [n for n in on_device if unavailable_reason(n) is None]
+        return [n for n in on_device if n in _contract.BENCHMARK_BACKENDS and unavailable_reason(n) is None]
     names = [n.strip().lower() for n in spec.split(",") if n.strip()]
     for name in names:
         if name not in _contract.BACKEND_NAMES:
             raise ValueError(f"--backends: unknown backend {name!r}; choose from {', '.join(_contract.BACKEND_NAMES)}")
         if name not in on_device:
             raise ValueError(f"--backends: {name} does not run on --device {device} "
-                             f"(--device gpu means the cupy backend, cpu means numpy/numba)")
+                             f"(--device gpu means the cupy backend, cpu means numpy/numba/cudasim)")
         reason = unavailable_reason(name)
         if reason is not None:
             raise ValueError(f"--backends: {name} is not available here: {reason}. "

@@ -1,10 +1,14 @@
 """CuPy backend: Python launchers over hand-written CUDA C kernels (kernels/*.cu, loaded with cupy.RawModule).
 
 float32 only. Importing this package does not import cupy; :func:`unavailable_reason` and :func:`create` do.
+The launchers reach CuPy only through ``_module``'s seam (``xp()``, ``launch``), so the cudasim backend runs
+the very same launchers and kernels on the CPU.
 """
 from __future__ import annotations
 
 from cnnkit.backends import Backend, collect_ops
+
+from . import _module
 
 NAME = "cupy"
 
@@ -26,17 +30,22 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def launcher_ops(name: str):
+    """The op table of the launcher modules (not yet bound to a runtime)."""
+    from . import activation, conv, loss, norm, pool
+
+    return collect_ops(name, conv, pool, activation, norm, loss)
+
+
 def create() -> Backend:
     """The cupy Backend, bound to the current CUDA device."""
     import cupy
-
-    from . import activation, conv, loss, norm, pool
 
     device = cupy.cuda.Device()
     name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
     name = name.decode() if isinstance(name, bytes) else str(name)
     return Backend(
-        name=NAME, xp=cupy, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
+        name=NAME, xp=cupy, ops=_module.bind(_module.CupyRuntime(), launcher_ops(NAME)),
         array_type=cupy.ndarray, device=f"cuda:{device.id} ({name})", to_numpy=cupy.asnumpy,
         synchronize=device.synchronize,
     )

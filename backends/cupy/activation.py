@@ -3,15 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._module import ACT_CODES, THREADS, as_f32, blocks, f32, i32, launch, reduction_threads
+from ._module import ACT_CODES, THREADS, as_f32, blocks, f32, i32, launch, reduction_threads, xp as _xp
 
 
 def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
     """y = kind(x), elementwise."""
-    import cupy
-
+    xp = _xp()
     x = as_f32(x, "x")
-    y = cupy.empty_like(x)
+    y = xp.empty_like(x)
     launch("activation", "activation_fwd", blocks(x.size), THREADS, x, y, *i32(x.size, ACT_CODES[kind]),
            f32(negative_slope))
     return y
@@ -19,20 +18,18 @@ def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
 
 def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = 0.01) -> Any:
     """dx from dy and the forward's output y."""
-    import cupy
-
+    xp = _xp()
     dy, y = as_f32(dy, "dy"), as_f32(y, "y")
-    dx = cupy.empty_like(dy)
+    dx = xp.empty_like(dy)
     launch("activation", "activation_bwd", blocks(dy.size), THREADS, dy, y, dx, *i32(dy.size, ACT_CODES[kind]),
            f32(negative_slope))
     return dx
 
 
 def _softmax(x: Any, take_log: bool) -> Any:
-    import cupy
-
+    xp = _xp()
     x = as_f32(x, "x")
-    y = cupy.empty_like(x)
+    y = xp.empty_like(x)
     n, c = x.shape
     if n and c:
         launch("activation", "softmax_fwd", n, reduction_threads(c), x, y, *i32(c, take_log))
@@ -40,10 +37,9 @@ def _softmax(x: Any, take_log: bool) -> Any:
 
 
 def _softmax_backward(dy: Any, y: Any, take_log: bool) -> Any:
-    import cupy
-
+    xp = _xp()
     dy, y = as_f32(dy, "dy"), as_f32(y, "y")
-    dx = cupy.empty_like(dy)
+    dx = xp.empty_like(dy)
     n, c = dy.shape
     if n and c:
         launch("activation", "softmax_bwd", n, reduction_threads(c), dy, y, dx, *i32(c, take_log))

@@ -8,7 +8,9 @@ import numpy as np
 
 from cnnkit.backends import conv_output_size
 
-from ._module import ACT_CODES, THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for
+from ._module import (
+    ACT_CODES, THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for, xp as _xp,
+)
 from .norm import channel_sums
 
 Pair = tuple[int, int]
@@ -68,13 +70,12 @@ def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
 def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
                    activation: str | None = None) -> Any:
     """y = act(conv(x, w) + b) in one kernel launch."""
-    import cupy
-
+    xp = _xp()
     x, w = as_f32(x, "x"), as_f32(w, "w")
     bias = None if b is None else as_f32(b, "b")
     geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, k, oh, ow = geom[0], geom[4], geom[5], geom[6]
-    y = cupy.empty((n, k, oh, ow), dtype=cupy.float32)
+    y = xp.empty((n, k, oh, ow), dtype=np.float32)
     head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
     if conv_path(x.shape, w.shape, groups) == "tiled":
         tm = _tm(k // groups)
@@ -99,11 +100,10 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
 
 
 def _backward_data(dy, w, x_shape, geom, tiled: bool):
-    import cupy
-
+    xp = _xp()
     n, c, h, wd = x_shape
     groups = geom[-1]
-    dx = cupy.empty(x_shape, dtype=cupy.float32)
+    dx = xp.empty(x_shape, dtype=np.float32)
     if tiled:
         tm = _tm(c // groups)
         grid = _gemm_grid(c // groups, n * h * wd, tm, groups)
@@ -114,9 +114,8 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
 
 
 def _backward_weight(dy, x, w_shape, geom, tiled: bool):
-    import cupy
-
-    dw = cupy.empty(w_shape, dtype=cupy.float32)
+    xp = _xp()
+    dw = xp.empty(w_shape, dtype=np.float32)
     if not tiled:
         launch("conv", "conv2d_bwd_weight_direct", dw.size, THREADS, dy, x, dw, *i32(*geom))
         return dw
@@ -126,7 +125,7 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups
     splits, chunk = weight_splits(n * oh * ow, tiles)
     check_elements(splits * dw.size, "the split weight-gradient buffer")
-    out = dw if splits == 1 else cupy.empty((splits, *w_shape), dtype=cupy.float32)
+    out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     grid = _gemm_grid(k // groups, cg * r * s, tm, groups * splits)
     launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
     if splits > 1:

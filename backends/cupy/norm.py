@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._module import THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for
+from ._module import THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for, xp as _xp
 
 PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
 """channel_partials modes (norm.cu)."""
@@ -20,12 +20,11 @@ MAX_SPLITS = 64
 def _partials(a: Any, mode: int, b: Any = None, center: Any = None, scale: Any = None) -> tuple[Any, int]:
     """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits); unused operands of
     the mode are passed as ``a`` (never read)."""
-    import cupy
-
+    xp = _xp()
     n, c, h, w = a.shape
     count = n * h * w
     splits, chunk = splits_for(count, min(MAX_SPLITS, ceil_div(count, SPLIT_ITEMS)))
-    partial = cupy.empty((c, splits), dtype=cupy.float32)
+    partial = xp.empty((c, splits), dtype=np.float32)
     operands = [a if v is None else v for v in (b, center, scale)]
     launch("norm", "channel_partials", (c, splits), THREADS, a, *operands, *i32(mode, n, c, h * w, chunk),
            partial)
@@ -33,10 +32,9 @@ def _partials(a: Any, mode: int, b: Any = None, center: Any = None, scale: Any =
 
 
 def _finalize(partial: Any, splits: int, divisor: float) -> Any:
-    import cupy
-
+    xp = _xp()
     c = partial.shape[0]
-    out = cupy.empty(c, dtype=cupy.float32)
+    out = xp.empty(c, dtype=np.float32)
     launch("norm", "channel_finalize", blocks(c), THREADS, partial, *i32(c, splits), f32(divisor), out)
     return out
 
@@ -51,7 +49,7 @@ def _running(a: Any, name: str) -> Any:
     """A running statistic, updated in place by bn_stats: it must be a C-contiguous float32 array."""
     if a.dtype != np.float32:
         raise TypeError(f"{name} has dtype {a.dtype}, but the cupy backend updates running statistics in float32 "
-                        f"only: keep them as cupy.float32 arrays")
+                        f"only: keep them as np.float32 arrays")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous: it is updated in place")
     return a
@@ -60,14 +58,13 @@ def _running(a: Any, name: str) -> Any:
 def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, training: bool,
                        momentum: float, eps: float) -> tuple[Any, tuple]:
     """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device."""
-    import cupy
-
+    xp = _xp()
     x, gamma, beta = as_f32(x, "x"), as_f32(gamma, "gamma"), as_f32(beta, "beta")
     running_mean, running_var = _running(running_mean, "running_mean"), _running(running_var, "running_var")
     n, c, h, w = x.shape
     count = n * h * w
-    mean = cupy.empty(c, dtype=cupy.float32)
-    invstd = cupy.empty(c, dtype=cupy.float32)
+    mean = xp.empty(c, dtype=np.float32)
+    invstd = xp.empty(c, dtype=np.float32)
     if training:
         partial, splits = _partials(x, PARTIAL_SUM)
         launch("norm", "channel_finalize", blocks(c), THREADS, partial, *i32(c, splits), f32(count), mean)
@@ -76,7 +73,7 @@ def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running
         sq_partial, splits = running_var, 1  # not read in eval
     launch("norm", "bn_stats", blocks(c), THREADS, sq_partial, *i32(c, splits, count), f32(eps), f32(momentum),
            np.int32(training), mean, invstd, running_mean, running_var)
-    y = cupy.empty_like(x)
+    y = xp.empty_like(x)
     launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, gamma, beta, y,
            *i32(x.size, c, h * w))
     return y, (x, mean, invstd, bool(training))
@@ -84,8 +81,7 @@ def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running
 
 def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, Any]:
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * gamma * invstd."""
-    import cupy
-
+    xp = _xp()
     x, mean, invstd, training = saved
     dy, gamma = as_f32(dy, "dy"), as_f32(gamma, "gamma")
     if dy.shape != x.shape:
@@ -94,7 +90,7 @@ def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, An
     dbeta = channel_sums(dy)
     partial, splits = _partials(x, PARTIAL_DY_XHAT, b=dy, center=mean, scale=invstd)
     dgamma = _finalize(partial, splits, 1.0)
-    dx = cupy.empty_like(dy)
+    dx = xp.empty_like(dy)
     launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
            *i32(dx.size, c, h * w, n * h * w, training))
     return dx, dgamma, dbeta
@@ -103,13 +99,12 @@ def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, An
 def dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype: Any) -> Any:
     """Inverted-dropout mask from a counter-based hash of (seed, flat index): 0 with probability p, else
     1 / (1 - p); the same seed gives the same mask on every device (norm.cu's dropout_mask gives the hash)."""
-    import cupy
-
+    xp = _xp()
     if np.dtype(dtype) != np.float32:
         raise TypeError(f"dtype must be float32 on the cupy backend, got {np.dtype(dtype)}")
     size = math.prod(shape)
     check_elements(size, "the dropout mask")
-    out = cupy.empty(shape, dtype=cupy.float32)
+    out = xp.empty(shape, dtype=np.float32)
     threshold = math.ceil(p * 2 ** 24)
     launch("norm", "dropout_mask", blocks(size), THREADS, out, np.int32(size), np.uint64(seed % 2 ** 64),
            np.uint32(threshold), f32(1.0 / (1.0 - p)))

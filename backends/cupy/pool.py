@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from cnnkit.backends import pool_output_size
 
-from ._module import THREADS, as_f32, blocks, check_elements, f32, i32, launch
+from ._module import THREADS, as_f32, blocks, check_elements, f32, i32, launch, xp as _xp
 
 Pair = tuple[int, int]
 
@@ -27,12 +29,11 @@ def _params(x_shape, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair) ->
 def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                        ceil_mode: bool) -> tuple[Any, Any]:
     """(y, argmax) with argmax the int64 flat h * W + w index of each window's first maximum."""
-    import cupy
-
+    xp = _xp()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
-    argmax = cupy.empty(y.shape, dtype=cupy.int64)
+    y = xp.empty(x.shape[:2] + out, dtype=np.float32)
+    argmax = xp.empty(y.shape, dtype=np.int64)
     launch("pool", "max_pool2d_fwd", blocks(y.size), THREADS, x, y, argmax,
            *_params(x.shape, out, kernel_size, stride, padding), *i32(*dilation))
     return y, argmax
@@ -40,12 +41,11 @@ def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, d
 
 def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
     """dx: dy added (atomically) at each window's argmax cell."""
-    import cupy
-
+    xp = _xp()
     dy = as_f32(dy, "dy")
-    argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
+    argmax = xp.ascontiguousarray(argmax, dtype=np.int64)
     check_elements(math.prod(x_shape), "dx")
-    dx = cupy.zeros(x_shape, dtype=cupy.float32)
+    dx = xp.zeros(x_shape, dtype=np.float32)
     launch("pool", "max_pool2d_bwd", blocks(dy.size), THREADS, dy, argmax, dx,
            *i32(dy.size, dy.shape[2] * dy.shape[3], x_shape[2] * x_shape[3]))
     return dx
@@ -54,11 +54,10 @@ def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
 def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> Any:
     """Window means with PyTorch's divisor."""
-    import cupy
-
+    xp = _xp()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
-    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
+    y = xp.empty(x.shape[:2] + out, dtype=np.float32)
     launch("pool", "avg_pool2d_fwd", blocks(y.size), THREADS, x, y,
            *_params(x.shape, out, kernel_size, stride, padding), *i32(count_include_pad))
     return y
@@ -67,11 +66,10 @@ def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, c
 def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
                         ceil_mode: bool, count_include_pad: bool) -> Any:
     """dx: each input cell gathers dy / divisor from the windows that hold it."""
-    import cupy
-
+    xp = _xp()
     dy = as_f32(dy, "dy")
     check_elements(math.prod(x_shape), "dx")
-    dx = cupy.empty(x_shape, dtype=cupy.float32)
+    dx = xp.empty(x_shape, dtype=np.float32)
     launch("pool", "avg_pool2d_bwd", blocks(dx.size), THREADS, dy, dx,
            *_params(x_shape, dy.shape[2:], kernel_size, stride, padding), *i32(count_include_pad))
     return dx
@@ -79,11 +77,10 @@ def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, st
 
 def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Any:
     """y = (window sum of |x| ** p) ** (1 / p), padding as zeros."""
-    import cupy
-
+    xp = _xp()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
-    y = cupy.empty(x.shape[:2] + out, dtype=cupy.float32)
+    y = xp.empty(x.shape[:2] + out, dtype=np.float32)
     launch("pool", "lp_pool2d_fwd", blocks(y.size), THREADS, x, y, f32(p),
            *_params(x.shape, out, kernel_size, stride, padding))
     return y
@@ -92,10 +89,9 @@ def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding
 def lp_pool2d_backward(dy: Any, x: Any, y: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
                        ceil_mode: bool) -> Any:
     """dx = sign(x) |x| ** (p - 1) * sum over windows of dy / y ** (p - 1) (0 where y or x is 0)."""
-    import cupy
-
+    xp = _xp()
     dy, x, y = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(y, "y")
-    dx = cupy.empty_like(x)
+    dx = xp.empty_like(x)
     launch("pool", "lp_pool2d_bwd", blocks(dx.size), THREADS, dy, x, y, dx, f32(p),
            *_params(x.shape, dy.shape[2:], kernel_size, stride, padding))
     return dx

@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import BACKEND_NAMES, Backend
+from cnnkit.backends import BACKEND_NAMES, BENCHMARK_BACKENDS, Backend
 
 
 def _bench_backends() -> tuple[str, ...]:
-    """The backends to parametrise over: all, or those named in $CNNKIT_BENCH_BACKENDS (comma-separated),
+    """The backends to parametrise over: numpy, numba and cupy, or those named in $CNNKIT_BENCH_BACKENDS (comma-separated),
     which the CI smoke step uses to keep its time budget."""
     names = tuple(n.strip() for n in os.environ.get("CNNKIT_BENCH_BACKENDS", "").split(",") if n.strip())
     unknown = set(names) - set(BACKEND_NAMES)
     if unknown:
         raise ValueError(f"CNNKIT_BENCH_BACKENDS names unknown backends {sorted(unknown)}; valid: {BACKEND_NAMES}")
-    return names or BACKEND_NAMES
+    return names or BENCHMARK_BACKENDS
 
 
 BACKENDS: tuple[str, ...] = _bench_backends()
