@@ -15,10 +15,14 @@ stepping through a kernel in gdb, ``CNNKIT_CUDASIM_CACHE`` moves the build cache
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnnkit.backends import Backend
+
+if TYPE_CHECKING:
+    from .runtime import SimulatorRuntime
 
 NAME = "cudasim"
 
@@ -36,12 +40,14 @@ def unavailable_reason() -> str | None:
     return problem
 
 
-def create() -> Backend:
-    """The cudasim Backend: float32 NumPy arrays in and out, kernels on the simulator."""
+def create(sim: SimulatorRuntime | None = None) -> Backend:
+    """The cudasim Backend: float32 NumPy arrays in and out, kernels on the simulator ``sim`` (by default one
+    configured from the environment)."""
     from cnnkit.backends.cupy import _module, launcher_ops
 
     from .runtime import SimulatorRuntime, sanitize_mode
 
-    sim = SimulatorRuntime(sanitize=sanitize_mode(), debug=os.environ.get("CNNKIT_CUDASIM_DEBUG") == "1")
+    if sim is None:
+        sim = SimulatorRuntime(sanitize=sanitize_mode(), debug=os.environ.get("CNNKIT_CUDASIM_DEBUG") == "1")
     return Backend(name=NAME, xp=np, ops=_module.bind(sim, launcher_ops(NAME)), array_type=np.ndarray,
                    device="cpu (CUDA simulator)", to_numpy=np.asarray)

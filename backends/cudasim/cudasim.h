@@ -81,8 +81,9 @@ struct Region {
     size_t bytes;
 };
 
-std::mutex arena_mutex;
-std::vector<Region> arena;  // every static __shared__ variable of this module, each its own heap block
+// Module state is created once and never destroyed: the pool's threads outlive static destructors at exit.
+std::mutex& arena_mutex = *new std::mutex;
+std::vector<Region>& arena = *new std::vector<Region>;  // every static __shared__ variable, each its own block
 
 void* register_shared(size_t bytes, size_t align) {
     auto* data = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t(align < 16 ? 16 : align)));
@@ -132,7 +133,7 @@ struct Pool {
     unsigned int block_linear = 0;
 };
 
-Pool pool;
+Pool& pool = *new Pool;
 
 void poison_shared(Launch& l) {
     {

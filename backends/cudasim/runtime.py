@@ -10,7 +10,6 @@ with NaN (floats) or 0xA5 bytes (integers), so an output cell a kernel never wri
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import os
 import threading
@@ -30,7 +29,6 @@ MAX_DYNAMIC_SHARED = 48 * 1024
 INT_SENTINEL = 0xA5
 _ERROR_BYTES = 1024
 _RUNTIME_SYMBOL = {"address": "__asan_init", "thread": "__tsan_init"}
-_RUNTIME_LIBRARY = {"address": "libasan.so", "thread": "libtsan.so"}
 
 
 class LaunchError(RuntimeError):
@@ -49,10 +47,8 @@ def sanitizer_problem(mode: str) -> str | None:
     """None when the sanitizer runtime ``mode`` needs is loaded in this process, else how to load it."""
     if not mode or hasattr(ctypes.CDLL(None), _RUNTIME_SYMBOL[mode]):
         return None
-    lib = _RUNTIME_LIBRARY[mode]
-    return (f"CNNKIT_CUDASIM_SANITIZE={mode} needs the sanitizer's runtime loaded before Python starts: run with "
-            f"LD_PRELOAD=$({build.compiler()} -print-file-name={lib})"
-            + (" ASAN_OPTIONS=detect_leaks=0" if mode == "address" else ""))
+    return (f"CNNKIT_CUDASIM_SANITIZE={mode} needs the sanitizer's runtime loaded before Python starts: run "
+            f"python3 -m cnnkit.backends.cudasim.sanitize {mode} [pytest arguments], which preloads it")
 
 
 class PoisonedNumpy:
@@ -146,14 +142,19 @@ class SimulatorRuntime:
     name = "cudasim"
     xp = PoisonedNumpy()
 
-    def __init__(self, sanitize: str = "", debug: bool = False):
+    def __init__(self, sanitize: str = "", debug: bool = False, sources: dict[str, str] | None = None):
+        """``sources`` replaces the text of named kernel files (the harness tests plant bugs in scratch copies)."""
         self.sanitize, self.debug = sanitize, debug
+        self._sources = dict(sources or {})
+        self._modules: dict[str, dict[str, Kernel]] = {}
         self._lock = threading.Lock()
 
-    @functools.cache  # noqa: B019 (one runtime object per process)
     def module(self, name: str) -> dict[str, Kernel]:
         """The kernels of ``kernels/<name>.cu``, compiled (or loaded from the disk cache) once."""
-        return self.load(name, cuda.source(name, line_markers=True))
+        if name not in self._modules:
+            text = self._sources.get(name) or cuda.source(name, line_markers=True)
+            self._modules[name] = self.load(name, text)
+        return self._modules[name]
 
     def load(self, name: str, text: str) -> dict[str, Kernel]:
         """The kernels of source ``text`` (tests load scratch copies of kernels this way)."""
