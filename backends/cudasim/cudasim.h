@@ -54,6 +54,10 @@ struct dim3 {
     unsigned int x = 1, y = 1, z = 1;
 };
 
+// The built-in indices: real variables (not macros), so gdb can print them and break on them.
+static thread_local uint3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;  // written before the workers are woken (release), read after (acquire)
+
 namespace cudasim {
 namespace {
 
@@ -115,9 +119,6 @@ struct Worker {
     pthread_t thread{};
 };
 
-thread_local uint3 tl_thread_idx;
-thread_local uint3 tl_block_idx;
-dim3 launch_grid, launch_block;  // written before the workers are woken (release), read after (acquire)
 
 struct Pool {
     std::mutex launch_mutex;  // one launch at a time
@@ -182,9 +183,9 @@ bool arrive(bool ending) {
 // Thread `index` of every block of the current launch.
 void run_thread(unsigned int index) {
     Launch& l = *pool.launch;
-    tl_thread_idx = uint3{index % l.block.x, (index / l.block.x) % l.block.y, index / (l.block.x * l.block.y)};
+    threadIdx = uint3{index % l.block.x, (index / l.block.x) % l.block.y, index / (l.block.x * l.block.y)};
     for (unsigned int b = 0; b < l.blocks; ++b) {
-        tl_block_idx = uint3{b % l.grid.x, (b / l.grid.x) % l.grid.y, b / (l.grid.x * l.grid.y)};
+        blockIdx = uint3{b % l.grid.x, (b / l.grid.x) % l.grid.y, b / (l.grid.x * l.grid.y)};
         try {
             l.body();
         } catch (const BarrierAbort&) {
@@ -249,8 +250,8 @@ int launch(const unsigned int* dims, unsigned long long dynamic_shared_bytes, st
     pool.abort = false;
     pool.syncs = 0;
     pool.block_linear = 0;
-    launch_grid = l.grid;
-    launch_block = l.block;
+    gridDim = l.grid;
+    blockDim = l.block;
     poison_shared(l);
     pool.finished.store(0, std::memory_order_relaxed);
     pool.running.store(static_cast<int>(l.threads), std::memory_order_release);
@@ -273,10 +274,6 @@ T* dynamic_shared() {
 }  // namespace cudasim
 
 // ----------------------------------------------------------------------------------------------- built-ins
-#define threadIdx (::cudasim::tl_thread_idx)
-#define blockIdx (::cudasim::tl_block_idx)
-#define blockDim (::cudasim::launch_block)
-#define gridDim (::cudasim::launch_grid)
 #define warpSize 32
 
 static inline void __syncthreads() {
