@@ -27,10 +27,11 @@
 __device__ __forceinline__ float neg_inf_f() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
-// y = act(v); `slope` is leaky_relu's negative slope.
+// y = act(v); `slope` is leaky_relu's negative slope. NaN propagates as in PyTorch (relu(NaN) = NaN: the
+// comparisons are written so that NaN takes the identity branch).
 __device__ __forceinline__ float activate(int act, float v, float slope) {
     switch (act) {
-        case ACT_RELU: return v > 0.0f ? v : 0.0f;
+        case ACT_RELU: return v <= 0.0f ? 0.0f : v;
         case ACT_LEAKY_RELU: return v > 0.0f ? v : v * slope;
         case ACT_SIGMOID: return 1.0f / (1.0f + expf(-v));
         case ACT_TANH: return tanhf(v);
@@ -39,11 +40,11 @@ __device__ __forceinline__ float activate(int act, float v, float slope) {
     }
 }
 
-// d act / d v expressed through the output y alone, times dy. 1 - y^2 is written (1 - y)(1 + y) to avoid
-// cancellation where tanh saturates.
+// d act / d v expressed through the output y alone, times dy (relu at y = NaN passes dy, as PyTorch).
+// 1 - y^2 is written (1 - y)(1 + y) to avoid cancellation where tanh saturates.
 __device__ __forceinline__ float activate_grad(int act, float dy, float y, float slope) {
     switch (act) {
-        case ACT_RELU: return y > 0.0f ? dy : 0.0f;
+        case ACT_RELU: return y <= 0.0f ? 0.0f : dy;
         case ACT_LEAKY_RELU: return y > 0.0f ? dy : dy * slope;
         case ACT_SIGMOID: return dy * y * (1.0f - y);
         case ACT_TANH: return dy * (1.0f - y) * (1.0f + y);

@@ -13,9 +13,11 @@
 //
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
-//    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data. Taps in the
-//    padding (and, for strided backward data, between output pixels) contribute w * 0 on both paths, so
-//    for finite weights the two paths give the same value. Then bias is added, then the activation.
+//    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data, so the two
+//    paths give the same bits. Forward taps in the padding contribute w * 0 (as im2col does: a non-finite
+//    weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output pixel (out of
+//    range, or between strided output pixels) are skipped, so a non-finite weight reaches only the dx cells
+//    it touches (as col2im). Then bias is added, then the activation.
 //  * backward weight, direct: thread t of a 256-thread block sums the flat (n, oh, ow) indices
 //    t, t + 256, t + 512, ... in order, then the block tree of common.cuh combines the 256 partials.
 //  * backward weight, tiled: the (n, oh, ow) range is cut into `splits` consecutive chunks (a multiple of
@@ -47,16 +49,18 @@ __device__ __forceinline__ float x_col(const ConvGeom& q, const float* x, int n,
     return x[((n * q.C + c) * q.H + ih) * q.W + iw];
 }
 
-// dYcol: the dy[n, k, oh, ow] that input pixel (h, w) meets through tap (r, s), or 0 when no output pixel
-// does (out of range, or between strided output pixels).
-__device__ __forceinline__ float dy_col(const ConvGeom& q, const float* dy, int n, int k, int r, int s,
-                                        int h, int w) {
+// dYcol: true and v = the dy[n, k, oh, ow] that input pixel (h, w) meets through tap (r, s), or false (v = 0)
+// when no output pixel does (out of range, or between strided output pixels).
+__device__ __forceinline__ bool dy_tap(const ConvGeom& q, const float* dy, int n, int k, int r, int s, int h,
+                                       int w, float& v) {
+    v = 0.0f;
     const int th = h + q.pt - r * q.dh;
     const int tw = w + q.pl - s * q.dw;
-    if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return 0.0f;
+    if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return false;
     const int oh = th / q.sh, ow = tw / q.sw;
-    if (oh >= q.OH || ow >= q.OW) return 0.0f;
-    return dy[((n * q.K + k) * q.OH + oh) * q.OW + ow];
+    if (oh >= q.OH || ow >= q.OW) return false;
+    v = dy[((n * q.K + k) * q.OH + oh) * q.OW + ow];
+    return true;
 }
 
 __device__ __forceinline__ float epilogue(float acc, const float* bias, int has_bias, int k, int act,
@@ -96,8 +100,10 @@ extern "C" __global__ void conv2d_bwd_data_direct(const float* __restrict__ dy, 
         const int k = grp * q.Kg + kl;
         const float* wkc = w + (k * q.Cg + cl) * q.RS;
         for (int r = 0; r < R; ++r)
-            for (int s = 0; s < S; ++s)
-                acc = fmaf(wkc[r * S + s], dy_col(q, dy, n, k, r, s, ih, iw), acc);
+            for (int s = 0; s < S; ++s) {
+                float v;
+                if (dy_tap(q, dy, n, k, r, s, ih, iw, v)) acc = fmaf(wkc[r * S + s], v, acc);
+            }
     }
     dx[idx] = acc;
 }
@@ -122,13 +128,15 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 
 // ------------------------------------------------------------------------------------------------ tiled
 // One BM x TILE_N output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + TILE_N) and reduction
-// [k_begin, k_end); Op supplies a(m, kk), b(kk, col) and store(m, col, value).
+// [k_begin, k_end); Op supplies a(m, kk), b(kk, col) and store(m, col, value). When Op::kMasked, b is
+// b(kk, col, v) -> bool and a product whose b is false is skipped rather than added as a * 0.
 template <int TM, class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
                                           int n0) {
     constexpr int BM = 16 * TM;
     __shared__ float As[TILE_K][BM + 1];  // +1: the column-wise stores below hit distinct banks
     __shared__ float Bs[TILE_K][TILE_N];
+    __shared__ bool Bm[Op::kMasked ? TILE_K : 1][TILE_N];  // the B element exists (masked ops only)
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     float acc[TM][4];
     for (int i = 0; i < TM; ++i)
@@ -141,15 +149,26 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
         }
         for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B
             const int e = tid + GEMM_THREADS * l, col = e % TILE_N, kk = e / TILE_N;
-            Bs[kk][col] = (n0 + col < Ncol && k0 + kk < k_end) ? op.b(k0 + kk, n0 + col) : 0.0f;
+            const bool inside = n0 + col < Ncol && k0 + kk < k_end;
+            if constexpr (Op::kMasked) {
+                float v = 0.0f;
+                Bm[kk][col] = inside && op.b(k0 + kk, n0 + col, v);
+                Bs[kk][col] = v;
+            } else {
+                Bs[kk][col] = inside ? op.b(k0 + kk, n0 + col) : 0.0f;
+            }
         }
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
             float a[TM], b[4];
             for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 16 * i];
             for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+            bool use[4] = {true, true, true, true};
+            if constexpr (Op::kMasked)
+                for (int j = 0; j < 4; ++j) use[j] = Bm[kk][tx + 16 * j];
             for (int i = 0; i < TM; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int j = 0; j < 4; ++j)
+                    if (use[j]) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
         __syncthreads();
     }
@@ -162,6 +181,7 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
 
 // Forward, group g: A = W (Kg x Cg RS), B = Xcol (Cg RS x N P), output y with the fused epilogue.
 struct FwdOp {
+    static constexpr bool kMasked = false;
     ConvGeom q;
     const float* x; const float* w; const float* bias; int has_bias, act; float slope; float* y; int g;
     __device__ float a(int m, int kk) const { return w[(g * q.Kg + m) * q.Cg * q.RS + kk]; }
@@ -175,18 +195,19 @@ struct FwdOp {
     }
 };
 
-// Backward data, group g: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W), output dx.
+// Backward data, group g: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W, masked), output dx.
 struct DataOp {
+    static constexpr bool kMasked = true;
     ConvGeom q;
     const float* dy; const float* w; float* dx; int g;
     __device__ float a(int m, int kk) const {
         const int kl = kk / q.RS, rs = kk % q.RS;
         return w[((g * q.Kg + kl) * q.Cg + m) * q.RS + rs];
     }
-    __device__ float b(int kk, int col) const {
+    __device__ bool b(int kk, int col, float& v) const {
         const int kl = kk / q.RS, r = (kk % q.RS) / q.S, s = kk % q.S;
         const int hw = q.H * q.W, n = col / hw, h = (col % hw) / q.W, w_ = col % q.W;
-        return dy_col(q, dy, n, g * q.Kg + kl, r, s, h, w_);
+        return dy_tap(q, dy, n, g * q.Kg + kl, r, s, h, w_, v);
     }
     __device__ void store(int m, int col, float v) const {
         const int hw = q.H * q.W, n = col / hw;
@@ -197,6 +218,7 @@ struct DataOp {
 // Backward weight, group g, one reduction chunk: A = dY (Kg x N P), B = Xcol^T (N P x Cg RS),
 // output the chunk's partial dw at out[split][K][Cg RS].
 struct WeightOp {
+    static constexpr bool kMasked = false;
     ConvGeom q;
     const float* dy; const float* x; float* out; int g, split;
     __device__ float a(int m, int kk) const {
