@@ -29,9 +29,9 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = 0.01) -
 
 def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = 0.01) -> np.ndarray:
     """dx from dy and the output y: the derivative of each activation written in terms of y."""
-    if kind == "relu":
-        return np.where(y > 0, dy, 0)
-    if kind == "leaky_relu":   # y > 0 exactly where x > 0, since negative_slope >= 0
+    if kind == "relu":         # y <= 0, not "not y > 0": a NaN passes dy on, as PyTorch's threshold_backward
+        return np.where(y <= 0, 0, dy)
+    if kind == "leaky_relu":   # y > 0 exactly where x > 0, since negative_slope >= 0 (a NaN gets the slope, as PyTorch)
         return np.where(y > 0, dy, dy * negative_slope)
     if kind == "sigmoid":
         return dy * y * (1 - y)

@@ -128,8 +128,14 @@ def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, 
 
 def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, p: float, kernel_size: Pair, stride: Pair,
                        padding: Pair, ceil_mode: bool) -> np.ndarray:
-    """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); a window with y == 0 contributes 0."""
-    g = np.divide(dy, np.power(y, p - 1, out=np.ones_like(y), where=y > 0), out=np.zeros_like(dy), where=y > 0)
+    """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); a window with y == 0 contributes 0.
+
+    Non-finite values as PyTorch's autograd of the same formula: a NaN window (y NaN) passes dy / NaN^(p-1) on,
+    which is NaN except for p = 1 (NaN^0 = 1); a NaN cell has sign 0 (torch.sign(nan) is 0), so its gradient is
+    0 * NaN^(p-1), again NaN except for p = 1."""
+    nonzero = y != 0   # NaN windows included
+    g = np.divide(dy, np.power(y, p - 1, out=np.ones_like(y), where=nonzero), out=np.zeros_like(dy), where=nonzero)
     ax = np.abs(x)
-    local = np.sign(x) * np.power(ax, p - 1, out=np.zeros_like(ax), where=ax > 0)   # 0 at x == 0, even for p < 1
+    sign = np.sign(np.where(np.isnan(x), 0, x))
+    local = sign * np.power(ax, p - 1, out=np.zeros_like(ax), where=ax != 0)   # 0 at x == 0, even for p < 1
     return _window_scatter(g, x.shape, kernel_size, stride, padding) * local
