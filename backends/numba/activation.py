@@ -46,7 +46,8 @@ def _taylor_expm1(r):
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def exp_neg(t):
-    """exp(-t) for t >= 0 (0 beyond 745): t = k ln2 - r, exp(-r) by Taylor, 2^-k from the bits of k."""
+    """exp(-t) for t >= 0 (0 beyond 745): t = k ln2 - r, exp(-r) by Taylor, 2^-k from the bits of k (k <= 1443:
+    bit 1024 scales by 2^-512 twice, 2^-1024 being subnormal)."""
     t = 1000.0 if t > 1000.0 else t  # (a NaN passes through)
     k = math.floor(t * _INV_LN2 + 0.5)
     p = 1.0 + _taylor_expm1((k * _LN2_HI - t) + k * _LN2_LO)
@@ -56,7 +57,8 @@ def exp_neg(t):
     s = s * ((2.0 ** -16 if b & 16 else 1.0) * (2.0 ** -32 if b & 32 else 1.0))
     s = s * ((2.0 ** -64 if b & 64 else 1.0) * (2.0 ** -128 if b & 128 else 1.0))
     s = s * ((2.0 ** -256 if b & 256 else 1.0) * (2.0 ** -512 if b & 512 else 1.0))
-    return (p * s) * (2.0 ** -512 if b & 1024 else 1.0)
+    big = 2.0 ** -512 if b & 1024 else 1.0
+    return ((p * s) * big) * big
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
@@ -148,9 +150,9 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
 def grad_run(dx, dy, y, start, count, kind, slope):
     """dx = dy * kind'(x), written in terms of the output y, for elements start .. start+count-1."""
     o, n = np.uint64(start), np.uint64(count)
-    if kind == RELU:
+    if kind == RELU:  # y <= 0, not "not y > 0": a NaN passes dy on, as PyTorch's threshold_backward
         for u in range(n):
-            dx[o + u] = dy[o + u] if y[o + u] > 0.0 else 0.0
+            dx[o + u] = 0.0 if y[o + u] <= 0.0 else dy[o + u]
     elif kind == LEAKY_RELU:  # y > 0 exactly where x > 0, since slope >= 0
         for u in range(n):
             dx[o + u] = dy[o + u] if y[o + u] > 0.0 else dy[o + u] * slope
