@@ -267,7 +267,8 @@ def _lp_forward(x, y, p, kh, kw, sh, sw, ph, pw):
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
     """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); windows with y == 0 and cells with x == 0
-    give 0."""
+    give 0. Non-finite values as the NumPy backend (PyTorch's autograd of the formula): a NaN window passes
+    dy / NaN^(p-1) on, and a NaN cell has sign 0."""
     h_, w_ = x.shape[1], x.shape[2]
     for t in prange(x.shape[0]):
         plane = dx[t]
@@ -276,7 +277,7 @@ def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
             h0, h1, _ = _span(oh, sh, ph, kh, h_, False)
             for ow in range(y.shape[2]):
                 yv = float(y[t, oh, ow])
-                if yv > 0.0:
+                if yv != 0.0:  # (a NaN window too)
                     w0, w1, _ = _span(ow, sw, pw, kw, w_, False)
                     g = dy[t, oh, ow] / _pow(yv, p - 1.0)
                     for ih in range(h0, h1):
@@ -285,7 +286,8 @@ def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
         for ih in range(h_):
             for iw in range(w_):
                 v = float(x[t, ih, iw])
-                local = 0.0 if v == 0.0 else (1.0 if v > 0.0 else -1.0) * _pow(abs(v), p - 1.0)
+                sign = 1.0 if v > 0.0 else (-1.0 if v < 0.0 else 0.0)  # 0 for a NaN, as torch.sign
+                local = 0.0 if v == 0.0 else sign * _pow(abs(v), p - 1.0)
                 plane[ih, iw] *= local
 
 
