@@ -26,6 +26,13 @@ are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted
 shifted when the weight gradient is and the padded width is at most 1.5 times the input width, else packed.
 ``path=`` forces one (the tests run every path on every shape).
 
+Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
+times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
+taps, and the shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN
+is NaN). So a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed
+path, and a non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed
+path; the checks read only the weights and the weight gradient (small), so finite inputs cost nothing.
+
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (10-30 ms stalls per conv when they alternate); and its kernels here are AVX2 ("Haswell") while LLVM
 compiles these loops for the machine (AVX-512 on this EPYC: the im2row dots reach 270 GFLOP/s on two cores,
@@ -302,6 +309,11 @@ def _shifted_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) 
     return cdiv(total, tiles)
 
 
+def _finite(a: np.ndarray) -> bool:
+    """True when ``a`` (weights or a weight gradient: small) holds no NaN or inf."""
+    return bool(np.isfinite(a).all())
+
+
 def _dense_geometry(x_shape, w_shape, padding: Pads, groups: int, outputs: int) -> bool:
     """One output pixel that sees the whole unpadded input: x is its own im2col matrix (a plain matmul)."""
     return groups == 1 and outputs == 1 and padding == (0, 0, 0, 0) and tuple(x_shape[2:]) == tuple(w_shape[2:])
@@ -317,6 +329,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     y = np.empty((n, k, oh, ow), dtype=x.dtype)
     kind = code(activation)
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
+    if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
+        route = "packed"
     w3 = w.reshape(groups, k // groups, -1)
     if route == "direct":
         direct.forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
@@ -348,6 +362,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         db = np.empty(k, dtype=x.dtype)
         _bias_grad(dy.reshape(n, k, oh * ow), db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
+    if need_dx and data_route in ("shifted", "im2row") and not _finite(w):  # see the module docstring
+        data_route = "packed"
     if data_route == "packed" and _dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         x2, dy2, w2 = x.reshape(n, -1), dy.reshape(n, k), w.reshape(k, -1)
         dx, dw = np.empty_like(x2) if need_dx else None, np.empty_like(w2) if need_dw else None
@@ -360,6 +376,9 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
     if (need_dw and weight_route == "shifted") or (need_dx and data_route == "shifted"):
         wide = taps.wide_dy(dy, x.shape, w.shape, padding, dilation)
     dw = _weight_grad(weight_route, dy, x, w, stride, padding, dilation, groups, wide) if need_dw else None
+    if (need_dw and weight_route in ("direct", "shifted")
+            and not (_finite(dw) and (db is None or _finite(db)))):  # see the module docstring
+        dw = _weight_grad("packed", dy, x, w, stride, padding, dilation, groups, None)
     dx = _data_grad(data_route, dy, x.shape, w, stride, padding, dilation, groups, wide) if need_dx else None
     return dx, dw, db
 
