@@ -31,7 +31,8 @@ times a padding zero is NaN) and multiplies nothing else: the direct forward and
 taps, and the shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN
 is NaN). So a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed
 path, and a non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed
-path; the checks read only the weights and the weight gradient (small), so finite inputs cost nothing.
+path; the checks read only the weights and the weight gradient (small: 1-5 us per check, measured for LeNet-5
+and 64-channel 3x3 weights), and finite inputs take the same paths as before.
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (10-30 ms stalls per conv when they alternate); and its kernels here are AVX2 ("Haswell") while LLVM
