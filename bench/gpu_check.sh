@@ -5,7 +5,7 @@
 # Steps (each keeps going after a failure; the script exits non-zero if any failed):
 #   install    editable install of cnnkit (no dependencies, no build isolation: works offline)
 #   device     cupy must see a CUDA device (the GPU tests fail, not skip, without one)
-#   gpu-tests  pytest -m gpu over tests/test_cupy_ops.py and tests/test_cupy_models.py
+#   gpu-tests  pytest -m gpu over tests/test_ops.py, tests/test_cuda_launchers.py and tests/test_cuda_models.py
 #   memcheck   compute-sanitizer --tool memcheck over a short op subset (CuPy's memory pool off, so
 #              out-of-bounds accesses hit real allocation ends)
 #   racecheck  compute-sanitizer --tool racecheck over the same subset (shared-memory tiles and reductions)
@@ -16,7 +16,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
 mkdir -p "$OUT_DIR"
-SANITIZER_SUBSET="conv_paths_agree or max_pool_ties or batch_norm or softmax_cross_entropy or dropout_mask or test_softmax"
+SANITIZER_SUBSET="conv_paths_agree or integers or bn-split or x7x10 or x3x1000 or dropout_mask"
 STEPS=()
 RESULTS=()
 FAILED=0
@@ -57,12 +57,13 @@ import cnnkit
 print('cupy backend on', cnnkit.backend('cupy').device)
 "
 run_step gpu-tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT_DIR/gpu-tests.xml" \
-    tests/test_cupy_ops.py tests/test_cupy_models.py
+    tests/test_ops.py tests/test_cuda_launchers.py tests/test_cuda_models.py
 
 if command -v compute-sanitizer > /dev/null 2>&1; then
     for tool in memcheck racecheck; do
         run_step "$tool" 60 env CNNKIT_CUPY_NO_POOL=1 compute-sanitizer --tool "$tool" --error-exitcode 99 \
-            python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cupy_ops.py -k "$SANITIZER_SUBSET"
+            python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_ops.py tests/test_cuda_launchers.py \
+                -k "$SANITIZER_SUBSET"
     done
 else
     echo "compute-sanitizer is missing: memcheck and racecheck did not run"

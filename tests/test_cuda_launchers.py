@@ -1,0 +1,104 @@
+"""What is specific to the CUDA launchers and kernels (backends/cupy), on both runtimes that run them: the cudasim
+simulator (marker ``cudasim``, every CI run) and a real GPU through cupy (marker ``gpu``). The op grids
+themselves run in tests/test_ops.py.
+
+Only ``be.asarray``, ``be.to_numpy`` and ``be.xp`` touch arrays here, so each test runs unchanged on both; an
+unavailable runtime fails, it never skips. The conv path is forced by monkeypatching
+``cnnkit.backends.cupy.conv.conv_path``, which both runtimes' launchers call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from op_cases import CONV_CASES, DROPOUT_CASES, backend_under_test, by_id, data, ids
+from tolerances import assert_close_f32
+
+import cnnkit.functional as F
+from cnnkit.backends.cupy import conv as cuda_conv
+
+RUNTIMES = [pytest.param("cudasim", marks=pytest.mark.cudasim),
+            pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=RUNTIMES)
+def be(request):
+    return backend_under_test(request.param)
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+def _tiled(case) -> bool:
+    return cuda_conv.conv_path(case.x, case.w, case.groups) == "tiled"
+
+
+def test_conv_grid_covers_both_paths_and_tiles():
+    """The conv grid exercises the direct path, both tile heights (forward rows Kg, data-gradient rows Cg) and
+    a split weight gradient as well as an unsplit one (pure launch arithmetic: no runtime needed)."""
+    assert {_tiled(c) for c in CONV_CASES} == {False, True}
+    tiled = [c for c in CONV_CASES if _tiled(c)]
+    assert {cuda_conv._tm(c.w[0] // c.groups) for c in tiled} == {1, 4}
+    assert {cuda_conv._tm(c.x[1] // c.groups) for c in tiled} == {1, 4}
+    splits = []
+    for c in tiled:
+        n, _, oh, ow = c.y_shape
+        kg, crs = c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3]
+        tiles = -(-crs // cuda_conv.TILE_N) * -(-kg // (16 * cuda_conv._tm(kg))) * c.groups
+        splits.append(cuda_conv.weight_splits(n * oh * ow, tiles)[0])
+    assert max(splits) > 1 and min(splits) == 1
+
+
+@pytest.mark.parametrize("case_id", ["direct-depthwise-s2", "direct-groups2-batch1", "tiled-groups2-dil2-asym-pad",
+                                     "conv-split-k"])
+def test_conv_paths_agree(be, monkeypatch, case_id):
+    """Both paths run the same reduction in the same order, so forward and dx agree to the bit; dw sums in a
+    different order (block tree vs split chunks) and agrees to float32 tolerance."""
+    case = by_id(CONV_CASES, case_id)
+    x, w, b, dy = (None if a is None else a.on(be) for a in case.inputs())
+    results = {}
+    for path in ("direct", "tiled"):
+        monkeypatch.setattr(cuda_conv, "conv_path", lambda *_, p=path: p)
+        y = F.conv2d(x, w, b, activation="tanh", backend=be, **case.kwargs)
+        results[path] = (y, *F.conv2d_backward(dy, x, w, backend=be, **case.kwargs))
+    (y_d, dx_d, dw_d, db_d), (y_t, dx_t, dw_t, db_t) = results["direct"], results["tiled"]
+    assert bool(be.xp.array_equal(y_d, y_t)), "forward differs between paths"
+    assert bool(be.xp.array_equal(dx_d, dx_t)), "dx differs between paths"
+    assert bool(be.xp.array_equal(db_d, db_t))
+    assert_close_f32(be.to_numpy(dw_t), be.to_numpy(dw_d).astype(np.float64), "dw tiled vs direct")
+
+
+def test_float64_is_refused_naming_the_argument(be):
+    x, w = be.asarray(data((1, 2, 5, 5), "x")), be.asarray(data((3, 2, 3, 3), "w"))
+    with pytest.raises(TypeError, match=r"\bw\b.*float64"):
+        be.conv2d_forward(x, be.asarray(w, dtype=np.float64), None, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    with pytest.raises(TypeError, match=r"\bx\b.*float64"):
+        be.avg_pool2d_forward(be.asarray(x, dtype=np.float64), (2, 2), (2, 2), (0, 0), False, True)
+    with pytest.raises(TypeError, match="dtype"):
+        be.dropout_mask((3,), 0.5, 1, np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def test_cross_entropy_bad_label_gives_nan_not_a_sync(be):
+    """The kernel does not check labels on the host (that would need a synchronisation): a label outside
+    [0, C) makes the mean loss NaN. (cnnkit.functional checks them only on CPU backends; the op is called
+    directly here.)"""
+    loss, _ = be.softmax_cross_entropy(be.asarray(data((3, 4), "z")), be.asarray(np.array([0, 4, 1])))
+    assert np.isnan(float(be.to_numpy(loss)))
+
+
+# ----------------------------------------------------------------------------------------------- dropout
+def _hash_mask(shape, p, seed):
+    """norm.cu's counter-based hash, re-done on the host with numpy uint64 arithmetic (wrapping)."""
+    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed % 2 ** 64) + i * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    keep = (z >> np.uint64(40)) >= np.uint64(int(np.ceil(p * 2 ** 24)))
+    return np.where(keep, np.float32(1 / (1 - p)), np.float32(0)).reshape(shape)
+
+
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=ids(DROPOUT_CASES))
+def test_dropout_mask_is_the_counter_hash(be, case):
+    """The mask is a pure function of (seed, flat index): the same on any device and launch shape."""
+    mask = F.dropout_mask(case.shape, case.p, case.seed, backend=be)
+    np.testing.assert_array_equal(be.to_numpy(mask), _hash_mask(case.shape, case.p, case.seed))
