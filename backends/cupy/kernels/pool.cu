@@ -108,9 +108,10 @@ extern "C" __global__ void avg_pool2d_bwd(const float* __restrict__ dy, float* _
     dx[idx] = acc;
 }
 
-// |v| ** p, and r ** (1 / p), exact for the common p = 1 and p = 2.
+// |v| ** p, and r ** (1 / p), exact for the common p = 1 and p = 2 (and for the backward's p - 1 = 0 and 1);
+// NaN ** 0 is 1, as powf.
 __device__ __forceinline__ float pow_abs(float v, float p) {
-    return p == 2.0f ? v * v : (p == 1.0f ? fabsf(v) : powf(fabsf(v), p));
+    return p == 2.0f ? v * v : (p == 1.0f ? fabsf(v) : (p == 0.0f ? 1.0f : powf(fabsf(v), p)));
 }
 
 __device__ __forceinline__ float root_p(float r, float p) {
@@ -132,7 +133,9 @@ extern "C" __global__ void lp_pool2d_fwd(const float* __restrict__ x, float* __r
 }
 
 // dx = sign(x) |x| ** (p - 1) * sum over windows of dy / y ** (p - 1); windows with y == 0 and cells with
-// x == 0 give 0.
+// x == 0 give 0 (times the window sum). Non-finite values as PyTorch's autograd of the same formula (and the
+// NumPy backend): a NaN window passes dy / NaN ** (p - 1) on (NaN, except 1 for p = 1); a NaN cell has sign 0,
+// so its gradient is 0 * NaN ** (p - 1), NaN except for p = 1.
 extern "C" __global__ void lp_pool2d_bwd(const float* __restrict__ dy, const float* __restrict__ x,
                                          const float* __restrict__ y, float* __restrict__ dx, float p,
                                          POOL_PARAMS) {
@@ -140,18 +143,15 @@ extern "C" __global__ void lp_pool2d_bwd(const float* __restrict__ dy, const flo
     if (idx >= N * C * H * W) return;
     const int w = idx % W, h = (idx / W) % H, plane = idx / (H * W);
     const float xv = x[idx];
-    if (xv == 0.0f) {
-        dx[idx] = 0.0f;
-        return;
-    }
-    const float local = p == 2.0f ? xv : copysignf(p == 1.0f ? 1.0f : powf(fabsf(xv), p - 1.0f), xv);
+    const float sign = xv > 0.0f ? 1.0f : (xv < 0.0f ? -1.0f : 0.0f);  // NaN: 0, as torch.sign
+    const float magnitude = xv == 0.0f ? 0.0f : pow_abs(xv, p - 1.0f);
     const float* dyp = dy + plane * OH * OW;
     const float* yp = y + plane * OH * OW;
     float acc = 0.0f;
     for (int oh = first_window(h, kh, sh, ph); oh < end_window(h, sh, ph, OH); ++oh)
         for (int ow = first_window(w, kw, sw, pw); ow < end_window(w, sw, pw, OW); ++ow) {
             const float yv = yp[oh * OW + ow];
-            if (yv > 0.0f) acc += dyp[oh * OW + ow] / (p == 2.0f ? yv : powf(yv, p - 1.0f));
+            if (yv != 0.0f) acc += dyp[oh * OW + ow] / pow_abs(yv, p - 1.0f);  // y >= 0 or NaN
         }
-    dx[idx] = acc * local;
+    dx[idx] = acc * (sign * magnitude);
 }
