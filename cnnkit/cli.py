@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -126,6 +127,17 @@ def _schedule(kind: str, optimizer: Any, epochs: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ commands
+def _engine_version(name: str) -> str:
+    """What runs backend ``name``: its library and version (cudasim: the C++ compiler)."""
+    if name == "cudasim":
+        from cnnkit.backends.cudasim import build
+
+        cxx = build.compiler()
+        version = subprocess.run([cxx, "-dumpfullversion"], capture_output=True, text=True, timeout=60).stdout
+        return f"CUDA simulator, {cxx} {version.strip()}"
+    return f"{name} {importlib.import_module(name).__version__}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, the backends usable here (with device) and why the others are not."""
     from cnnkit.backend import backend, unavailable_reason
@@ -136,10 +148,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name in BACKEND_NAMES:
         reason = unavailable_reason(name)
         if reason is None:
-            engine = importlib.import_module(name)
-            print(f"  {name:6s} available    {name} {engine.__version__}, device {backend(name).device}")
+            print(f"  {name:7s} available    {_engine_version(name)}, device {backend(name).device}")
         else:
-            print(f"  {name:6s} unavailable  {reason}; install: {INSTALL_HINTS[name]}")
+            print(f"  {name:7s} unavailable  {reason}; install: {INSTALL_HINTS[name]}")
     print("optional extras:")
     for module, extra in EXTRAS:
         dist = {"PIL": "pillow"}.get(module, module)

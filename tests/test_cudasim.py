@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cnnkit.backends.cudasim import build, unavailable_reason
-from cnnkit.backends.cupy import _module as cuda
 from cnnkit.backends.cudasim.runtime import LaunchError, SimulatorRuntime
+from cnnkit.backends.cupy import _module as cuda
 
 pytestmark = pytest.mark.cudasim
 

@@ -161,7 +161,7 @@ def test_conv_backward_dy_dtype(xw):
 
 
 def test_unknown_backend(xw):
-    with pytest.raises(ValueError, match=r"backend must be one of numpy, numba, cupy; got 'tensorflow'"):
+    with pytest.raises(ValueError, match=r"backend must be one of numpy, numba, cupy, cudasim; got 'tensorflow'"):
         F.conv2d(*xw, backend="tensorflow")
 
 

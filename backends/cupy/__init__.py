@@ -1,7 +1,7 @@
 """CuPy backend: Python launchers over hand-written CUDA C kernels (kernels/*.cu, loaded with cupy.RawModule).
 
 float32 only. Importing this package does not import cupy; :func:`unavailable_reason` and :func:`create` do.
-The launchers reach CuPy only through ``_module``'s seam (``xp()``, ``launch``), so the cudasim backend runs
+The launchers reach CuPy only through ``_module``'s seam (``array_module()``, ``launch``), so the cudasim backend runs
 the very same launchers and kernels on the CPU.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one place that loads the CUDA kernels and computes launch configurations (from shapes only), and the
 seam between the launchers and what runs them.
 
-The seam: launchers allocate with :func:`xp` and start kernels with :func:`launch`; both go to the *runtime*
+The seam: launchers allocate with :func:`array_module` and start kernels with :func:`launch`; both go to the *runtime*
 active in the current context. The default is CuPy: each ``kernels/<name>.cu`` becomes one
 ``cupy.RawModule``, compiled on first use in a process and cached on disk by CuPy (``~/.cupy/kernel_cache``),
 so later processes load the binary without compiling. Kernels are fetched by their plain ``extern "C"``
@@ -102,7 +102,7 @@ def runtime() -> Runtime:
     return _CUPY if active is None else active
 
 
-def xp() -> Any:
+def array_module() -> Any:
     """The array module of the current runtime (cupy, or the simulator's NumPy)."""
     return runtime().xp
 
@@ -161,7 +161,7 @@ def as_f32(a: Any, name: str) -> Any:
         raise TypeError(f"{name} has dtype {a.dtype}, but the cupy backend computes in float32 only: pass "
                         f"{name}.astype(cupy.float32), or use the numpy or numba backend for {a.dtype}")
     check_elements(a.size, name)
-    return xp().ascontiguousarray(a)
+    return array_module().ascontiguousarray(a)
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._module import ACT_CODES, THREADS, as_f32, blocks, f32, i32, launch, reduction_threads, xp as _xp
+from ._module import ACT_CODES, THREADS, array_module, as_f32, blocks, f32, i32, launch, reduction_threads
 
 
 def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
     """y = kind(x), elementwise."""
-    xp = _xp()
+    xp = array_module()
     x = as_f32(x, "x")
     y = xp.empty_like(x)
     launch("activation", "activation_fwd", blocks(x.size), THREADS, x, y, *i32(x.size, ACT_CODES[kind]),
@@ -18,7 +18,7 @@ def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
 
 def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = 0.01) -> Any:
     """dx from dy and the forward's output y."""
-    xp = _xp()
+    xp = array_module()
     dy, y = as_f32(dy, "dy"), as_f32(y, "y")
     dx = xp.empty_like(dy)
     launch("activation", "activation_bwd", blocks(dy.size), THREADS, dy, y, dx, *i32(dy.size, ACT_CODES[kind]),
@@ -27,7 +27,7 @@ def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float
 
 
 def _softmax(x: Any, take_log: bool) -> Any:
-    xp = _xp()
+    xp = array_module()
     x = as_f32(x, "x")
     y = xp.empty_like(x)
     n, c = x.shape
@@ -37,7 +37,7 @@ def _softmax(x: Any, take_log: bool) -> Any:
 
 
 def _softmax_backward(dy: Any, y: Any, take_log: bool) -> Any:
-    xp = _xp()
+    xp = array_module()
     dy, y = as_f32(dy, "dy"), as_f32(y, "y")
     dx = xp.empty_like(dy)
     n, c = dy.shape

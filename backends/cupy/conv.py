@@ -9,7 +9,17 @@ import numpy as np
 from cnnkit.backends import conv_output_size
 
 from ._module import (
-    ACT_CODES, THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for, xp as _xp,
+    ACT_CODES,
+    THREADS,
+    array_module,
+    as_f32,
+    blocks,
+    ceil_div,
+    check_elements,
+    f32,
+    i32,
+    launch,
+    splits_for,
 )
 from .norm import channel_sums
 
@@ -70,7 +80,7 @@ def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
 def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
                    activation: str | None = None) -> Any:
     """y = act(conv(x, w) + b) in one kernel launch."""
-    xp = _xp()
+    xp = array_module()
     x, w = as_f32(x, "x"), as_f32(w, "w")
     bias = None if b is None else as_f32(b, "b")
     geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
@@ -100,7 +110,7 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
 
 
 def _backward_data(dy, w, x_shape, geom, tiled: bool):
-    xp = _xp()
+    xp = array_module()
     n, c, h, wd = x_shape
     groups = geom[-1]
     dx = xp.empty(x_shape, dtype=np.float32)
@@ -114,7 +124,7 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
 
 
 def _backward_weight(dy, x, w_shape, geom, tiled: bool):
-    xp = _xp()
+    xp = array_module()
     dw = xp.empty(w_shape, dtype=np.float32)
     if not tiled:
         launch("conv", "conv2d_bwd_weight_direct", dw.size, THREADS, dy, x, dw, *i32(*geom))

@@ -5,14 +5,14 @@ from typing import Any
 
 import numpy as np
 
-from ._module import as_f32, i32, launch, reduction_threads, xp as _xp
+from ._module import array_module, as_f32, i32, launch, reduction_threads
 
 
 def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     """(loss, dlogits): loss a 0-d float32 device array, the batch mean of -log softmax(logits)[label];
     dlogits = (softmax - onehot) / N. A label outside [0, C) makes the loss NaN (checking it on the host
     would need a synchronisation)."""
-    xp = _xp()
+    xp = array_module()
     logits = as_f32(logits, "logits")
     n, c = logits.shape
     if n == 0:

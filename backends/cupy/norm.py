@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._module import THREADS, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for, xp as _xp
+from ._module import THREADS, array_module, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for
 
 PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
 """channel_partials modes (norm.cu)."""
@@ -20,7 +20,7 @@ MAX_SPLITS = 64
 def _partials(a: Any, mode: int, b: Any = None, center: Any = None, scale: Any = None) -> tuple[Any, int]:
     """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits); unused operands of
     the mode are passed as ``a`` (never read)."""
-    xp = _xp()
+    xp = array_module()
     n, c, h, w = a.shape
     count = n * h * w
     splits, chunk = splits_for(count, min(MAX_SPLITS, ceil_div(count, SPLIT_ITEMS)))
@@ -32,7 +32,7 @@ def _partials(a: Any, mode: int, b: Any = None, center: Any = None, scale: Any =
 
 
 def _finalize(partial: Any, splits: int, divisor: float) -> Any:
-    xp = _xp()
+    xp = array_module()
     c = partial.shape[0]
     out = xp.empty(c, dtype=np.float32)
     launch("norm", "channel_finalize", blocks(c), THREADS, partial, *i32(c, splits), f32(divisor), out)
@@ -58,7 +58,7 @@ def _running(a: Any, name: str) -> Any:
 def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, training: bool,
                        momentum: float, eps: float) -> tuple[Any, tuple]:
     """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device."""
-    xp = _xp()
+    xp = array_module()
     x, gamma, beta = as_f32(x, "x"), as_f32(gamma, "gamma"), as_f32(beta, "beta")
     running_mean, running_var = _running(running_mean, "running_mean"), _running(running_var, "running_var")
     n, c, h, w = x.shape
@@ -81,7 +81,7 @@ def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running
 
 def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, Any]:
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * gamma * invstd."""
-    xp = _xp()
+    xp = array_module()
     x, mean, invstd, training = saved
     dy, gamma = as_f32(dy, "dy"), as_f32(gamma, "gamma")
     if dy.shape != x.shape:
@@ -99,7 +99,7 @@ def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, An
 def dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype: Any) -> Any:
     """Inverted-dropout mask from a counter-based hash of (seed, flat index): 0 with probability p, else
     1 / (1 - p); the same seed gives the same mask on every device (norm.cu's dropout_mask gives the hash)."""
-    xp = _xp()
+    xp = array_module()
     if np.dtype(dtype) != np.float32:
         raise TypeError(f"dtype must be float32 on the cupy backend, got {np.dtype(dtype)}")
     size = math.prod(shape)

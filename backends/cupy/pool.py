@@ -11,7 +11,7 @@ import numpy as np
 
 from cnnkit.backends import pool_output_size
 
-from ._module import THREADS, as_f32, blocks, check_elements, f32, i32, launch, xp as _xp
+from ._module import THREADS, array_module, as_f32, blocks, check_elements, f32, i32, launch
 
 Pair = tuple[int, int]
 
@@ -29,7 +29,7 @@ def _params(x_shape, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair) ->
 def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                        ceil_mode: bool) -> tuple[Any, Any]:
     """(y, argmax) with argmax the int64 flat h * W + w index of each window's first maximum."""
-    xp = _xp()
+    xp = array_module()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = xp.empty(x.shape[:2] + out, dtype=np.float32)
@@ -41,7 +41,7 @@ def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, d
 
 def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
     """dx: dy added (atomically) at each window's argmax cell."""
-    xp = _xp()
+    xp = array_module()
     dy = as_f32(dy, "dy")
     argmax = xp.ascontiguousarray(argmax, dtype=np.int64)
     check_elements(math.prod(x_shape), "dx")
@@ -54,7 +54,7 @@ def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
 def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> Any:
     """Window means with PyTorch's divisor."""
-    xp = _xp()
+    xp = array_module()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     y = xp.empty(x.shape[:2] + out, dtype=np.float32)
@@ -66,7 +66,7 @@ def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, c
 def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
                         ceil_mode: bool, count_include_pad: bool) -> Any:
     """dx: each input cell gathers dy / divisor from the windows that hold it."""
-    xp = _xp()
+    xp = array_module()
     dy = as_f32(dy, "dy")
     check_elements(math.prod(x_shape), "dx")
     dx = xp.empty(x_shape, dtype=np.float32)
@@ -77,7 +77,7 @@ def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, st
 
 def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Any:
     """y = (window sum of |x| ** p) ** (1 / p), padding as zeros."""
-    xp = _xp()
+    xp = array_module()
     x = as_f32(x, "x")
     out = _out_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     y = xp.empty(x.shape[:2] + out, dtype=np.float32)
@@ -89,7 +89,7 @@ def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding
 def lp_pool2d_backward(dy: Any, x: Any, y: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
                        ceil_mode: bool) -> Any:
     """dx = sign(x) |x| ** (p - 1) * sum over windows of dy / y ** (p - 1) (0 where y or x is 0)."""
-    xp = _xp()
+    xp = array_module()
     dy, x, y = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(y, "y")
     dx = xp.empty_like(x)
     launch("pool", "lp_pool2d_bwd", blocks(dx.size), THREADS, dy, x, y, dx, f32(p),

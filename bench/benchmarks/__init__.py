@@ -20,8 +20,8 @@ from cnnkit.backends import BACKEND_NAMES, BENCHMARK_BACKENDS, Backend
 
 
 def _bench_backends() -> tuple[str, ...]:
-    """The backends to parametrise over: numpy, numba and cupy, or those named in $CNNKIT_BENCH_BACKENDS (comma-separated),
-    which the CI smoke step uses to keep its time budget."""
+    """The backends to parametrise over: numpy, numba and cupy, or those named in $CNNKIT_BENCH_BACKENDS
+    (comma-separated), which the CI smoke step uses to keep its time budget."""
     names = tuple(n.strip() for n in os.environ.get("CNNKIT_BENCH_BACKENDS", "").split(",") if n.strip())
     unknown = set(names) - set(BACKEND_NAMES)
     if unknown:
