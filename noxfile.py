@@ -1,4 +1,5 @@
-"""nox sessions: tests (CPU suite), gpu (GPU suite + benchmarks), lint, bench (asv quick), demo."""
+"""nox sessions: tests (CPU suite), sanitize (CUDA kernels under ASan/TSan on the simulator), gpu (GPU suite +
+benchmarks), lint, bench (asv quick), demo."""
 from __future__ import annotations
 
 import nox
@@ -14,6 +15,14 @@ def tests(session: nox.Session) -> None:
     """The CPU test suite, as CI runs it (GPU tests deselected explicitly)."""
     session.install("-e", CPU_EXTRAS)
     session.run("python", "-m", "pytest", "-m", "not gpu", *session.posargs)
+
+
+@nox.session
+def sanitize(session: nox.Session) -> None:
+    """The CUDA kernels' op cases on the CPU simulator under AddressSanitizer, then ThreadSanitizer."""
+    session.install("-e", CPU_EXTRAS)
+    for mode in ("address", "thread"):
+        session.run("python", "-m", "cnnkit.backends.cudasim.sanitize", mode, *session.posargs)
 
 
 @nox.session(python=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cnnkit.backends.cudasim import sanitize
@@ -65,3 +66,24 @@ def test_threadsanitizer_catches_a_missing_syncthreads_in_a_block_reduction(tmp_
     bad = _run("thread", "activation", planted, "softmax", (3, 100), tmp_path)
     assert bad.returncode != 0 and "ThreadSanitizer: data race" in bad.stderr, bad.stderr[-3000:]
     assert "common.cuh:" in bad.stderr, "the report names the header line of the race"
+
+
+def test_the_parity_suite_catches_a_wrong_derivative():
+    """common.cuh's sigmoid derivative y (1 - y) written y (1 + y), run through the op suite's own activation
+    backward test on a cudasim backend built from the scratch copy: that test must fail, and pass on the clean copy."""
+    from op_cases import ACTIVATION_CASES
+    from test_ops import Target, test_activation_backward
+
+    from cnnkit.backends.cudasim import create
+    from cnnkit.backends.cudasim.runtime import SimulatorRuntime
+
+    case = next(c for c in ACTIVATION_CASES if c.kind == "sigmoid" and not c.special)
+    clean, planted = _planted("activation", "case ACT_SIGMOID: return dy * y * (1.0f - y);",
+                              "case ACT_SIGMOID: return dy * y * (1.0f + y);")
+    for text, should_pass in ((clean, True), (planted, False)):
+        target = Target(create(SimulatorRuntime(sources={"activation": text})), np.dtype(np.float32))
+        if should_pass:
+            test_activation_backward(target, case)
+        else:
+            with pytest.raises(AssertionError, match="dx"):
+                test_activation_backward(target, case)

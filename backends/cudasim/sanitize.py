@@ -4,8 +4,8 @@
     python3 -m cnnkit.backends.cudasim.sanitize thread [pytest arguments]    # racecheck: shared-memory races
 
 The sanitizer's runtime must be loaded before Python starts, so this preloads it (LD_PRELOAD) into a fresh
-interpreter; the first report ends the run with a non-zero exit. With no pytest arguments it runs the small cases
-of the op suite on cudasim (``-m "cudasim and small"``).
+interpreter; the first report ends the run with a non-zero exit. With no pytest arguments it runs SANITIZER_SUBSET
+of the op suite on cudasim, the same cases bench/gpu_check.sh gives compute-sanitizer on a GPU.
 """
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ import sys
 
 from . import build
 
-DEFAULT_ARGS = ("-q", "-p", "no:cacheprovider", "-m", "cudasim and small", "tests/test_ops.py")
+SANITIZER_SUBSET = "conv_paths_agree or integers or bn-split or x7x10 or x3x1000 or dropout_mask or relu-nan-inf"
+"""pytest -k expression: every kernel at least once (both conv paths and the split-K sum, max pool's atomics,
+the block reductions of softmax, cross-entropy and batch norm, dropout, activations), on small arrays."""
+DEFAULT_ARGS = ("-q", "-p", "no:cacheprovider", "-m", "cudasim", "-k", SANITIZER_SUBSET, "tests/test_ops.py",
+                "tests/test_cuda_launchers.py")
 _LIBRARY = {"address": "libasan.so", "thread": "libtsan.so"}
 _OPTIONS = {
     "address": ("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1"),  # Python itself "leaks" at exit
