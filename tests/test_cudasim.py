@@ -5,6 +5,10 @@ Each test compiles small kernels of its own (scratch sources, never the shipped 
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -205,3 +209,14 @@ def test_empty_outputs_are_poisoned():
     assert (xp.empty(5, dtype=np.int64).view(np.uint8) == 0xA5).all()
     assert np.isnan(xp.empty_like(np.zeros((2, 2), np.float32))).all()
     assert xp.zeros(3).sum() == 0 and xp.float32 is np.float32
+
+
+def test_selected_like_every_backend_but_not_benchmarked():
+    from cnnkit.benchmark import select_backends
+
+    code = "import cnnkit as ck; print(ck.get_backend().name, ck.get_backend().device)"
+    env = {**os.environ, "CNNKIT_BACKEND": "cudasim"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "cudasim cpu (CUDA simulator)", out.stderr
+    assert "cudasim" not in select_backends("all", "cpu")
+    assert select_backends("cudasim", "cpu") == ["cudasim"]

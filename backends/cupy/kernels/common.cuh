@@ -7,6 +7,10 @@
 // Block reductions below assume blockDim.x is a power of two in [32, 256] (the launchers pick it) and
 // combine values in a fixed tree order: at step s = blockDim.x / 2, blockDim.x / 4, ..., 1 thread t adds
 // thread t + s's partial to its own. The result therefore depends only on the block size and the data.
+//
+// Every kernel also runs on the CPU simulator (backends/cudasim, in every CI run): use only the CUDA built-ins
+// its shim header defines (backends/cudasim/cudasim.h). A new feature (warp shuffles, tensor-core mma/wmma,
+// cooperative groups) needs its emulation there first, so that no kernel is ever outside CI.
 #ifndef CNNKIT_COMMON_CUH
 #define CNNKIT_COMMON_CUH
 
