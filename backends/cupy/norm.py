@@ -49,7 +49,7 @@ def _running(a: Any, name: str) -> Any:
     """A running statistic, updated in place by bn_stats: it must be a C-contiguous float32 array."""
     if a.dtype != np.float32:
         raise TypeError(f"{name} has dtype {a.dtype}, but the cupy backend updates running statistics in float32 "
-                        f"only: keep them as np.float32 arrays")
+                        f"only: keep them as float32 arrays")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous: it is updated in place")
     return a
