@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from tolerances import MODEL_REL_F32, max_rel_err
-from torch_models import torch_lenet5, torch_resnet20
 
 from cnnkit import io, models, nn
+from cnnkit.interop.torch import torch_lenet5, torch_resnet20
 
 
 def _files(directory):

@@ -1,7 +1,8 @@
 """Whole models against PyTorch in float32: LeNet-5 (modern) and ResNet-20 (train and eval mode).
 
-The PyTorch models are built here with the same nn.Sequential structure, so their state-dict keys are exactly
-ours (batch norm's num_batches_tracked included); weights are copied from PyTorch by key. Logits, loss, the input
+The PyTorch models are cnnkit.interop.torch's hand-written twins (not derived from our models, so they catch a
+mistake in cnnkit.models): the same nn.Sequential structure, so their state-dict keys are exactly ours (batch
+norm's num_batches_tracked included); weights are copied from PyTorch by key. Logits, loss, the input
 gradient and every parameter gradient must agree within MODEL_REL_F32, measured as max|ours - torch| / max|torch|
 per tensor.
 """
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from tolerances import MODEL_REL_F32, max_rel_err
-from torch_models import torch_lenet5, torch_resnet20
 
 from cnnkit import functional as F
 from cnnkit import models, nn
+from cnnkit.interop.torch import torch_lenet5, torch_resnet20
 
 torch.set_float32_matmul_precision("highest")
 
