@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cnnkit.benchmark import main
+from cnnkit.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

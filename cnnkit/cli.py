@@ -291,14 +291,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cnnkit import benchmark
+    from cnnkit import bench as benchmark
 
     return benchmark.run(args)
 
 
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    from cnnkit import benchmark, models
+    from cnnkit import bench as benchmark
+    from cnnkit import models
 
     parser = _Parser(prog="cnnkit", description="Convolutional neural networks on NumPy, Numba and CuPy.")
     parser.add_argument("--version", action="version", version=f"cnnkit {cnnkit.__version__}")

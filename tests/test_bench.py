@@ -16,11 +16,12 @@ import pytest
 import torch
 from tolerances import MODEL_REL_F32
 
-from cnnkit import benchmark, models
+from cnnkit import bench, models
 from cnnkit import functional as F
 from cnnkit.analysis import flops
 from cnnkit.backend import unavailable_reason
 from cnnkit.backends import BACKEND_NAMES
+from cnnkit.interop.torch import torch_lenet5, torch_mirror, torch_resnet20
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_PREFIXES = ("time_", "peakmem_", "track_", "mem_")
@@ -119,24 +120,43 @@ def test_op_shapes_are_the_shapes_the_models_run(monkeypatch):
 @pytest.mark.parametrize("name", ["lenet5", "lenet1", "resnet20"])
 def test_torch_mirror_has_the_same_keys_and_outputs(name):
     """The PyTorch side of ``cnnkit bench`` runs the same architecture with the same weights."""
-    model = benchmark.build_model(name)
-    net = benchmark.torch_mirror(model)
+    model = bench.build_model(name)
+    net = torch_mirror(model)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()}, strict=True)
-    x, _ = benchmark.random_batch(tuple(model.input_shape), 3, 10)
+    x, _ = bench.random_batch(tuple(model.input_shape), 3, 10)
     ours = model.eval()(x)
     with torch.no_grad():
         theirs = net.eval()(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(ours - theirs)) <= MODEL_REL_F32 * np.max(np.abs(theirs))
 
 
+@pytest.mark.parametrize(("name", "twin"), [("lenet5", torch_lenet5), ("resnet20", torch_resnet20)])
+def test_torch_mirror_is_the_hand_written_twin(name, twin):
+    """The bench's derived twin and the parity tests' hand-written one are the same tree: same module types at
+    the same names, same state-dict keys and shapes."""
+    derived, written = torch_mirror(models.create(name)), twin()
+    for tree in (lambda net: [(n, type(m)) for n, m in net.named_modules()],
+                 lambda net: {k: v.shape for k, v in net.state_dict().items()}):
+        assert tree(derived) == tree(written)
+
+
+def test_deprecated_benchmark_module_is_an_alias(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cnnkit.benchmark", raising=False)
+    with pytest.warns(DeprecationWarning, match="cnnkit.bench"):
+        old = importlib.import_module("cnnkit.benchmark")
+    for name in bench.__all__:
+        assert getattr(old, name) is getattr(bench, name), name
+    assert old.torch_mirror is torch_mirror
+
+
 def test_torch_mirror_names_what_pytorch_lacks():
     with pytest.raises(NotImplementedError, match="Subsampling"):
-        benchmark.torch_mirror(models.create("lenet5-classic"))
+        torch_mirror(models.create("lenet5-classic"))
 
 
 def _bench(tmp_path, *extra):
-    return benchmark.main(["--models", "lenet5", "--backends", "numpy", "--batch", "2", "--mode", "train,infer",
-                           "--rounds", "1", "--warmup", "1", "--min-time", "0", "--out", str(tmp_path), *extra])
+    return bench.main(["--models", "lenet5", "--backends", "numpy", "--batch", "2", "--mode", "train,infer",
+                       "--rounds", "1", "--warmup", "1", "--min-time", "0", "--out", str(tmp_path), *extra])
 
 
 def _results(tmp_path):
@@ -197,11 +217,11 @@ def test_compare_script_without_torch(tmp_path):
     (["--models", "alexnet"], "unknown model(s) alexnet"),
 ])
 def test_bad_backend_or_model_is_a_clear_error(tmp_path, capsys, argv, message):
-    assert benchmark.main([*argv, "--out", str(tmp_path)]) == 2
+    assert bench.main([*argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--batch", "0"], ["--mode", "fit"], ["--rounds", "0"]])
 def test_bad_numbers_are_rejected_by_the_parser(argv):
     with pytest.raises(SystemExit):
-        benchmark.main(argv)
+        bench.main(argv)

@@ -8,7 +8,7 @@ The step itself is :func:`cnnkit.benchmark.make_step`, the same code ``cnnkit be
 """
 from __future__ import annotations
 
-from cnnkit.benchmark import Step, make_step
+from cnnkit.bench import Step, make_step
 
 from . import BACKENDS, backend_or_skip
 

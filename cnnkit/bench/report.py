@@ -1,0 +1,95 @@
+"""Reporting the bench: the text table, the bar chart, and where the numbers come from (machine, versions)."""
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnkit.bench.timing import GEMM_SIZE, gemm_peak_gflops
+
+COLUMNS = (("model", "{}"), ("batch", "{}"), ("mode", "{}"), ("engine", "{}"), ("ms", "{:.3f}"),
+           ("images_per_s", "{:.1f}"), ("vs_torch", "{:.2f}x"), ("pct_peak", "{:.2f}%"))
+"""Result-row key and format of each table column."""
+HEADERS = ("model", "batch", "mode", "engine", "ms/step", "images/s", "vs torch", "% GEMM peak")
+
+
+def format_table(rows: list[dict], machine: dict) -> str:
+    """The results as an aligned text table, with the machine line above and the notes below."""
+    cells = [HEADERS] + [tuple("-" if row[key] is None else fmt.format(row[key]) for key, fmt in COLUMNS)
+                         for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
+    lines = [f"device: {machine['device']} ({machine['processor']}), {machine['threads']} CPU threads, "
+             f"measured float32 GEMM peak {machine['gemm_peak_gflops']:.1f} GFLOP/s",
+             "vs torch: PyTorch eager time / this engine's time (above 1 = faster than PyTorch eager)",
+             "% GEMM peak: the model's conv/linear FLOPs per second over that matmul rate (a faster GEMM than "
+             "the measured one, or a machine busier during the peak test, can exceed 100%)"]
+    for i, c in enumerate(cells):
+        padded = [v.ljust(w) if j < 4 else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths, strict=True))]
+        lines.append("  ".join(padded))
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    notes = sorted({f"{row['engine']}: {row['note']}" for row in rows if row["note"]})
+    return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def write_chart(rows: list[dict], machine: dict, path: Path) -> str | None:
+    """Grouped bar chart of images/s per (model, batch, mode), one bar per engine; a note when matplotlib is
+    missing (the chart is optional), else None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install 'cnnkit[plot]')"
+    cases = list(dict.fromkeys((r["model"], r["batch"], r["mode"]) for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    speed = {(r["model"], r["batch"], r["mode"], r["engine"]): r["images_per_s"] for r in rows}
+    width = 0.8 / len(engines)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cases) * len(engines) ** 0.5), 4.0))
+    for i, engine in enumerate(engines):
+        values = [speed.get((*case, engine)) or 0.0 for case in cases]
+        ax.bar([k + (i - (len(engines) - 1) / 2) * width for k in range(len(cases))], values, width, label=engine)
+    ax.set_xticks(range(len(cases)), [f"{m}\nbatch {b}\n{mode}" for m, b, mode in cases])
+    ax.set_yscale("log")
+    ax.set_ylabel("images / s (log scale)")
+    ax.set_title(f"cnnkit bench, {machine['device']}: {machine['processor']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def machine_info(device: str, threads: int) -> dict[str, Any]:
+    """Where the numbers come from: host, versions, threads and the measured GEMM peak."""
+    import cnnkit
+
+    info: dict[str, Any] = {"device": device, "processor": _cpu_name(),
+                            "platform": platform.platform(), "python": platform.python_version(),
+                            "numpy": np.__version__, "cnnkit": cnnkit.__version__, "threads": threads,
+                            "gemm_peak_gflops": gemm_peak_gflops(device),
+                            "gemm_peak_how": f"best of 5 float32 {GEMM_SIZE[device]}^2 matmuls with "
+                                             f"{'cupy' if device == 'gpu' else 'numpy'}"}
+    if device == "gpu":
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        info["processor"] = name.decode() if isinstance(name, bytes) else str(name)
+    return info
+
+
+def engine_versions() -> dict[str, str]:
+    """Versions of the engines this process has run (call after the runs)."""
+    return {name: sys.modules[name].__version__ for name in ("numba", "cupy", "torch")
+            if getattr(sys.modules.get(name), "__version__", None)}
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

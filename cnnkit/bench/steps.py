@@ -1,0 +1,93 @@
+"""What ``cnnkit bench`` times on the cnnkit side: models, a random batch, and one synchronised step.
+
+The asv model benchmarks (bench/benchmarks/bench_models.py) time the same steps through :func:`make_step`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+MODES = ("train", "infer")
+LR, MOMENTUM = 0.01, 0.9
+"""SGD settings every engine's training step uses (PyTorch's too), so all engines do the same work."""
+Step = Callable[[], None]
+
+
+def build_model(name: str, backend: str = "numpy", state: dict[str, np.ndarray] | None = None) -> Any:
+    """cnnkit model ``name`` on ``backend``, loaded with ``state`` when given (float32).
+
+    The model is built on NumPy first, so every backend starts from the same initial weights for a given name.
+    """
+    from cnnkit import models
+    from cnnkit.backend import use_backend
+
+    with use_backend("numpy"):
+        model = models.create(name)
+    if state is not None:
+        model.load_state_dict(state)
+    return model.to(backend)
+
+
+def random_batch(input_shape: tuple[int, ...], batch: int, num_classes: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 batch of shape (batch, *input_shape) and int64 labels in [0, num_classes), on the host."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+    return x, rng.integers(0, num_classes, size=batch).astype(np.int64)
+
+
+def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str) -> Step:
+    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD.
+
+    The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time.
+    """
+    from cnnkit.losses import softmax_cross_entropy
+    from cnnkit.optim import SGD
+
+    be = model.backend
+    xb, yb = be.asarray(x), be.asarray(labels)
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            model(xb)
+            be.synchronize()
+        return infer
+
+    model.train()
+    opt = SGD(model, lr=LR, momentum=MOMENTUM)
+
+    def train() -> None:
+        opt.zero_grad()
+        _, dlogits = softmax_cross_entropy(model(xb), yb, backend=be)
+        with model.input_grad_skipped():  # as PyTorch, which computes no gradient for the input batch
+            model.backward(dlogits)
+        opt.step()
+        be.synchronize()
+    return train
+
+
+def make_step(model_name: str, backend: str, batch: int, mode: str, seed: int = 0) -> Step:
+    """A ready-to-time step for ``model_name`` on ``backend`` (the asv benchmarks use this)."""
+    model = build_model(model_name, backend)
+    x, labels = random_batch(tuple(model.input_shape), batch, num_classes(model), seed)
+    return cnnkit_step(model, x, labels, mode)
+
+
+def num_classes(model: Any) -> int:
+    """Width of the model's output (one forward of a single zero image on the model's backend)."""
+    was_training = model.training
+    out = model.eval()(model.backend.asarray(np.zeros((1, *model.input_shape), np.float32)))
+    model.train(was_training)
+    return int(out.shape[1])
+
+
+def step_flops(model: Any, batch: int, mode: str) -> float:
+    """GEMM FLOPs of one step (cnnkit.analysis.flops, counted for one image and scaled by the batch): forward
+    for inference, forward + backward for training."""
+    from cnnkit.analysis import flops
+
+    total = flops(model, batch_size=1)[-1]
+    return float(batch * (total["forward"] + (total["backward"] if mode == "train" else 0)))
