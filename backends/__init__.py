@@ -1,8 +1,8 @@
 """The op contract: every kernel op a backend provides, with its signature and meaning, written once.
 
-Every backend package (``cnnkit.backends.numpy``, ``.numba``, ``.cupy``) fills in exactly these ops, under these
-names, in modules of the same names (``conv``, ``pool``, ``activation``, ``norm``, ``loss``), and exposes
-``create() -> Backend`` plus ``unavailable_reason() -> str | None``.
+Every backend package (``cnnkit.backends.numpy``, ``.numba``, ``.cupy``; ``.cudasim`` runs cupy's) fills in
+exactly these ops, under these names, in modules of the same names (``conv``, ``pool``, ``activation``,
+``norm``, ``dropout``, ``loss``), and exposes ``create() -> Backend`` plus ``unavailable_reason() -> str | None``.
 
 Conventions shared by all ops
 -----------------------------
@@ -18,62 +18,19 @@ Conventions shared by all ops
 
 The ops
 -------
-conv2d_forward(x, w, b, stride, padding, dilation, groups, activation=None) -> y
-    y = act(conv(x, w) + b); ``b`` is a (K,) array or None. ``activation`` is the fused epilogue.
-conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_db=True, need_dw=True)
-        -> (dx, dw, db)
-    Gradients of the pre-activation conv output ``dy`` (N, K, OH, OW). Each is None, and not computed, unless
-    its ``need_*`` flag is set (a frozen conv skips its weight gradient).
-max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode) -> (y, argmax)
-    PyTorch max_pool2d; padding counts as -inf. ``argmax`` (int64 array, y's shape) is the flat index
-    ``h * W + w`` into the unpadded input plane, as PyTorch's return_indices (first maximum on ties).
-max_pool2d_backward(dy, argmax, x_shape) -> dx
-    Scatter-adds dy to the argmax positions.
-avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad) -> y
-    PyTorch avg_pool2d: divisor counts padding cells when count_include_pad, never cells past the padded
-    input that ceil_mode adds.
-avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad) -> dx
-lp_pool2d_forward(x, p, kernel_size, stride, padding, ceil_mode) -> y
-    y = (sum over the window of |x| ** p) ** (1 / p); padding cells are zeros. p = 2 is L2 pooling.
-lp_pool2d_backward(dy, x, y, p, kernel_size, stride, padding, ceil_mode) -> dx
-    dx = sum over windows of dy * sign(x) * |x| ** (p - 1) / y ** (p - 1); windows with y == 0 give 0.
-activation_forward(x, kind, negative_slope=0.01) -> y
-    relu, leaky_relu, sigmoid, tanh, or scaled_tanh (LeCun: 1.7159 * tanh(2x / 3)).
-activation_backward(dy, y, kind, negative_slope=0.01) -> dx
-    From the output y alone (so a fused conv epilogue needs nothing else); negative_slope >= 0.
-softmax_forward(x) -> y ;  log_softmax_forward(x) -> y
-    Over axis 1 of an (N, C) array, numerically stable (max subtracted).
-softmax_backward(dy, y) -> dx ;  log_softmax_backward(dy, y) -> dx
-dropout_mask(shape, p, seed, dtype) -> mask
-    Inverted dropout: each element is 0 with probability p, else 1 / (1 - p). Same seed -> same mask.
-batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps) -> (y, saved)
-    Per channel of NCHW. Training: batch mean and biased variance normalise; running_mean and running_var
-    are updated in place (running = (1 - momentum) * running + momentum * batch, unbiased variance), as
-    PyTorch. Eval: the running statistics normalise. ``saved`` is opaque, for the backward.
-batch_norm_backward(dy, saved, gamma) -> (dx, dgamma, dbeta)
-softmax_cross_entropy(logits, labels) -> (loss, dlogits)
-    logits (N, C), labels int (N,) in [0, C). loss is a 0-d array: mean over the batch of
-    -log softmax(logits)[label]; dlogits is its gradient, (softmax - onehot) / N.
+:data:`OPS` maps each op's name to its :class:`OpSpec`: the signature, the meaning and one example call, written
+below as stub functions (read them as the contract). A backend registers each implementation where it is
+defined, with ``@implements("<backend>")``, which checks its parameters against the spec; ``create()`` gathers
+them with :func:`collect_ops`, where a missing op is an error. The numba warmup and the op benchmarks run the
+examples.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
-
-OPS: tuple[str, ...] = (
-    "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d_forward", "avg_pool2d_backward",
-    "lp_pool2d_forward", "lp_pool2d_backward",
-    "activation_forward", "activation_backward",
-    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "dropout_mask",
-    "batch_norm_forward", "batch_norm_backward",
-    "softmax_cross_entropy",
-)
-"""Every kernel op, by name; the module docstring gives each one's signature and meaning."""
+from typing import Any, Callable, TypeVar
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "sigmoid", "tanh", "scaled_tanh")
 """Elementwise activations a backend implements (and may fuse into the conv epilogue)."""
@@ -81,6 +38,12 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "sigmoid", "tanh", "scaled
 SCALED_TANH_A = 1.7159
 SCALED_TANH_S = 2.0 / 3.0
 """LeCun's scaled tanh: A * tanh(S * x)."""
+ACTIVATION_CODES: dict[str | None, int] = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4,
+                                           "scaled_tanh": 5}
+"""The integer each compiled kernel switches on (numba's epilogues, common.cuh's ACT_*; tests check common.cuh)."""
+LEAKY_SLOPE = 0.01
+"""leaky_relu's default negative_slope, and the slope of a leaky_relu fused into conv2d_forward (no argument)."""
+assert set(ACTIVATION_CODES) == {None, *ACTIVATIONS}
 
 BACKEND_NAMES: tuple[str, ...] = ("numpy", "numba", "cupy", "cudasim")
 BENCHMARK_BACKENDS: tuple[str, ...] = ("numpy", "numba", "cupy")
@@ -139,12 +102,198 @@ class Backend:
         raise AttributeError(op)
 
 
+# ------------------------------------------------------------------------------------------------ op specs
+Example = Callable[[SimpleNamespace, Callable[..., Any]], tuple[tuple, dict]]
+"""example(ops, make) -> (args, kwargs): one call of an op, with ``make(*shape)`` giving a random input array of
+the backend and dtype in use, and ``ops`` the backend's op table (a backward example runs its forward)."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op of the contract: its name, signature and meaning, and an example call."""
+
+    name: str
+    signature: inspect.Signature
+    doc: str
+    example: Example = field(repr=False)
+
+
+OPS: dict[str, OpSpec] = {}
+"""Every kernel op, by name, in the order below."""
+
+
+def _op(example: Example) -> Callable[[Callable[..., Any]], OpSpec]:
+    def define(stub: Callable[..., Any]) -> OpSpec:
+        spec = OpSpec(stub.__name__, inspect.signature(stub), inspect.getdoc(stub) or "", example)
+        OPS[spec.name] = spec
+        return spec
+    return define
+
+
+_CONV = ((1, 1), (1, 1, 1, 1), (1, 1), 1)      # stride, padding, dilation, groups of the conv examples
+_POOL = ((2, 2), (2, 2), (0, 0))               # kernel_size, stride, padding of the pooling examples
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), make(4, 3, 3, 3), make(4), *_CONV), {"activation": "relu"}))
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation=None):
+    """y = act(conv(x, w) + b); ``b`` is a (K,) array or None. ``activation`` is the fused epilogue."""
+
+
+@_op(lambda ops, make: ((make(2, 4, 8, 8), make(2, 3, 8, 8), make(4, 3, 3, 3), *_CONV), {}))
+def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_db=True, need_dw=True):
+    """(dx, dw, db): gradients of the pre-activation conv output's gradient ``dy`` (N, K, OH, OW). Each is None,
+    and not computed, unless its ``need_*`` flag is set (a frozen conv skips its weight gradient)."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), *_POOL, (1, 1), False), {}))
+def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """(y, argmax): PyTorch max_pool2d; padding counts as -inf. ``argmax`` (int64 array, y's shape) is the flat
+    index ``h * W + w`` into the unpadded input plane, as PyTorch's return_indices (first maximum on ties)."""
+
+
+def _max_pool_backward(ops, make):
+    x = make(2, 3, 8, 8)
+    y, argmax = ops.max_pool2d_forward(x, *_POOL, (1, 1), False)
+    return (y, argmax, x.shape), {}
+
+
+@_op(_max_pool_backward)
+def max_pool2d_backward(dy, argmax, x_shape):
+    """dx: dy scatter-added to the argmax positions."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), *_POOL, False, True), {}))
+def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    """PyTorch avg_pool2d: the divisor counts padding cells when count_include_pad, never cells past the padded
+    input that ceil_mode adds."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 4, 4), (2, 3, 8, 8), *_POOL, False, True), {}))
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    """dx of avg_pool2d_forward."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), 2.0, *_POOL, False), {}))
+def lp_pool2d_forward(x, p, kernel_size, stride, padding, ceil_mode):
+    """y = (sum over the window of |x| ** p) ** (1 / p); padding cells are zeros. p = 2 is L2 pooling."""
+
+
+def _lp_pool_backward(ops, make):
+    x = make(2, 3, 8, 8)
+    y = ops.lp_pool2d_forward(x, 2.0, *_POOL, False)
+    return (make(*y.shape), x, y, 2.0, *_POOL, False), {}
+
+
+@_op(_lp_pool_backward)
+def lp_pool2d_backward(dy, x, y, p, kernel_size, stride, padding, ceil_mode):
+    """dx = sum over windows of dy * sign(x) * |x| ** (p - 1) / y ** (p - 1); windows with y == 0 give 0."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), "tanh"), {}))
+def activation_forward(x, kind, negative_slope=LEAKY_SLOPE):
+    """relu, leaky_relu, sigmoid, tanh, or scaled_tanh (LeCun: 1.7159 * tanh(2x / 3)), elementwise."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), ops.activation_forward(make(2, 3, 8, 8), "tanh"), "tanh"), {}))
+def activation_backward(dy, y, kind, negative_slope=LEAKY_SLOPE):
+    """dx from the output y alone (so a fused conv epilogue needs nothing else); negative_slope >= 0."""
+
+
+@_op(lambda ops, make: ((make(4, 10),), {}))
+def softmax_forward(x):
+    """Softmax over axis 1 of an (N, C) array, numerically stable (max subtracted)."""
+
+
+@_op(lambda ops, make: ((make(4, 10), ops.softmax_forward(make(4, 10))), {}))
+def softmax_backward(dy, y):
+    """dx = y * (dy - sum(dy * y)) per row."""
+
+
+@_op(lambda ops, make: ((make(4, 10),), {}))
+def log_softmax_forward(x):
+    """Log-softmax over axis 1 of an (N, C) array: (x - max) - log(sum(exp(x - max)))."""
+
+
+@_op(lambda ops, make: ((make(4, 10), ops.log_softmax_forward(make(4, 10))), {}))
+def log_softmax_backward(dy, y):
+    """dx = dy - exp(y) * sum(dy) per row."""
+
+
+@_op(lambda ops, make: (((2, 3, 8, 8), 0.5, 7, make(1).dtype), {}))
+def dropout_mask(shape, p, seed, dtype):
+    """Inverted dropout: each element is 0 with probability p, else 1 / (1 - p). Same seed -> same mask."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 8, 8), make(3), make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5), {}))
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """(y, saved) per channel of NCHW. Training: batch mean and biased variance normalise; running_mean and
+    running_var are updated in place (running = (1 - momentum) * running + momentum * batch, unbiased variance),
+    as PyTorch. Eval: the running statistics normalise. ``saved`` is opaque, for the backward."""
+
+
+def _batch_norm_backward(ops, make):
+    gamma = make(3)
+    _, saved = ops.batch_norm_forward(make(2, 3, 8, 8), gamma, make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5)
+    return (make(2, 3, 8, 8), saved, gamma), {}
+
+
+@_op(_batch_norm_backward)
+def batch_norm_backward(dy, saved, gamma):
+    """(dx, dgamma, dbeta) of batch_norm_forward."""
+
+
+@_op(lambda ops, make: ((make(4, 10), (make(4) > 0).astype("int64") * 3), {}))
+def softmax_cross_entropy(logits, labels):
+    """(loss, dlogits): logits (N, C), labels int (N,) in [0, C). loss is a 0-d array: mean over the batch of
+    -log softmax(logits)[label]; dlogits is its gradient, (softmax - onehot) / N."""
+
+
+# ------------------------------------------------------------------------------------------------ registration
+_IMPLEMENTATIONS: dict[str, dict[str, Callable[..., Any]]] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_signature(backend: str, fn: Callable[..., Any], spec: OpSpec) -> None:
+    """The implementation takes the spec's parameters, in order, with defaults where the spec has them; extra
+    parameters (a backend's own options) come after and have defaults."""
+    params = list(inspect.signature(fn).parameters.values())
+    wanted = list(spec.signature.parameters.values())
+    names = [p.name for p in params[:len(wanted)]]
+    problem = None
+    if names != [p.name for p in wanted]:
+        problem = f"parameters {names} differ from the contract's {[p.name for p in wanted]}"
+    elif any((p.default is p.empty) != (q.default is q.empty) for p, q in zip(params, wanted)):
+        problem = "defaults differ from the contract's"
+    elif any(p.default is p.empty for p in params[len(wanted):]):
+        problem = "a parameter beyond the contract's has no default"
+    if problem:
+        raise TypeError(f"{fn.__module__}.{fn.__name__} ({backend}): {problem}: {spec.name}{spec.signature}")
+
+
+def implements(backend: str) -> Callable[[F], F]:
+    """``@implements("numba")`` registers the decorated function as that backend's op of the same name."""
+    def register(fn: F) -> F:
+        name = fn.__name__
+        if name not in OPS:
+            raise TypeError(f"{fn.__module__}.{name} is registered as an op of {backend!r}, but the contract has no "
+                            f"op {name!r} (ops: {', '.join(OPS)})")
+        _check_signature(backend, fn, OPS[name])
+        _IMPLEMENTATIONS.setdefault(backend, {})[name] = fn
+        return fn
+    return register
+
+
 def collect_ops(backend_name: str, *modules: ModuleType) -> SimpleNamespace:
-    """The op table of a backend, gathered from its modules; a missing op is an error, not a fallback."""
-    table = {}
-    for op in OPS:
-        impl = next((getattr(m, op) for m in modules if hasattr(m, op)), None)
-        if impl is None:
-            raise NotImplementedError(f"backend {backend_name!r} does not implement op {op!r}")
-        table[op] = impl
-    return SimpleNamespace(**table)
+    """The op table of a backend, from what its ``modules`` (imported by now) registered; a missing op is an
+    error, not a fallback."""
+    table = _IMPLEMENTATIONS.get(backend_name, {})
+    missing = [op for op in OPS if op not in table]
+    if missing:
+        raise NotImplementedError(f"backend {backend_name!r} does not implement op(s) {', '.join(missing)}")
+    return SimpleNamespace(**{op: table[op] for op in OPS})
+
+
+def run_example(spec: OpSpec, ops: SimpleNamespace, make: Callable[..., Any]) -> Any:
+    """Call ``ops``'s implementation of ``spec`` with the spec's example arguments."""
+    args, kwargs = spec.example(ops, make)
+    return getattr(ops, spec.name)(*args, **kwargs)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnkit.backends import ACTIVATIONS, SCALED_TANH_A, SCALED_TANH_S
+from cnnkit.backends import ACTIVATION_CODES, ACTIVATIONS, SCALED_TANH_A, SCALED_TANH_S
 from cnnkit.backends.cupy import _module
 
 BACKEND_DIR = _module.KERNEL_DIR.parent
@@ -44,7 +44,7 @@ def _compile(nvcc: str, source: Path, arch: str, out: Path) -> str:
 
 
 def test_there_are_kernels():
-    assert {p.stem for p in KERNELS} == {"conv", "pool", "activation", "norm", "loss"}
+    assert {p.stem for p in KERNELS} == {"conv", "pool", "activation", "norm", "dropout", "loss"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -91,7 +91,7 @@ def test_every_launched_kernel_exists():
 def test_activation_codes_and_constants_match_the_contract():
     header = (_module.KERNEL_DIR / "common.cuh").read_text()
     codes = {name.lower(): int(v) for name, v in re.findall(r"#define ACT_(\w+) (\d+)", header)}
-    assert codes == {("none" if k is None else k): v for k, v in _module.ACT_CODES.items()}
+    assert codes == {("none" if k is None else k): v for k, v in ACTIVATION_CODES.items()}
     assert set(codes) - {"none"} == set(ACTIVATIONS)
     a = re.search(r"#define SCALED_TANH_A ([\d.]+)f", header).group(1)
     s = re.search(r"#define SCALED_TANH_S \(([\d.]+)f / ([\d.]+)f\)", header).groups()

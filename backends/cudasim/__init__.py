@@ -49,5 +49,5 @@ def create(sim: SimulatorRuntime | None = None) -> Backend:
 
     if sim is None:
         sim = SimulatorRuntime(sanitize=sanitize_mode(), debug=os.environ.get("CNNKIT_CUDASIM_DEBUG") == "1")
-    return Backend(name=NAME, xp=np, ops=_module.bind(sim, launcher_ops(NAME)), array_type=np.ndarray,
+    return Backend(name=NAME, xp=np, ops=_module.bind(sim, launcher_ops()), array_type=np.ndarray,
                    device="cpu (CUDA simulator)", to_numpy=np.asarray)

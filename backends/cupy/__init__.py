@@ -30,11 +30,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def launcher_ops(name: str):
+def launcher_ops():
     """The op table of the launcher modules (not yet bound to a runtime)."""
-    from . import activation, conv, loss, norm, pool
+    from . import activation, conv, dropout, loss, norm, pool  # noqa: F401  (their @implements register the ops)
 
-    return collect_ops(name, conv, pool, activation, norm, loss)
+    return collect_ops(NAME)
 
 
 def create() -> Backend:
@@ -45,7 +45,7 @@ def create() -> Backend:
     name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
     name = name.decode() if isinstance(name, bytes) else str(name)
     return Backend(
-        name=NAME, xp=cupy, ops=_module.bind(_module.CupyRuntime(), launcher_ops(NAME)),
+        name=NAME, xp=cupy, ops=_module.bind(_module.CupyRuntime(), launcher_ops()),
         array_type=cupy.ndarray, device=f"cuda:{device.id} ({name})", to_numpy=cupy.asnumpy,
         synchronize=device.synchronize,
     )

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from cnnkit.backends import ACTIVATIONS
+from cnnkit.backends import ACTIVATION_CODES
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 COMPILE_OPTIONS = ("--std=c++17",)
@@ -28,10 +28,8 @@ THREADS = 256
 MAX_ELEMENTS = 2 ** 31 - 1
 """Kernels index with 32-bit ints; larger arrays are refused with a clear error."""
 
-ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4,
-                                    "scaled_tanh": 5}
-"""Activation codes of kernels/common.cuh (ACT_*); tests/test_cuda_compile.py checks that they agree."""
-assert set(ACT_CODES) == {None, *ACTIVATIONS}
+ACT_CODES = ACTIVATION_CODES
+"""The contract's activation codes, which kernels/common.cuh's ACT_* repeat (tests/test_cuda_compile.py checks)."""
 
 _INCLUDE = '#include "common.cuh"'
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnkit.backends import LEAKY_SLOPE, implements
+
 from ._module import ACT_CODES, THREADS, array_module, as_f32, blocks, f32, i32, launch, reduction_threads
 
 
-def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
+@implements("cupy")
+def activation_forward(x: Any, kind: str, negative_slope: float = LEAKY_SLOPE) -> Any:
     """y = kind(x), elementwise."""
     xp = array_module()
     x = as_f32(x, "x")
@@ -16,7 +19,8 @@ def activation_forward(x: Any, kind: str, negative_slope: float = 0.01) -> Any:
     return y
 
 
-def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = 0.01) -> Any:
+@implements("cupy")
+def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = LEAKY_SLOPE) -> Any:
     """dx from dy and the forward's output y."""
     xp = array_module()
     dy, y = as_f32(dy, "dy"), as_f32(y, "y")
@@ -46,21 +50,25 @@ def _softmax_backward(dy: Any, y: Any, take_log: bool) -> Any:
     return dx
 
 
+@implements("cupy")
 def softmax_forward(x: Any) -> Any:
     """Row softmax of (N, C), max subtracted."""
     return _softmax(x, False)
 
 
+@implements("cupy")
 def log_softmax_forward(x: Any) -> Any:
     """Row log-softmax of (N, C): (x - max) - log(sum(exp(x - max)))."""
     return _softmax(x, True)
 
 
+@implements("cupy")
 def softmax_backward(dy: Any, y: Any) -> Any:
     """dx = y * (dy - sum(dy * y)) per row."""
     return _softmax_backward(dy, y, False)
 
 
+@implements("cupy")
 def log_softmax_backward(dy: Any, y: Any) -> Any:
     """dx = dy - exp(y) * sum(dy) per row."""
     return _softmax_backward(dy, y, True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import conv_output_size
+from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
 from ._module import (
     ACT_CODES,
@@ -28,8 +28,6 @@ Pads = tuple[int, int, int, int]
 
 TILE_N, TILE_K = 64, 16
 """Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in {1, 4}."""
-LEAKY_SLOPE = 0.01
-"""negative_slope of a fused leaky_relu: the contract's default (conv2d_forward takes no slope)."""
 TARGET_BLOCKS = 512
 """The tiled weight gradient splits its reduction until about this many blocks run (enough for any GPU)."""
 MIN_SPLIT_ITEMS = 256
@@ -77,6 +75,7 @@ def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
     return splits_for(reduction, want, TILE_K)
 
 
+@implements("cupy")
 def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
                    activation: str | None = None) -> Any:
     """y = act(conv(x, w) + b) in one kernel launch."""
@@ -96,6 +95,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     return y
 
 
+@implements("cupy")
 def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilation: Pair, groups: int,
                     need_dx: bool = True, need_db: bool = True,
                     need_dw: bool = True) -> tuple[Any | None, Any | None, Any | None]:

@@ -5,9 +5,12 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.backends import implements
+
 from ._module import array_module, as_f32, i32, launch, reduction_threads
 
 
+@implements("cupy")
 def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     """(loss, dlogits): loss a 0-d float32 device array, the batch mean of -log softmax(logits)[label];
     dlogits = (softmax - onehot) / N. A label outside [0, C) makes the loss NaN (checking it on the host

@@ -1,13 +1,14 @@
-"""Batch-norm and dropout launchers for kernels/norm.cu, and the per-channel sum that conv's bias gradient
+"""Batch-norm launchers for kernels/norm.cu, and the per-channel sum that conv's bias gradient
 shares with batch norm. Everything stays on the device: no host synchronisation, no branching on values."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from ._module import THREADS, array_module, as_f32, blocks, ceil_div, check_elements, f32, i32, launch, splits_for
+from cnnkit.backends import implements
+
+from ._module import THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
 
 PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
 """channel_partials modes (norm.cu)."""
@@ -55,6 +56,7 @@ def _running(a: Any, name: str) -> Any:
     return a
 
 
+@implements("cupy")
 def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, training: bool,
                        momentum: float, eps: float) -> tuple[Any, tuple]:
     """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device."""
@@ -79,6 +81,7 @@ def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running
     return y, (x, mean, invstd, bool(training))
 
 
+@implements("cupy")
 def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, Any]:
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * gamma * invstd."""
     xp = array_module()
@@ -94,18 +97,3 @@ def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, An
     launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
            *i32(dx.size, c, h * w, n * h * w, training))
     return dx, dgamma, dbeta
-
-
-def dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype: Any) -> Any:
-    """Inverted-dropout mask from a counter-based hash of (seed, flat index): 0 with probability p, else
-    1 / (1 - p); the same seed gives the same mask on every device (norm.cu's dropout_mask gives the hash)."""
-    xp = array_module()
-    if np.dtype(dtype) != np.float32:
-        raise TypeError(f"dtype must be float32 on the cupy backend, got {np.dtype(dtype)}")
-    size = math.prod(shape)
-    check_elements(size, "the dropout mask")
-    out = xp.empty(shape, dtype=np.float32)
-    threshold = math.ceil(p * 2 ** 24)
-    launch("norm", "dropout_mask", blocks(size), THREADS, out, np.int32(size), np.uint64(seed % 2 ** 64),
-           np.uint32(threshold), f32(1.0 / (1.0 - p)))
-    return out

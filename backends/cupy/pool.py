@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import pool_output_size
+from cnnkit.backends import implements, pool_output_size
 
 from ._module import THREADS, array_module, as_f32, blocks, check_elements, f32, i32, launch
 
@@ -26,6 +26,7 @@ def _params(x_shape, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair) ->
     return i32(*x_shape, *out_hw, *kernel, *stride, *padding)
 
 
+@implements("cupy")
 def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                        ceil_mode: bool) -> tuple[Any, Any]:
     """(y, argmax) with argmax the int64 flat h * W + w index of each window's first maximum."""
@@ -39,6 +40,7 @@ def max_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, d
     return y, argmax
 
 
+@implements("cupy")
 def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
     """dx: dy added (atomically) at each window's argmax cell."""
     xp = array_module()
@@ -51,6 +53,7 @@ def max_pool2d_backward(dy: Any, argmax: Any, x_shape: tuple[int, ...]) -> Any:
     return dx
 
 
+@implements("cupy")
 def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> Any:
     """Window means with PyTorch's divisor."""
@@ -63,6 +66,7 @@ def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, c
     return y
 
 
+@implements("cupy")
 def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
                         ceil_mode: bool, count_include_pad: bool) -> Any:
     """dx: each input cell gathers dy / divisor from the windows that hold it."""
@@ -75,6 +79,7 @@ def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, st
     return dx
 
 
+@implements("cupy")
 def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool) -> Any:
     """y = (window sum of |x| ** p) ** (1 / p), padding as zeros."""
     xp = array_module()
@@ -86,6 +91,7 @@ def lp_pool2d_forward(x: Any, p: float, kernel_size: Pair, stride: Pair, padding
     return y
 
 
+@implements("cupy")
 def lp_pool2d_backward(dy: Any, x: Any, y: Any, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
                        ceil_mode: bool) -> Any:
     """dx = sign(x) |x| ** (p - 1) * sum over windows of dy / y ** (p - 1) (0 where y or x is 0)."""

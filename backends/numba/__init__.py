@@ -34,11 +34,12 @@ import os
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
-from cnnkit.backends import Backend, collect_ops
+from cnnkit.backends import OPS, Backend, collect_ops, run_example
 
 NAME = "numba"
 
@@ -52,13 +53,18 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def create() -> Backend:
-    from . import activation, conv, loss, norm, pool
+def _ops() -> SimpleNamespace:
+    from . import activation, conv, dropout, loss, norm, pool  # noqa: F401  (their @implements register the ops)
 
+    return collect_ops(NAME)
+
+
+def create() -> Backend:
+    ops = _ops()
     _single_thread_blas()
     _keep_freed_memory()
     return Backend(
-        name=NAME, xp=np, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
+        name=NAME, xp=np, ops=ops,
         array_type=np.ndarray, device="cpu", to_numpy=np.asarray,
     )
 
@@ -91,38 +97,27 @@ def _keep_freed_memory() -> bool:
 
 
 def warmup(dtypes: Sequence[str] = ("float32",), verbose: bool = True) -> float:
-    """Compile (or load from cache) every kernel a LeNet or ResNet uses, on tiny inputs of each dtype in
-    ``dtypes``; returns the seconds it took (and prints them when ``verbose``)."""
-    from . import activation, conv, loss, norm, pool
+    """Compile (or load from cache) every kernel a model can use: each op's example call from the contract, and
+    each conv path on it, on tiny inputs of each dtype in ``dtypes``; returns the seconds it took (and prints
+    them when ``verbose``)."""
+    from . import conv
 
+    ops = _ops()
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     for dtype in dtypes:
-        x = rng.standard_normal((2, 3, 9, 9)).astype(dtype)
-        w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
-        b = np.zeros(4, dtype=dtype)
-        geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+        def make(*shape: int, dtype: str = dtype) -> np.ndarray:
+            return rng.standard_normal(shape).astype(dtype)
+
+        for spec in OPS.values():
+            run_example(spec, ops, make)
+        conv_args, conv_kwargs = OPS["conv2d_forward"].example(ops, make)
         for path in conv.PATHS:
-            y = conv.conv2d_forward(x, w, b, *geometry, activation="relu", path=path)
-            conv.conv2d_backward(y, x, w, *geometry, path=path)
-        xd, dense = np.ascontiguousarray(x[:, :, :3, :3]), ((1, 1), (0, 0, 0, 0), (1, 1), 1)  # C5-like: a matmul
-        conv.conv2d_backward(conv.conv2d_forward(xd, w, b, *dense, activation="tanh"), xd, w, *dense)
-        y, argmax = pool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
-        pool.max_pool2d_backward(y, argmax, x.shape)
-        y = pool.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), False, True)
-        pool.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), False, True)
-        y = pool.lp_pool2d_forward(x, 2.0, (2, 2), (2, 2), (0, 0), False)
-        pool.lp_pool2d_backward(y, x, y, 2.0, (2, 2), (2, 2), (0, 0), False)
-        y = activation.activation_forward(x, "tanh")
-        activation.activation_backward(y, y, "tanh")
-        stats = np.zeros(3, dtype=dtype), np.ones(3, dtype=dtype)
-        y, saved = norm.batch_norm_forward(x, stats[1], stats[0], *stats, True, 0.1, 1e-5)
-        norm.batch_norm_backward(y, saved, stats[1])
-        logits = x[:, :, 0, 0]
-        for log in (False, True):
-            y = activation.log_softmax_forward(logits) if log else activation.softmax_forward(logits)
-            (activation.log_softmax_backward if log else activation.softmax_backward)(y, y)
-        loss.softmax_cross_entropy(logits, np.array([0, 2]))
+            y = conv.conv2d_forward(*conv_args, **conv_kwargs, path=path)
+            conv.conv2d_backward(y, *conv_args[:2], *conv_args[3:], path=path)
+        x, w, b = make(2, 3, 3, 3), make(4, 3, 3, 3), make(4)  # LeNet-5's C5: one output pixel, a plain matmul
+        dense = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
+        conv.conv2d_backward(conv.conv2d_forward(x, w, b, *dense, activation="tanh"), x, w, *dense)
     seconds = time.perf_counter() - start
     if verbose:
         print(f"cnnkit numba warmup ({', '.join(dtypes)}): {seconds:.2f} s")

@@ -15,11 +15,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
+from cnnkit.backends import ACTIVATION_CODES, ACTIVATIONS, LEAKY_SLOPE, SCALED_TANH_A, SCALED_TANH_S, implements
 
-NONE, RELU, LEAKY_RELU, SIGMOID, TANH, SCALED_TANH = 0, 1, 2, 3, 4, 5
-CODES: dict[str | None, int] = {None: NONE, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID,
-                                "tanh": TANH, "scaled_tanh": SCALED_TANH}
+CODES = ACTIVATION_CODES
+NONE, RELU, LEAKY_RELU, SIGMOID, TANH, SCALED_TANH = (CODES[k] for k in (None, *ACTIVATIONS))
 _A, _S = SCALED_TANH_A, SCALED_TANH_S
 _S_OVER_A, _A2 = SCALED_TANH_S / SCALED_TANH_A, SCALED_TANH_A ** 2
 _LN2_HI, _LN2_LO, _INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e+00
@@ -185,7 +184,8 @@ def _backward(dy, y, dx, kind, slope):
         grad_run(dx, dy, y, blk * _BLOCK, min(_BLOCK, y.size - blk * _BLOCK), kind, slope)
 
 
-def activation_forward(x: np.ndarray, kind: str, negative_slope: float = 0.01) -> np.ndarray:
+@implements("numba")
+def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """y = kind(x) for relu, leaky_relu, sigmoid, tanh or scaled_tanh (A * tanh(S * x))."""
     flat = np.ascontiguousarray(x).reshape(-1)
     y = np.empty_like(flat)
@@ -193,7 +193,8 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = 0.01) -
     return y.reshape(x.shape)
 
 
-def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = 0.01) -> np.ndarray:
+@implements("numba")
+def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """dx from dy and the output y."""
     yf = np.ascontiguousarray(y).reshape(-1)
     dx = np.empty_like(yf)
@@ -248,21 +249,25 @@ def _rows_backward(dy: np.ndarray, y: np.ndarray, log: bool) -> np.ndarray:
     return dx
 
 
+@implements("numba")
 def softmax_forward(x: np.ndarray) -> np.ndarray:
     """Softmax over axis 1 of (N, C), max subtracted so exp never overflows."""
     return _rows(x, False)
 
 
+@implements("numba")
 def log_softmax_forward(x: np.ndarray) -> np.ndarray:
     """log(softmax(x)) over axis 1 of (N, C), as (x - max) - log(sum(exp(x - max)))."""
     return _rows(x, True)
 
 
+@implements("numba")
 def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = y * (dy - sum(dy * y)) per row."""
     return _rows_backward(dy, y, False)
 
 
+@implements("numba")
 def log_softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = dy - softmax * sum(dy) per row, with softmax = exp(y)."""
     return _rows_backward(dy, y, True)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from cnnkit.backends import conv_output_size
+from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
 from . import direct, im2row, taps
 from .activation import SIGMOID, act_run, code
@@ -68,7 +68,6 @@ MIN_TILE, MAX_TILE = 32, 1024  # pixels per tile: long enough to vectorise, shor
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
 WEIGHT_CHUNKS = 32     # at most this many partial weight gradients
 WIDE_WEIGHT_TASKS = 8  # direct stride-1 weight gradient: tasks wanted (each ends in serial sums of span terms)
-FUSED_SLOPE = 0.01     # leaky_relu slope of the fused epilogue: the contract's default negative_slope
 ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
 ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
 DATA_ROW_WASTE = 1.4   # ... and the input gradient when the padded planes exceed the input by this factor
@@ -319,6 +318,7 @@ def _dense_geometry(x_shape, w_shape, padding: Pads, groups: int, outputs: int) 
     """One output pixel that sees the whole unpadded input: x is its own im2col matrix (a plain matmul)."""
     return groups == 1 and outputs == 1 and padding == (0, 0, 0, 0) and tuple(x_shape[2:]) == tuple(w_shape[2:])
 
+@implements("numba")
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
                    dilation: Pair, groups: int, activation: str | None = None,
                    path: str | None = None) -> np.ndarray:
@@ -334,23 +334,24 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
         route = "packed"
     w3 = w.reshape(groups, k // groups, -1)
     if route == "direct":
-        direct.forward(x, w, b, y, *geo, kind, FUSED_SLOPE)
+        direct.forward(x, w, b, y, *geo, kind, LEAKY_SLOPE)
     elif route == "shifted":
         xp, wp = _padded(x, *padding)
         _shifted_conv(xp, w3, b, y, wp, r, s, *dilation, _shifted_tile(w3.shape[1], n, groups, oh, ow, wp),
-                      kind, FUSED_SLOPE)
+                      kind, LEAKY_SLOPE)
     elif route == "im2row":
-        im2row.correlate(x, w, b, y, stride, padding, dilation, groups, kind, FUSED_SLOPE)
+        im2row.correlate(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
     elif _dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         yt = np.empty((k, n), dtype=x.dtype)
-        _dense_forward(w.reshape(k, -1), np.ascontiguousarray(x.reshape(n, -1).T), b, yt, kind, FUSED_SLOPE)
+        _dense_forward(w.reshape(k, -1), np.ascontiguousarray(x.reshape(n, -1).T), b, yt, kind, LEAKY_SLOPE)
         y.reshape(n, k)[:] = yt.T
     else:
         tp = _tile(w3.shape[2], n * oh * ow, groups)
-        _packed_forward(x, w3, b, y.reshape(n, k, oh * ow), tp, r, s, oh, ow, *geo, kind, FUSED_SLOPE)
+        _packed_forward(x, w3, b, y.reshape(n, k, oh * ow), tp, r, s, oh, ow, *geo, kind, LEAKY_SLOPE)
     return y
 
 
+@implements("numba")
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
                     groups: int, need_dx: bool = True, need_db: bool = True, need_dw: bool = True,
                     path: str | None = None):

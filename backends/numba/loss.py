@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from cnnkit.backends import implements
+
 from .activation import exp_neg, row_max_logsumexp
 
 
@@ -19,6 +21,7 @@ def _xent(logits, labels, losses, dlogits):
         losses[i] = lse - (logits[i, label] - m)
 
 
+@implements("numba")
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(loss, dlogits): loss = mean_i -log softmax(logits_i)[label_i] as a 0-d array in the logits' dtype;
     dlogits = (softmax - onehot) / N."""

@@ -1,4 +1,4 @@
-"""Batch normalisation, Numba, and the dropout mask (the NumPy backend's own).
+"""Batch normalisation, Numba.
 
 Every kernel is parallel over the (n, c) planes. Per-channel statistics are float64 sums per plane (vector
 partial sums), combined over the batch afterwards. The variance is centred twice over: each plane's own sum of
@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# The mask is one vectorised RNG draw; a Numba loop would not be faster, and sharing it means a seed gives the
-# same mask on both CPU backends (so models with dropout train identically on numpy and numba).
-from cnnkit.backends.numpy.norm import dropout_mask  # noqa: F401  (re-exported as this backend's op)
+from cnnkit.backends import implements
 
 from .gemm import row_sum
 
@@ -103,6 +101,7 @@ def _flat(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype).reshape(a.shape[0], a.shape[1], -1)
 
 
+@implements("numba")
 def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                        running_var: np.ndarray, training: bool, momentum: float, eps: float):
     """(y, saved) with y = gamma * (x - mean) / sqrt(var + eps) + beta per channel; the running statistics
@@ -124,6 +123,7 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     return y.reshape(x.shape), (xf, mean, inv_std, bool(training))
 
 
+@implements("numba")
 def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx is dy * gamma * inv_std."""
     xf, mean, inv_std, training = saved

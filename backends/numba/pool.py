@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from cnnkit.backends import pool_output_size
+from cnnkit.backends import implements, pool_output_size
 
 Pair = tuple[int, int]
 
@@ -68,6 +68,7 @@ def _max_backward(dy, argmax, dx):
                 plane[argmax[t, o]] += dy[t, o]
 
 
+@implements("numba")
 def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                        ceil_mode: bool):
     """(y, argmax): window maxima with -inf padding; argmax is the flat h * W + w index of the first maximum."""
@@ -79,6 +80,7 @@ def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
     return y, argmax
 
 
+@implements("numba")
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
     """Scatter-adds dy onto the argmax cells of each plane."""
     n, c, h, w = x_shape
@@ -214,6 +216,7 @@ def _tiled(x_shape, out: Pair, kernel: Pair, stride: Pair, padding: Pair) -> boo
             and out[1] * kernel[1] <= x_shape[3] and out[0] > 0 and out[1] > 0)
 
 
+@implements("numba")
 def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> np.ndarray:
     """Window sums over the zero-padded input divided by PyTorch's divisor."""
@@ -226,6 +229,7 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
     return y
 
 
+@implements("numba")
 def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                         count_include_pad: bool) -> np.ndarray:
     """Each input cell gets dy / divisor from every window that holds it."""
@@ -291,6 +295,7 @@ def _lp_backward(dy, x, y, dx, p, kh, kw, sh, sw, ph, pw):
                 plane[ih, iw] *= local
 
 
+@implements("numba")
 def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
                       ceil_mode: bool) -> np.ndarray:
     """y = (window sum of |x| ** p) ** (1 / p), padding cells counting as 0."""
@@ -300,6 +305,7 @@ def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, 
     return y
 
 
+@implements("numba")
 def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, p: float, kernel_size: Pair, stride: Pair,
                        padding: Pair, ceil_mode: bool) -> np.ndarray:
     """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1)."""

@@ -14,9 +14,9 @@ def unavailable_reason() -> str | None:
 
 
 def create() -> Backend:
-    from . import activation, conv, loss, norm, pool
+    from . import activation, conv, dropout, loss, norm, pool  # noqa: F401  (their @implements register the ops)
 
     return Backend(
-        name=NAME, xp=np, ops=collect_ops(NAME, conv, pool, activation, norm, loss),
+        name=NAME, xp=np, ops=collect_ops(NAME),
         array_type=np.ndarray, device="cpu", to_numpy=np.asarray,
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
+from cnnkit.backends import LEAKY_SLOPE, SCALED_TANH_A, SCALED_TANH_S, implements
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -12,7 +12,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def activation_forward(x: np.ndarray, kind: str, negative_slope: float = 0.01) -> np.ndarray:
+@implements("numpy")
+def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """y = kind(x) for relu, leaky_relu, sigmoid, tanh or scaled_tanh (A * tanh(S * x))."""
     if kind == "relu":
         return np.maximum(x, 0)
@@ -27,7 +28,8 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = 0.01) -
     raise ValueError(f"unknown activation {kind!r}")
 
 
-def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = 0.01) -> np.ndarray:
+@implements("numpy")
+def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """dx from dy and the output y: the derivative of each activation written in terms of y."""
     if kind == "relu":         # y <= 0, not "not y > 0": a NaN passes dy on, as PyTorch's threshold_backward
         return np.where(y <= 0, 0, dy)
@@ -42,23 +44,27 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope
     raise ValueError(f"unknown activation {kind!r}")
 
 
+@implements("numpy")
 def softmax_forward(x: np.ndarray) -> np.ndarray:
     """Softmax over axis 1 of (N, C), max subtracted so exp never overflows."""
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
+@implements("numpy")
 def log_softmax_forward(x: np.ndarray) -> np.ndarray:
     """log(softmax(x)) over axis 1 of (N, C), as z - log(sum(exp(z))) with z = x - max(x)."""
     z = x - x.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+@implements("numpy")
 def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = y * (dy - sum(dy * y)) per row (the softmax Jacobian applied to dy)."""
     return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
+@implements("numpy")
 def log_softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = dy - softmax * sum(dy) per row, with softmax = exp(y)."""
     return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)

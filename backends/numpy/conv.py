@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cnnkit.backends import implements
+
 from .activation import activation_forward
 
 Pair = tuple[int, int]
@@ -37,6 +39,7 @@ def _im2col(x: np.ndarray, r: int, s: int, stride: Pair, padding: Pads, dilation
     return cols, (oh, ow)
 
 
+@implements("numpy")
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
                    dilation: Pair, groups: int, activation: str | None = None) -> np.ndarray:
     """y = act(cross_correlate(x, w) + b), shape (N, K, OH, OW)."""
@@ -50,6 +53,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     return y if activation is None else activation_forward(y, activation)
 
 
+@implements("numpy")
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
                     groups: int, need_dx: bool = True, need_db: bool = True, need_dw: bool = True):
     """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; each is None when not needed."""

@@ -1,7 +1,9 @@
-"""Batch normalisation and the dropout mask, NumPy reference."""
+"""Batch normalisation, NumPy reference."""
 from __future__ import annotations
 
 import numpy as np
+
+from cnnkit.backends import implements
 
 _AXES = (0, 2, 3)  # everything but the channel axis of NCHW
 
@@ -11,6 +13,7 @@ def _per_channel(v: np.ndarray) -> np.ndarray:
     return v[None, :, None, None]
 
 
+@implements("numpy")
 def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                        running_var: np.ndarray, training: bool, momentum: float, eps: float):
     """(y, saved) with y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
@@ -34,6 +37,7 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     return y, (x_hat, inv_std, training)
 
 
+@implements("numpy")
 def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
     """(dx, dgamma, dbeta). In training the batch statistics depend on x, which gives the two mean terms;
     in eval they are constants and dx is just dy * gamma * inv_std."""
@@ -46,10 +50,3 @@ def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
     m = dy.size // dy.shape[1]
     dx = scale * (dy - _per_channel(dbeta / m) - x_hat * _per_channel(dgamma / m))
     return dx, dgamma, dbeta
-
-
-def dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype) -> np.ndarray:
-    """Inverted-dropout mask: 0 with probability p, else 1 / (1 - p), so E[mask] = 1. The uniforms are drawn in
-    float64 from ``default_rng(seed)`` whatever the dtype, so one seed gives one pattern of zeros."""
-    keep = np.random.default_rng(seed).random(shape) >= p
-    return keep.astype(dtype) * np.asarray(1 / (1 - p), dtype=dtype)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.backends import pool_output_size
+from cnnkit.backends import implements, pool_output_size
 
 from .conv import pad_nchw, window_slice
 
@@ -56,6 +56,7 @@ def _window_scatter(g: np.ndarray, x_shape, kernel: Pair, stride: Pair, padding:
 
 
 # ----------------------------------------------------------------------------------------------- max
+@implements("numpy")
 def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair,
                        ceil_mode: bool):
     """(y, argmax): window maxima with -inf padding; argmax is the flat h * W + w index of the first maximum
@@ -78,6 +79,7 @@ def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
     return y, argmax
 
 
+@implements("numpy")
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
     """Scatter-add dy onto the argmax cells (bincount over flat indices, one pass over the outputs).
     A window that covers no input cell (argmax -1, possible with dilation and padding) passes no gradient."""
@@ -103,6 +105,7 @@ def _divisor(x_shape, kernel: Pair, stride: Pair, padding: Pair, out: Pair, coun
     return np.outer(*sizes)
 
 
+@implements("numpy")
 def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                        count_include_pad: bool) -> np.ndarray:
     """Window sums over the zero-padded input divided by PyTorch's divisor."""
@@ -111,6 +114,7 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
     return _window_sum(x, kernel_size, stride, padding, out) / divisor
 
 
+@implements("numpy")
 def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
                         count_include_pad: bool) -> np.ndarray:
     """Each input cell gets dy / divisor from every window that holds it."""
@@ -119,6 +123,7 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair
 
 
 # ----------------------------------------------------------------------------------------------- Lp
+@implements("numpy")
 def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, padding: Pair,
                       ceil_mode: bool) -> np.ndarray:
     """y = (window sum of |x| ** p) ** (1 / p), padding cells counting as 0."""
@@ -126,6 +131,7 @@ def lp_pool2d_forward(x: np.ndarray, p: float, kernel_size: Pair, stride: Pair, 
     return _window_sum(np.abs(x) ** p, kernel_size, stride, padding, out) ** (1 / p)
 
 
+@implements("numpy")
 def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, p: float, kernel_size: Pair, stride: Pair,
                        padding: Pair, ceil_mode: bool) -> np.ndarray:
     """dx = sign(x) |x|^(p-1) * sum over windows of dy / y^(p-1); a window with y == 0 contributes 0.

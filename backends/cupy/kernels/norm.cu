@@ -1,4 +1,4 @@
-// Batch normalisation (per channel of NCHW) and the dropout mask, float32.
+// Batch normalisation (per channel of NCHW), float32.
 //
 // Per-channel reductions run in two stages. channel_partials: block (c, split) sums the elements of channel
 // c whose flat (n, hw) index lies in [split * chunk, (split + 1) * chunk): thread t takes the indices
@@ -89,18 +89,4 @@ extern "C" __global__ void bn_backward_dx(const float* __restrict__ dy, const fl
     }
     const float x_hat = (x[i] - mean[c]) * invstd[c];
     dx[i] = scale * (dy[i] - dbeta[c] / (float)count - x_hat * (dgamma[c] / (float)count));
-}
-
-// Inverted-dropout mask from a counter-based hash: element i is kept (value `scale` = 1 / (1 - p)) when the
-// top 24 bits of splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) are >= threshold = ceil(p * 2^24), else 0.
-// A pure function of (seed, i): the same seed gives the same mask on any device and launch shape.
-extern "C" __global__ void dropout_mask(float* __restrict__ out, int n, unsigned long long seed,
-                                        unsigned int threshold, float scale) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    out[i] = (unsigned int)(z >> 40) >= threshold ? scale : 0.0f;
 }
