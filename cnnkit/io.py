@@ -1,17 +1,22 @@
-"""Weight exchange: .npz save/load, PyTorch state dicts in and out, and an atomic file writer.
+"""Files: weights (.npz save/load), training checkpoints, PyTorch state dicts in and out, and an atomic writer.
 
 ``atomic_write`` is the one way cnnkit writes a file that must never be seen half-written (weights,
 training checkpoints): the data goes to a temporary file in the same directory, is flushed and fsync'ed, and
 only then renamed over the target with ``os.replace`` (atomic on POSIX and Windows). If anything fails, the
 previous file is untouched and the temporary file is removed.
+
+A training checkpoint (:func:`save_checkpoint`) is a nested dict of host arrays, numbers, strings and lists in one
+.npz: the structure as JSON in a ``__meta__`` entry, each array as its own entry, so loading never needs pickle.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import zipfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -22,6 +27,9 @@ PathLike = str | os.PathLike
 
 TORCH_ONLY_BUFFERS = ("num_batches_tracked",)
 """Buffer names PyTorch keeps that cnnkit layers do not need; dropped by from_torch unless the model has them."""
+
+CHECKPOINT_FORMAT = "cnnkit-checkpoint-1"
+"""The ``format`` tag in a checkpoint's ``__meta__``; :func:`load_checkpoint` refuses any other."""
 
 
 @contextlib.contextmanager
@@ -135,3 +143,59 @@ def _load_into(model: Layer, state: dict[str, np.ndarray], strict: bool, source:
         raise KeyError(f"{source}: {exc.args[0] if exc.args else exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
+    """Write a nested dict of NumPy arrays, numbers, strings, None and lists as one .npz (JSON for the structure,
+    no pickle), atomically; returns the path."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = json.dumps({"format": CHECKPOINT_FORMAT, "state": _encode(state, arrays)})
+    path = Path(path)
+    with atomic_write(path) as f:
+        np.savez(f, __meta__=np.array(meta), **arrays)
+    return path
+
+
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with np.load(path, allow_pickle=False) as npz:
+        if "__meta__" not in npz.files:
+            raise ValueError(f"{str(path)!r} is not a cnnkit checkpoint (no __meta__ entry)")
+        meta = json.loads(str(npz["__meta__"]))
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{str(path)!r} has checkpoint format {meta.get('format')!r}, "
+                             f"expected {CHECKPOINT_FORMAT!r}")
+        return _decode(meta["state"], npz)
+
+
+def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """``value`` as JSON-able structure; each array is moved into ``arrays`` and replaced by ``{"__array__": key}``."""
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {"__array__": key}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"save_checkpoint: cannot store a {type(value).__name__} (host NumPy arrays, numbers, "
+                    "strings, None, lists and dicts only)")
+
+
+def _decode(value: Any, npz: Any) -> Any:
+    """The inverse of :func:`_encode`, reading the arrays from the open ``npz``."""
+    if isinstance(value, dict):
+        if set(value) == {"__array__"}:
+            return npz[value["__array__"]]
+        return {k: _decode(v, npz) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, npz) for v in value]
+    return value

@@ -1,13 +1,15 @@
-"""Training loop: fit, evaluate, predict, checkpoints that resume exactly, and transfer-learning helpers.
+"""Training loop: fit, evaluate, predict, exact resume, and transfer-learning helpers.
 
 One step is forward, loss, backward, ``optimizer.step()``, ``optimizer.zero_grad()``. Running sums of the loss and
 of the correct predictions stay backend arrays; they reach the host once per log interval and once per epoch, so
 the CuPy backend is never forced to synchronise on every step.
 
-Checkpoints hold everything a run depends on (model, optimiser, schedule, epoch, history, the data loader's
-shuffling state, early-stopping state), so ``fit(..., resume=path)`` continues exactly where the run stopped: two
-epochs straight and one epoch + resume + one epoch give the same weights bit for bit. Files are written
-atomically (to a temporary file, then renamed), so an interrupted write never damages the previous checkpoint.
+:func:`fit` takes its options as a :class:`TrainConfig` (or the same names as keywords) and runs four steps per
+epoch: train, evaluate, update the early-stopping state, save. Checkpoints hold everything a run depends on (model,
+optimiser, schedule, epoch, history, the data loader's shuffling state, early-stopping state), so
+``fit(..., resume=path)`` continues exactly where the run stopped: two epochs straight and one epoch + resume + one
+epoch give the same weights bit for bit. The files themselves are :func:`cnnkit.io.save_checkpoint`'s (written
+atomically), the records :class:`cnnkit.history.History`, the printed progress :mod:`cnnkit.progress`'s.
 
 A non-finite loss stops training with :class:`TrainingDiverged`; checkpoints and history files keep the last
 good epoch.
@@ -15,11 +17,8 @@ good epoch.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _stdio
-import json
+import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +26,22 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from cnnkit import io as ckio
+from cnnkit.history import COLUMNS, History
+from cnnkit.io import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from cnnkit.losses import softmax_cross_entropy
 from cnnkit.nn.base import Layer, Sequential
 from cnnkit.nn.linear import Dropout, Linear
+from cnnkit.progress import Reporter
+
+__all__ = [
+    "TrainConfig", "TrainingDiverged", "History", "COLUMNS", "MONITORS", "CHECKPOINT_FORMAT", "fit", "evaluate",
+    "predict", "eval_mode", "replace_head", "save_checkpoint", "load_checkpoint",
+]
 
 Array = Any
 LossFn = Callable[[Array, Array], tuple[Array, Array]]
 
 MONITORS = ("val_loss", "val_acc")
-CHECKPOINT_FORMAT = "cnnkit-checkpoint-1"
-COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,51 +54,47 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class History:
-    """Per-epoch records (dicts with :data:`COLUMNS`), and why training stopped early, if it did
-    (``"early_stopping"`` or ``"max_steps"``)."""
+class TrainConfig:
+    """The options of :func:`fit` (everything but the model, the data, the optimiser and the schedule).
 
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    stopped: str | None = None
+    ``epochs``: the total, counting resumed ones. ``loss``: ``loss(logits, labels) -> (loss, dlogits)``.
+    ``checkpoint_dir`` receives ``last.npz`` every epoch, ``best.npz`` on improvement of ``monitor`` ("val_loss" or
+    "val_acc", needs a validation loader), ``epoch-NNN.npz`` every ``checkpoint_every`` epochs, and
+    ``history.csv``/``history.json``; ``history_path`` writes the history elsewhere too. ``early_stopping``: a
+    patience in epochs without improvement. ``resume``: a checkpoint to continue from exactly. ``max_steps`` caps
+    the optimiser steps of the whole run (the last epoch may then be partial). ``metadata`` (JSON-able) is stored
+    in every checkpoint, e.g. how to rebuild the model. ``progress``: a tqdm bar on an interactive terminal, else
+    a printed line every ``log_every`` steps; with False, only the line per epoch. Losses reach the host only
+    every ``log_every`` steps and at the end of each epoch, which is also where divergence is detected.
+    """
 
-    def __len__(self) -> int:
-        return len(self.epochs)
+    epochs: int = 1
+    loss: LossFn = softmax_cross_entropy
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int | None = None
+    early_stopping: int | None = None
+    monitor: str = "val_loss"
+    resume: str | Path | None = None
+    progress: bool = True
+    history_path: str | Path | None = None
+    max_steps: int | None = None
+    metadata: dict[str, Any] | None = None
+    log_every: int = 50
 
-    def __getitem__(self, index: int) -> dict[str, float]:
-        return self.epochs[index]
+    def __post_init__(self) -> None:
+        _positive_int(self.epochs, "epochs")
+        for name in ("checkpoint_every", "early_stopping", "max_steps"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        _positive_int(self.log_every, "log_every")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
 
-    def __iter__(self):
-        return iter(self.epochs)
 
-    def column(self, name: str) -> list[float]:
-        """One metric across epochs, e.g. ``history.column("val_acc")``."""
-        if name not in COLUMNS:
-            raise KeyError(f"unknown history column {name!r}; columns are {', '.join(COLUMNS)}")
-        return [record[name] for record in self.epochs]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [dict(r) for r in self.epochs], "stopped": self.stopped}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> History:
-        return cls([dict(r) for r in data["epochs"]], data.get("stopped"))
-
-    def to_csv(self) -> str:
-        buffer = _stdio.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for record in self.epochs:
-            writer.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
-        return buffer.getvalue()
-
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``path`` with suffix .csv and .json (atomically); returns both paths."""
-        path = Path(path)
-        csv_path, json_path = path.with_suffix(".csv"), path.with_suffix(".json")
-        for target, text in ((csv_path, self.to_csv()), (json_path, json.dumps(self.to_dict(), indent=1))):
-            with ckio.atomic_write(target, "w") as f:
-                f.write(text)
-        return csv_path, json_path
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -147,106 +147,7 @@ def predict(model: Layer, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([be.to_numpy(y) for y in labels]).astype(np.int64))
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write a nested dict of NumPy arrays, numbers, strings, None and lists as one .npz (JSON for the structure,
-    no pickle), atomically."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): encode(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [encode(v) for v in value]
-        if isinstance(value, np.ndarray):
-            key = f"a{len(arrays)}"
-            arrays[key] = value
-            return {"__array__": key}
-        if isinstance(value, np.generic):
-            return value.item()
-        if value is None or isinstance(value, (str, int, float, bool)):
-            return value
-        raise TypeError(f"save_checkpoint: cannot store a {type(value).__name__} (host NumPy arrays, numbers, "
-                        "strings, None, lists and dicts only)")
-
-    meta = json.dumps({"format": CHECKPOINT_FORMAT, "state": encode(state)})
-    path = Path(path)
-    with ckio.atomic_write(path) as f:
-        np.savez(f, __meta__=np.array(meta), **arrays)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as npz:
-        if "__meta__" not in npz.files:
-            raise ValueError(f"{str(path)!r} is not a cnnkit checkpoint (no __meta__ entry)")
-        meta = json.loads(str(npz["__meta__"]))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(path)!r} has checkpoint format {meta.get('format')!r}, "
-                             f"expected {CHECKPOINT_FORMAT!r}")
-
-        def decode(value: Any) -> Any:
-            if isinstance(value, dict):
-                if set(value) == {"__array__"}:
-                    return npz[value["__array__"]]
-                return {k: decode(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [decode(v) for v in value]
-            return value
-
-        return decode(meta["state"])
-
-
-# ------------------------------------------------------------------------------------------------ progress
-class _Reporter:
-    """Progress: with ``progress``, a tqdm bar per epoch on an interactive stderr, else a printed line per log
-    interval (no tqdm, or output to a file); always one printed line per epoch."""
-
-    def __init__(self, progress: bool, epochs: int):
-        self.epochs = epochs
-        self.tqdm = None
-        if progress and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-                self.tqdm = tqdm
-            except ImportError:
-                pass
-        self.lines = progress and self.tqdm is None
-        self.bar = None
-
-    def start(self, epoch: int, batches: int) -> None:
-        if self.tqdm is not None:
-            self.bar = self.tqdm(total=batches, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
-
-    def step(self, done: int, batches: int, epoch: int, stats: dict[str, float] | None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if stats is not None:
-                self.bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.3f}",
-                                     img_s=f"{stats['images_per_s']:.0f}", refresh=False)
-        elif self.lines and stats is not None:
-            print(f"epoch {epoch}/{self.epochs} step {done}/{batches}: loss {stats['loss']:.4f} "
-                  f"acc {stats['acc']:.3f} {stats['images_per_s']:.0f} img/s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def end(self, record: dict[str, float]) -> None:
-        line = (f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_acc']:.4f}")
-        if record["val_loss"] is not None:
-            line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
-        line += f" | lr {record['lr']:.4g} | {record['seconds']:.1f} s, {record['images_per_s']:.0f} img/s"
-        print(line, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------------------ one epoch
 def _host_stats(loss_sum: Array, correct: Array, n: int, started: float) -> dict[str, float]:
     """The one host synchronisation of a log interval: running loss, accuracy and throughput."""
     seconds = time.perf_counter() - started
@@ -254,7 +155,7 @@ def _host_stats(loss_sum: Array, correct: Array, n: int, started: float) -> dict
             "images_per_s": n / max(seconds, 1e-12)}
 
 
-def _train_epoch(model: Layer, loader: Iterable, optimizer: Any, loss_fn: LossFn, reporter: _Reporter,
+def _train_epoch(model: Layer, loader: Iterable, optimizer: Any, loss_fn: LossFn, reporter: Reporter,
                  epoch: int, max_steps: int | None, log_every: int) -> tuple[dict[str, float], int]:
     """One pass over ``loader`` (at most ``max_steps`` steps): the epoch's train metrics and the steps taken."""
     model.train()
@@ -292,7 +193,7 @@ def _train_epoch(model: Layer, loader: Iterable, optimizer: Any, loss_fn: LossFn
 def _check_finite(loss: float, epoch: int, step: int) -> None:
     if not math.isfinite(loss):
         raise TrainingDiverged(f"training diverged: the loss is {loss} in epoch {epoch} (by step {step}); "
-                        "lower the learning rate or check the input data")
+                               "lower the learning rate or check the input data")
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -301,119 +202,156 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
     return value < best if monitor == "val_loss" else value > best
 
 
-def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int = 1, optimizer: Any = None,
-        schedule: Any = None, *, loss: LossFn = softmax_cross_entropy, checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int | None = None, early_stopping: int | None = None, monitor: str = "val_loss",
-        resume: str | Path | None = None, progress: bool = True, history_path: str | Path | None = None,
-        max_steps: int | None = None, metadata: dict[str, Any] | None = None, log_every: int = 50) -> History:
-    """Train ``model`` on the batches of ``train`` for ``epochs`` epochs (the total, counting resumed ones).
+# ------------------------------------------------------------------------------------------------ fit
+@dataclass
+class _Run:
+    """One call of :func:`fit`: what it trains with, and the state its checkpoints capture."""
 
-    ``val``: a loader evaluated after every epoch; ``monitor`` ("val_loss" or "val_acc") then picks the best
-    checkpoint, and ``early_stopping`` (a patience in epochs) stops after that many epochs without improvement.
-    ``optimizer`` defaults to SGD(lr=0.01, momentum=0.9); ``schedule`` (StepLR, MultiStepLR, CosineLR) steps once
-    per epoch. ``checkpoint_dir`` receives ``last.npz`` every epoch, ``best.npz`` on improvement, and
-    ``epoch-NNN.npz`` every ``checkpoint_every`` epochs, plus ``history.csv``/``history.json``; ``history_path``
-    writes the history elsewhere too. ``resume`` continues from a checkpoint exactly. ``max_steps`` caps the
-    optimiser steps of the whole run (the last epoch may then be partial). ``metadata`` (JSON-able) is stored in
-    every checkpoint, e.g. how to rebuild the model. ``progress``: a tqdm bar on an interactive terminal, else a
-    printed line every ``log_every`` steps; with False, only the line per epoch. Losses reach the host only every
-    ``log_every`` steps and at the end of each epoch.
+    model: Layer
+    train: Iterable
+    val: Iterable | None
+    optimizer: Any
+    schedule: Any
+    config: TrainConfig
+    history: History = field(default_factory=History)
+    epoch: int = 0  # the last finished epoch
+    steps: int = 0  # optimiser steps, all epochs
+    best: float | None = None
+    bad_epochs: int = 0
 
-    Raises :class:`TrainingDiverged` (its ``history`` holds the good epochs) when the loss becomes NaN or
-    infinite; it is checked at those same points, and nothing is written for the diverged epoch.
-    """
-    epochs = _positive_int(epochs, "epochs")
-    if checkpoint_every is not None:
-        _positive_int(checkpoint_every, "checkpoint_every")
-    if early_stopping is not None:
-        _positive_int(early_stopping, "early_stopping")
-        if val is None:
-            raise ValueError("early_stopping needs a validation loader (val=...)")
-    if max_steps is not None:
-        _positive_int(max_steps, "max_steps")
-    _positive_int(log_every, "log_every")
-    if monitor not in MONITORS:
-        raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
-    if optimizer is None:
-        from cnnkit.optim import SGD
-        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    history, best, bad_epochs, total_steps, first_epoch = History(), None, 0, 0, 1
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state["best"] is not None and state["monitor"] != monitor:
-            raise ValueError(f"{resume} was written with monitor={state['monitor']!r}; resume with the same")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule is not None:
+    def resume(self, path: str | Path) -> None:
+        """Load the model, optimiser, schedule, randomness and early-stopping state of checkpoint ``path``."""
+        state = load_checkpoint(path)
+        if state["best"] is not None and state["monitor"] != self.config.monitor:
+            raise ValueError(f"{path} was written with monitor={state['monitor']!r}; resume with the same")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
             if state["schedule"] is None:
-                raise ValueError(f"{resume}: the checkpoint has no schedule state but a schedule was given")
-            schedule.load_state_dict(state["schedule"])
-        _restore_random_state(model, train, state["random"])
-        history = History.from_dict(state["history"])
-        history.stopped = None
-        best, bad_epochs, total_steps = state["best"], state["bad_epochs"], state["steps"]
-        first_epoch = state["epoch"] + 1
+                raise ValueError(f"{path}: the checkpoint has no schedule state but a schedule was given")
+            self.schedule.load_state_dict(state["schedule"])
+        _restore_random_state(self.model, self.train, state["random"])
+        self.history = History.from_dict(state["history"])
+        self.history.stopped = None
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.steps, self.epoch = state["steps"], state["epoch"]
 
-    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-    reporter = _Reporter(progress, epochs)
-    for epoch in range(first_epoch, epochs + 1):
-        steps_left = None if max_steps is None else max_steps - total_steps
-        if steps_left is not None and steps_left <= 0:
-            history.stopped = "max_steps"
-            break
-        lr = float(optimizer.lr)
+    def train_epoch(self, reporter: Reporter) -> dict[str, Any]:
+        """Train the next epoch; its history record, without the validation metrics yet."""
+        epoch, config = self.epoch + 1, self.config
+        steps_left = None if config.max_steps is None else config.max_steps - self.steps
+        lr = float(self.optimizer.lr)
         try:
-            stats, steps = _train_epoch(model, train, optimizer, loss, reporter, epoch, steps_left, log_every)
+            stats, steps = _train_epoch(self.model, self.train, self.optimizer, config.loss, reporter, epoch,
+                                        steps_left, config.log_every)
         except TrainingDiverged as exc:
-            history.stopped = "diverged"
-            exc.history = history
+            self.history.stopped = "diverged"
+            exc.history = self.history
             raise
         finally:
             reporter.close()
-        total_steps += steps
-        record = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": None,
-                  "val_acc": None, "lr": lr, "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
-        if val is not None:
-            result = evaluate(model, val, loss)
+        self.steps += steps
+        return {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": None,
+                "val_acc": None, "lr": lr, "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+
+    def evaluate(self, record: dict[str, Any]) -> None:
+        """Fill ``record``'s validation metrics (when there is a validation loader)."""
+        if self.val is not None:
+            result = evaluate(self.model, self.val, self.config.loss)
             record["val_loss"], record["val_acc"] = result["loss"], result["accuracy"]
-        history.epochs.append(record)
-        if schedule is not None:
-            schedule.step()
-        improved = val is not None and _improved(record[monitor], best, monitor)
+
+    def finish_epoch(self, record: dict[str, Any]) -> bool:
+        """Record the epoch, step the schedule, update the early-stopping state and decide whether to stop;
+        True when the monitored metric improved."""
+        config, epoch = self.config, record["epoch"]
+        self.history.epochs.append(record)
+        self.epoch = epoch
+        if self.schedule is not None:
+            self.schedule.step()
+        improved = self.val is not None and _improved(record[config.monitor], self.best, config.monitor)
         if improved:
-            best, bad_epochs = record[monitor], 0
-        elif val is not None:
-            bad_epochs += 1
-        if max_steps is not None and total_steps >= max_steps and epoch < epochs:
-            history.stopped = "max_steps"
-        elif early_stopping is not None and bad_epochs >= early_stopping and epoch < epochs:
-            history.stopped = "early_stopping"
-        if ckdir is not None:
-            state = {"epoch": epoch, "steps": total_steps, "best": best, "bad_epochs": bad_epochs,
-                     "monitor": monitor, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": None if schedule is None else schedule.state_dict(),
-                     "random": _random_state(model, train), "history": history.to_dict(), "metadata": metadata}
-            save_checkpoint(ckdir / "last.npz", state)
+            self.best, self.bad_epochs = record[config.monitor], 0
+        elif self.val is not None:
+            self.bad_epochs += 1
+        if config.max_steps is not None and self.steps >= config.max_steps and epoch < config.epochs:
+            self.history.stopped = "max_steps"
+        elif config.early_stopping is not None and self.bad_epochs >= config.early_stopping and epoch < config.epochs:
+            self.history.stopped = "early_stopping"
+        return improved
+
+    def save(self, improved: bool) -> None:
+        """Write the checkpoints and history files the config asks for."""
+        config = self.config
+        if config.checkpoint_dir is not None:
+            directory, state = Path(config.checkpoint_dir), self.checkpoint_state()
+            save_checkpoint(directory / "last.npz", state)
             if improved:
-                save_checkpoint(ckdir / "best.npz", state)
-            if checkpoint_every is not None and epoch % checkpoint_every == 0:
-                save_checkpoint(ckdir / f"epoch-{epoch:03d}.npz", state)
-            history.save(ckdir / "history")
-        if history_path is not None:
-            history.save(history_path)
-        reporter.end(record)
-        if history.stopped is not None:
+                save_checkpoint(directory / "best.npz", state)
+            if config.checkpoint_every is not None and self.epoch % config.checkpoint_every == 0:
+                save_checkpoint(directory / f"epoch-{self.epoch:03d}.npz", state)
+            self.history.save(directory / "history")
+        if config.history_path is not None:
+            self.history.save(config.history_path)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything :meth:`resume` needs to continue this run exactly."""
+        return {"epoch": self.epoch, "steps": self.steps, "best": self.best, "bad_epochs": self.bad_epochs,
+                "monitor": self.config.monitor, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": None if self.schedule is None else self.schedule.state_dict(),
+                "random": _random_state(self.model, self.train), "history": self.history.to_dict(),
+                "metadata": self.config.metadata}
+
+
+def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int | None = None,
+        optimizer: Any = None, schedule: Any = None, *, config: TrainConfig | None = None,
+        **options: Any) -> History:
+    """Train ``model`` on the batches of ``train``; returns the :class:`History`.
+
+    The options are a :class:`TrainConfig`, given as ``config=`` or as its field names (``epochs=3,
+    checkpoint_dir=...``); keywords given with ``config`` override its fields. ``val``: a loader evaluated after
+    every epoch. ``optimizer`` defaults to SGD(lr=0.01, momentum=0.9); ``schedule`` (StepLR, MultiStepLR,
+    CosineLR) steps once per epoch.
+
+    Raises :class:`TrainingDiverged` (its ``history`` holds the good epochs) when the loss becomes NaN or
+    infinite; nothing is written for the diverged epoch.
+    """
+    config = _config(config, epochs, options)
+    if config.early_stopping is not None and val is None:
+        raise ValueError("early_stopping needs a validation loader (val=...)")
+    if optimizer is None:
+        from cnnkit.optim import SGD
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    run = _Run(model, train, val, optimizer, schedule, config)
+    if config.resume is not None:
+        run.resume(config.resume)
+    if config.checkpoint_dir is not None:
+        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(config.progress, config.epochs)
+    while run.epoch < config.epochs and run.history.stopped is None:
+        if config.max_steps is not None and run.steps >= config.max_steps:
+            run.history.stopped = "max_steps"
             break
-    return history
+        record = run.train_epoch(reporter)
+        run.evaluate(record)
+        improved = run.finish_epoch(record)
+        run.save(improved)
+        reporter.end(record)
+    return run.history
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _config(config: TrainConfig | None, epochs: int | None, options: dict[str, Any]) -> TrainConfig:
+    """``config`` (default: TrainConfig()) with ``epochs`` and the keyword ``options`` of :func:`fit` applied."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"the options are the fields of TrainConfig: {', '.join(sorted(_OPTIONS))}")
+    if epochs is not None:
+        options["epochs"] = epochs
+    return dataclasses.replace(config or TrainConfig(), **options)
 
 
 # ------------------------------------------------------------------------------------------------ transfer learning

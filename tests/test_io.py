@@ -119,6 +119,34 @@ def test_atomic_write_new_file_and_failure_without_previous(tmp_path):
             pass
 
 
+# ----------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_keeps_types(tmp_path):
+    state = {"a": np.arange(6.0).reshape(2, 3), "n": 3, "f": 0.25, "s": "x", "none": None, "t": (1, 2),
+             "g": np.float32(0.5), "nested": {"list": [np.ones(2, np.float32), None, 1]}}
+    assert io.save_checkpoint(tmp_path / "c.npz", state) == tmp_path / "c.npz"
+    back = io.load_checkpoint(tmp_path / "c.npz")
+    assert back["n"] == 3 and back["f"] == 0.25 and back["s"] == "x" and back["none"] is None
+    assert back["t"] == [1, 2] and back["g"] == 0.5 and type(back["g"]) is float
+    np.testing.assert_array_equal(back["a"], state["a"])
+    assert back["nested"]["list"][0].dtype == np.float32 and back["nested"]["list"][1:] == [None, 1]
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as npz:  # the structure is JSON, no pickle anywhere
+        assert sorted(npz.files) == ["__meta__", "a0", "a1"]
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.load_checkpoint(tmp_path / "missing.npz")
+    np.savez(tmp_path / "weights.npz", w=np.ones(2))
+    with pytest.raises(ValueError, match="not a cnnkit checkpoint"):
+        io.load_checkpoint(tmp_path / "weights.npz")
+    np.savez(tmp_path / "future.npz", __meta__=np.array('{"format": "cnnkit-checkpoint-99", "state": {}}'))
+    with pytest.raises(ValueError, match="format 'cnnkit-checkpoint-99', expected 'cnnkit-checkpoint-1'"):
+        io.load_checkpoint(tmp_path / "future.npz")
+    with pytest.raises(TypeError, match="cannot store a set"):
+        io.save_checkpoint(tmp_path / "bad.npz", {"s": {1, 2}})
+    assert not (tmp_path / "bad.npz").exists()
+
+
 # ----------------------------------------------------------------------------------------------- PyTorch
 @pytest.mark.parametrize("name,torch_model,input_shape", [
     ("lenet5", torch_lenet5, (1, 32, 32)),

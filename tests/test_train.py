@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from cnnkit import data, models, nn, optim, train
+from cnnkit import data, io, models, nn, optim, train
+from cnnkit import history as history_module
 from cnnkit.data import DataLoader, Dataset
 
 
@@ -145,22 +146,10 @@ def test_resume_past_the_last_epoch_trains_nothing(tmp_path):
         train.fit(model, tl, vl, 3, opt, schedule, resume=tmp_path / "last.npz", monitor="val_acc")
 
 
-def test_checkpoint_round_trip_keeps_types(tmp_path):
-    state = {"a": np.arange(6.0).reshape(2, 3), "n": 3, "f": 0.25, "s": "x", "none": None,
-             "nested": {"list": [np.ones(2, np.float32), None, 1]}}
-    train.save_checkpoint(tmp_path / "c.npz", state)
-    back = train.load_checkpoint(tmp_path / "c.npz")
-    assert back["n"] == 3 and back["f"] == 0.25 and back["s"] == "x" and back["none"] is None
-    np.testing.assert_array_equal(back["a"], state["a"])
-    assert back["nested"]["list"][0].dtype == np.float32 and back["nested"]["list"][1:] == [None, 1]
-
-
-def test_load_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        train.load_checkpoint(tmp_path / "missing.npz")
-    np.savez(tmp_path / "weights.npz", w=np.ones(2))
-    with pytest.raises(ValueError, match="not a cnnkit checkpoint"):
-        train.load_checkpoint(tmp_path / "weights.npz")
+def test_checkpoint_functions_live_in_io_and_stay_reachable_here():
+    assert train.save_checkpoint is io.save_checkpoint and train.load_checkpoint is io.load_checkpoint
+    assert train.CHECKPOINT_FORMAT == io.CHECKPOINT_FORMAT
+    assert train.History is history_module.History and train.COLUMNS == history_module.COLUMNS
 
 
 def test_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
@@ -271,6 +260,34 @@ def test_fit_rejects_bad_arguments():
         train.fit(model, tl, max_steps=-1)
     with pytest.raises(ValueError, match="no batches"):
         train.fit(model, loader(separable(4), batch=8, drop_last=True), progress=False)
+
+
+def test_fit_takes_a_train_config_or_its_fields_as_keywords(tmp_path):
+    def run(**how):
+        model = tiny_model()
+        history = train.fit(model, loader(separable()), loader(separable(16, 1), shuffle=False),
+                            optimizer=optim.SGD(model, lr=0.1), **how)
+        return weights(model), [{k: r[k] for k in ("train_loss", "val_acc", "lr")} for r in history]
+
+    config = train.TrainConfig(epochs=2, monitor="val_acc", progress=False, checkpoint_dir=tmp_path / "a")
+    by_keywords = run(epochs=2, monitor="val_acc", progress=False, checkpoint_dir=tmp_path / "b")
+    by_config = run(config=config)
+    assert by_config[1] == by_keywords[1]
+    assert all(np.array_equal(by_config[0][k], by_keywords[0][k]) for k in by_keywords[0])
+    overridden = run(config=config, epochs=1)  # a keyword given with config overrides that field
+    assert len(overridden[1]) == 1 and config.epochs == 2
+    assert io.load_checkpoint(tmp_path / "a" / "last.npz")["monitor"] == "val_acc"
+
+
+def test_train_config_checks_its_fields_and_fit_its_keywords():
+    with pytest.raises(ValueError, match="log_every must be a positive int"):
+        train.TrainConfig(log_every=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train.TrainConfig(checkpoint_every=True)
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        train.TrainConfig(monitor="loss")
+    with pytest.raises(TypeError, match="unexpected keyword argument.*checkpoint_evry.*checkpoint_every"):
+        train.fit(tiny_model(), loader(separable()), checkpoint_evry=2)
 
 
 def _lenet5_loaders(train_set: Dataset, test_set: Dataset, batch: int):
