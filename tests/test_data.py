@@ -459,3 +459,31 @@ def test_bundled_sample_matches_the_installed_fashion_mnist():
     keep = np.sort(np.concatenate([np.flatnonzero(full.labels == c)[:100] for c in range(10)]))
     np.testing.assert_array_equal(sample.images, full.images[keep])
     np.testing.assert_array_equal(sample.labels, full.labels[keep])
+
+
+# ---------------------------------------------------------------- the standard input pipeline
+
+def test_channel_stats_are_per_channel_and_never_zero():
+    images = np.zeros((4, 3, 2, 2), np.uint8)
+    images[:, 0] = 255
+    images[:2, 1] = 51
+    mean, std = ckdata.channel_stats(ckdata.Dataset(images, np.zeros(4, np.int64), ["a"], "rgb"))
+    assert mean == pytest.approx([1.0, 0.1, 0.0]) and std == pytest.approx([1.0, 0.1, 1.0])  # constant: std 1
+
+
+def test_prepare_pads_augments_and_normalises_for_the_model_input():
+    gray = ckdata.Dataset(np.full((2, 1, 28, 28), 255, np.uint8), np.zeros(2, np.int64), ["a"], "gray")
+    batch = gray.images.astype(np.float32) / 255
+    plain = ckdata.prepare(gray, (1, 32, 32), [0.5], [0.25])
+    out = plain(batch, np.random.default_rng(0))
+    assert out.shape == (2, 1, 32, 32) and out.dtype == np.float32
+    assert out[0, 0, 0, 0] == -2.0 and out[0, 0, 16, 16] == 2.0  # black border, then standardised
+    assert len(plain.transforms) == 2
+    assert len(ckdata.prepare(gray, (1, 32, 32), 0.5, 0.25, augment=True).transforms) == 3  # + random shifts
+    rgb = ckdata.Dataset(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int64), ["a"], "rgb")
+    assert len(ckdata.prepare(rgb, (3, 32, 32), 0, 1).transforms) == 1  # already the model's size
+    assert len(ckdata.prepare(rgb, (3, 32, 32), 0, 1, augment=True).transforms) == 3  # shifts and mirroring
+    with pytest.raises(ValueError, match="takes 3-channel images but dataset 'gray' has 1"):
+        ckdata.prepare(gray, (3, 32, 32), 0, 1)
+    with pytest.raises(ValueError, match="takes 24x24 images but dataset 'gray' has larger 28x28"):
+        ckdata.prepare(gray, (1, 24, 24), 0, 1)
