@@ -71,7 +71,7 @@ def test_every_benchmark_class_is_collected():
     names = {c.values[0].__name__ for c in _cases()}
     assert names == {"Conv2dForward", "Conv2dBackward", "MaxPool2dForward", "MaxPool2dBackward",
                      "AvgPool2dForward", "AvgPool2dBackward", "BatchNormForward", "BatchNormBackward",
-                     "Inference", "TrainingStep", "TrainingMemory"}
+                     "OpExample", "Inference", "TrainingStep", "TrainingMemory"}
 
 
 def test_unavailable_backends_and_oversized_cpu_runs_are_skipped_not_failed():

@@ -1,5 +1,6 @@
 """Per-op kernel timings: conv2d forward and backward for every distinct conv of LeNet-5 and ResNet-20, max and
-average pooling at LeNet-5's pooling shapes, batch norm (training) at ResNet-20's shapes.
+average pooling at LeNet-5's pooling shapes, batch norm (training) at ResNet-20's shapes, and every op of the
+contract on its spec's example call.
 
 Each op runs on a batch of ``OP_BATCH`` images, parametrised over backend x shape. The shape lists are written
 out (not derived at import) so result keys stay stable across commits; tests/test_bench.py checks that they
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from cnnkit import functional as F
+from cnnkit.backends import OPS
 
 from . import BACKENDS, backend_or_skip, random
 
@@ -186,3 +188,23 @@ class BatchNormBackward(_BatchNorm):
 
     def time_batch_norm_backward(self, backend: str, shape: str) -> None:
         self.timed()
+
+
+class OpExample:
+    """Every op of the contract, called as its spec's example (cnnkit.backends.OPS): small inputs, so this
+    times per-call overhead and shows an op a backend makes slow; the classes above time the models' shapes."""
+
+    param_names = ("backend", "op")
+    params = (list(BACKENDS), list(OPS))
+
+    def setup(self, backend: str, op: str) -> None:
+        self.be = backend_or_skip(backend)
+        seeds = iter(range(1 << 30))
+        args, kwargs = OPS[op].example(self.be.ops, lambda *shape: random(self.be, shape, next(seeds)))
+        self.call = lambda: getattr(self.be.ops, op)(*args, **kwargs)
+        self.call()
+        self.be.synchronize()
+
+    def time_op(self, backend: str, op: str) -> None:
+        self.call()
+        self.be.synchronize()
