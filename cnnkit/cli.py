@@ -15,12 +15,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Sequence
 
 import cnnkit
 from cnnkit.backends import BACKEND_NAMES, INSTALL_HINTS
+
+if TYPE_CHECKING:
+    from cnnkit.train import TrainConfig
 
 DEMO_DATASET = "fashion-mnist-sample"
 DEMO_EPOCHS = 10
@@ -74,33 +75,6 @@ def _default_backend() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ data and models
-def _prepare(model: Any, dataset: Any, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> Any:
-    """The batch transform that turns ``dataset``'s images into the model's input: pad to the model's size if
-    smaller, optional augmentation (random shifts; mirror images for colour datasets), then normalise."""
-    from cnnkit import data
-
-    c, h, w = dataset.images.shape[1:]
-    mc, mh, mw = model.input_shape
-    if c != mc:
-        raise ValueError(f"the model takes {mc}-channel images but dataset {dataset.name!r} has {c} channels")
-    if h > mh or w > mw:
-        raise ValueError(f"the model takes {mh}x{mw} images but dataset {dataset.name!r} has larger {h}x{w} ones")
-    steps = [data.pad((mh, mw))] if (h, w) != (mh, mw) else []
-    if augment:
-        steps.append(data.random_crop(padding=max(2, mh // 8)))
-        if c == 3:
-            steps.append(data.random_hflip())
-    steps.append(data.normalize(mean, std))
-    return data.Compose(steps)
-
-
-def _channel_stats(dataset: Any) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of the images scaled to [0, 1] (the normalisation constants)."""
-    x = dataset.images.astype(np.float64) / 255.0
-    std = x.std(axis=(0, 2, 3))
-    return x.mean(axis=(0, 2, 3)).tolist(), np.where(std > 0, std, 1.0).tolist()
-
-
 def _load(name: str, split: str, root: str | None) -> Any:
     """``cnnkit.data.load``, with a direct error for a --data-root that does not exist."""
     from cnnkit import data
@@ -178,22 +152,32 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainConfig:
+    """The :class:`cnnkit.train.TrainConfig` of ``cnnkit train``: the best checkpoint by validation accuracy."""
+    from cnnkit.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, checkpoint_dir=args.out, early_stopping=args.early_stopping,
+                       monitor="val_acc", resume=args.resume, progress=not args.no_progress,
+                       max_steps=args.max_steps, metadata=metadata)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a named model on a named dataset; checkpoints and history go to --out."""
-    from cnnkit import data, nn, optim, train
+    from cnnkit import data, io, nn, optim, train
 
     nn.init.manual_seed(args.seed)
     train_set = _load(args.dataset, "train", args.data_root)
     test_set = _load(args.dataset, "test", args.data_root)
     model = _model(args.model, len(train_set.classes), args.backend, args.dtype)
-    mean, std = _channel_stats(train_set)
+    mean, std = data.channel_stats(train_set)
     val_set = None
     if args.val_fraction > 0:
         train_set, val_set = data.split(train_set, (1 - args.val_fraction, args.val_fraction), seed=args.seed)
     loaders = {"backend": args.backend, "dtype": args.dtype}
     train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, drop_last=False,
-                                   transform=_prepare(model, train_set, mean, std, args.augment), **loaders)
-    plain = _prepare(model, train_set, mean, std)
+                                   transform=data.prepare(train_set, model.input_shape, mean, std, args.augment),
+                                   **loaders)
+    plain = data.prepare(train_set, model.input_shape, mean, std)
     val_loader = None if val_set is None else data.DataLoader(val_set, args.eval_batch_size, transform=plain,
                                                               **loaders)
     test_loader = data.DataLoader(test_set, args.eval_batch_size, transform=plain, **loaders)
@@ -207,14 +191,12 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{len(train_set)} train, {0 if val_set is None else len(val_set)} val, {len(test_set)} test images; "
           f"backend {args.backend}, {args.dtype}")
     started = time.perf_counter()
-    history = train.fit(model, train_loader, val_loader, args.epochs, optimizer, schedule,
-                        checkpoint_dir=args.out, early_stopping=args.early_stopping,
-                        monitor="val_acc", resume=args.resume, progress=not args.no_progress,
-                        max_steps=args.max_steps, metadata=metadata)
+    history = train.fit(model, train_loader, val_loader, optimizer=optimizer, schedule=schedule,
+                        config=_train_config(args, metadata))
     elapsed = time.perf_counter() - started
     best = None if args.out is None else Path(args.out) / "best.npz"
     if best is not None and best.is_file():
-        model.load_state_dict(train.load_checkpoint(best)["model"])
+        model.load_state_dict(io.load_checkpoint(best)["model"])
         print(f"best checkpoint (val accuracy {max(history.column('val_acc')):.4f}): {best}")
     result = train.evaluate(model, test_loader)
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} ({result['n']} images); "
@@ -238,9 +220,9 @@ def _write_plots(model: Any, history: Any, loader: Any, dataset: Any, out: Path)
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint written by ``cnnkit train`` on a dataset split."""
-    from cnnkit import data, plots, train
+    from cnnkit import data, io, plots, train
 
-    state = train.load_checkpoint(args.checkpoint)
+    state = io.load_checkpoint(args.checkpoint)
     meta = state.get("metadata")
     if not meta or "model" not in meta:
         raise ValueError(f"{args.checkpoint} has no model metadata (was it written by 'cnnkit train'?)")
@@ -252,8 +234,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(dataset.classes) != meta["num_classes"]:
         raise ValueError(f"dataset {dataset.name!r} has {len(dataset.classes)} classes, the checkpoint's model "
                          f"{meta['num_classes']}")
-    loader = data.DataLoader(dataset, args.batch_size, transform=_prepare(model, dataset, meta["mean"], meta["std"]),
-                             backend=backend, dtype=dtype)
+    loader = data.DataLoader(dataset, args.batch_size, backend=backend, dtype=dtype,
+                             transform=data.prepare(dataset, model.input_shape, meta["mean"], meta["std"]))
     result = train.evaluate(model, loader)
     print(f"{meta['model']} (epoch {state['epoch']}) on {dataset.name} {args.split}: loss {result['loss']:.4f}, "
           f"accuracy {result['accuracy']:.4f} ({result['n']} images)")
@@ -271,8 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     nn.init.manual_seed(args.seed)
     train_set, test_set = data.load(DEMO_DATASET, "train"), data.load(DEMO_DATASET, "test")
     model = _model("lenet5", len(train_set.classes), backend, "float32")
-    mean, std = _channel_stats(train_set)
-    transform = _prepare(model, train_set, mean, std)
+    transform = data.prepare(train_set, model.input_shape, *data.channel_stats(train_set))
     train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=transform,
                                    backend=backend)
     test_loader = data.DataLoader(test_set, 500, transform=transform, backend=backend)
@@ -282,8 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"28x28 padded to 32x32), backend {backend}, {args.epochs} epoch(s) of batch {args.batch_size}, "
           f"SGD momentum 0.9, cosine learning rate from {args.lr}")
     started = time.perf_counter()
-    history = train.fit(model, train_loader, test_loader, args.epochs, optimizer, schedule,
-                        progress=not args.no_progress, max_steps=args.steps)
+    config = train.TrainConfig(epochs=args.epochs, progress=not args.no_progress, max_steps=args.steps)
+    history = train.fit(model, train_loader, test_loader, optimizer=optimizer, schedule=schedule, config=config)
     elapsed = time.perf_counter() - started
     print(f"final test accuracy {history[-1]['val_acc']:.1%} on {len(test_set)} images; total time {elapsed:.1f} s "
           f"({backend} backend)")
@@ -316,32 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--receptive-field", action="store_true", help="also print each layer's receptive field")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("train", help="train a model on a dataset", description=cmd_train.__doc__)
-    p.add_argument("model", choices=models.names(), metavar="MODEL", help=f"one of: {', '.join(models.names())}")
-    _data_options(p, required=True)
-    _backend_options(p, default="numpy")
-    p.add_argument("--epochs", type=_positive(int), default=10, help="epochs (default 10)")
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="training batch size (default 64)")
-    p.add_argument("--eval-batch-size", type=_positive(int), default=500, help="evaluation batch size (default 500)")
-    p.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default 0.05)")
-    p.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="none",
-                   help="learning-rate schedule: step (x0.1 every epochs/3) or cosine (default none)")
-    p.add_argument("--augment", action="store_true", help="random shifts (and mirroring for colour images)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.1,
-                   help="fraction of the train split held out for validation and best-checkpoint choice "
-                        "(default 0.1; 0 for none)")
-    p.add_argument("--early-stopping", type=_positive(int), metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a better validation accuracy")
-    p.add_argument("--out", metavar="DIR", help="write checkpoints (last.npz, best.npz) and history.csv/json here")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. DIR/last.npz)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and the val split (default 0)")
-    p.add_argument("--max-steps", type=_positive(int), help="stop after this many optimiser steps in total")
-    p.add_argument("--plots", action="store_true", help="write learning curves, confusion matrix and filters to --out")
-    p.add_argument("--no-progress", action="store_true", help="one line per epoch instead of a progress bar")
-    p.set_defaults(func=cmd_train)
+    _train_arguments(sub.add_parser("train", help="train a model on a dataset", description=cmd_train.__doc__))
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", description=cmd_eval.__doc__)
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by 'cnnkit train' (DIR/best.npz)")
@@ -368,6 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``cnnkit train`` (the fields of its TrainConfig, the optimiser and the data)."""
+    from cnnkit import models
+
+    p.add_argument("model", choices=models.names(), metavar="MODEL", help=f"one of: {', '.join(models.names())}")
+    _data_options(p, required=True)
+    _backend_options(p, default="numpy")
+    p.add_argument("--epochs", type=_positive(int), default=10, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="training batch size (default 64)")
+    p.add_argument("--eval-batch-size", type=_positive(int), default=500, help="evaluation batch size (default 500)")
+    p.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay (default 0)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="none",
+                   help="learning-rate schedule: step (x0.1 every epochs/3) or cosine (default none)")
+    p.add_argument("--augment", action="store_true", help="random shifts (and mirroring for colour images)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1,
+                   help="fraction of the train split held out for validation and best-checkpoint choice "
+                        "(default 0.1; 0 for none)")
+    p.add_argument("--early-stopping", type=_positive(int), metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation accuracy")
+    p.add_argument("--out", metavar="DIR", help="write checkpoints (last.npz, best.npz) and history.csv/json here")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. DIR/last.npz)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and the val split (default 0)")
+    p.add_argument("--max-steps", type=_positive(int), help="stop after this many optimiser steps in total")
+    p.add_argument("--plots", action="store_true", help="write learning curves, confusion matrix and filters to --out")
+    p.add_argument("--no-progress", action="store_true", help="one line per epoch instead of a progress bar")
+    p.set_defaults(func=cmd_train)
 
 
 def _data_options(p: argparse.ArgumentParser, required: bool) -> None:

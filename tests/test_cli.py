@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit import cli, train
+from cnnkit import cli, io
 from cnnkit.data import write_idx
 
 
@@ -67,7 +67,7 @@ def test_train_then_eval_the_checkpoint(digits, tmp_path):
     assert re.search(r"epoch 2/2: train loss [\d.]+ acc", result.stdout)
     trained = re.search(r"test: loss ([\d.]+), accuracy ([\d.]+) \(20 images\)", result.stdout)
     assert trained, result.stdout
-    state = train.load_checkpoint(out / "last.npz")
+    state = io.load_checkpoint(out / "last.npz")
     assert state["epoch"] == 2 and state["steps"] == 9 and state["metadata"]["model"] == "lenet5"
     assert (out / "best.npz").is_file() and (out / "history.csv").is_file()
 
@@ -138,7 +138,7 @@ def test_usage_errors_in_process(capsys, argv, pattern):
 
 def test_eval_errors(capsys, tmp_path):
     assert_one_line_error(main_in_process(capsys, "eval", str(tmp_path / "none.npz")), 1, "does not exist")
-    train.save_checkpoint(tmp_path / "bare.npz", {"model": {}, "metadata": None})
+    io.save_checkpoint(tmp_path / "bare.npz", {"model": {}, "metadata": None})
     assert_one_line_error(main_in_process(capsys, "eval", str(tmp_path / "bare.npz")), 1, "no model metadata")
 
 
