@@ -1,5 +1,5 @@
 """Head-to-head benchmark of cnnkit's backends against PyTorch: ``python3 bench/compare.py ...`` is
-``cnnkit bench ...`` (see ``--help``; the engine is :mod:`cnnkit.benchmark`)."""
+``cnnkit bench ...`` (see ``--help``; the engine is :mod:`cnnkit.bench`)."""
 from __future__ import annotations
 
 import sys

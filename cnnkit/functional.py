@@ -6,6 +6,8 @@ gradients. Layers (:mod:`cnnkit.nn`) are thin stateful wrappers around these.
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -128,11 +130,14 @@ def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair =
 
 
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,
-                    dilation: IntPair = 1, groups: int = 1, need_dx: bool = True, need_bias: bool = True,
-                    need_weight: bool = True, *,
-                    backend: str | Backend | None = None) -> tuple[Array | None, Array | None, Array | None]:
+                    dilation: IntPair = 1, groups: int = 1, need_dx: bool = True, need_db: bool = True,
+                    need_dw: bool = True, *, backend: str | Backend | None = None, need_bias: bool | None = None,
+                    need_weight: bool | None = None) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients (dx, dweight, dbias) of conv2d, given dy of its pre-activation output; each is None (and not
-    computed) when its ``need_*`` flag is off."""
+    computed) when its ``need_*`` flag is off. ``need_bias`` / ``need_weight`` are the deprecated names of
+    ``need_db`` / ``need_dw``."""
+    need_db = _renamed(need_bias, "need_bias", need_db, "need_db")
+    need_dw = _renamed(need_weight, "need_weight", need_dw, "need_dw")
     be = _be(backend)
     x_, w_, _, geometry = _conv_args(be, x, weight, None, stride, padding, dilation, groups)
     check_array(be, dy, "dy", ndim=4)
@@ -140,7 +145,7 @@ def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, pad
     expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the conv output shape {expected}, got {tuple(dy.shape)}")
-    return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_bias, need_dw=need_weight)
+    return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_db, need_dw=need_dw)
 
 
 def conv2d_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: tuple[int, int],
@@ -476,9 +481,19 @@ def linear(x: Array, weight: Array, bias: Array | None = None, *,
     return y if bias is None else y + bias
 
 
-def linear_backward(dy: Array, x: Array, weight: Array, need_bias: bool = True) -> tuple[Array, Array, Array | None]:
-    """Gradients (dx, dweight, dbias) of linear."""
-    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_bias else None)
+def linear_backward(dy: Array, x: Array, weight: Array, need_db: bool = True, *,
+                    need_bias: bool | None = None) -> tuple[Array, Array, Array | None]:
+    """Gradients (dx, dweight, dbias) of linear (``need_bias`` is the deprecated name of ``need_db``)."""
+    need_db = _renamed(need_bias, "need_bias", need_db, "need_db")
+    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
+
+
+def _renamed(old_value: bool | None, old: str, value: bool, new: str) -> bool:
+    """``value``, or ``old_value`` given under the deprecated name ``old`` (with a DeprecationWarning)."""
+    if old_value is None:
+        return value
+    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *,

@@ -212,7 +212,7 @@ def test_empty_outputs_are_poisoned():
 
 
 def test_selected_like_every_backend_but_not_benchmarked():
-    from cnnkit.benchmark import select_backends
+    from cnnkit.bench import select_backends
 
     code = "import cnnkit as ck; print(ck.get_backend().name, ck.get_backend().device)"
     env = {**os.environ, "CNNKIT_BACKEND": "cudasim"}

@@ -320,3 +320,13 @@ def test_bad_logits():
         F.softmax_cross_entropy(np.zeros((3, 3, 1)), np.zeros(3, int), backend=BE)
     with pytest.raises(TypeError, match=r"logits must be float32 or float64"):
         F.softmax_cross_entropy(np.zeros((3, 3), int), np.zeros(3, int), backend=BE)
+
+
+def test_deprecated_gradient_flag_names_still_work_and_warn(xw):
+    x, w = xw
+    dy = np.ones(F.conv2d(x, w).shape, dtype=x.dtype)
+    with pytest.warns(DeprecationWarning, match="need_weight= is deprecated: use need_dw="):
+        dx, dw, db = F.conv2d_backward(dy, x, w, need_weight=False)
+    assert dw is None and dx is not None and db is not None
+    with pytest.warns(DeprecationWarning, match="need_bias= is deprecated: use need_db="):
+        assert F.linear_backward(np.ones((2, 3)), np.ones((2, 4)), np.ones((3, 4)), need_bias=False)[2] is None

@@ -68,7 +68,7 @@ def test_conv2d_gradients(case):
 
     y = forward()
     dy = r if case.activation is None else F.activation_backward(r, y, case.activation, backend=BE)
-    dx, dw, db = F.conv2d_backward(dy, x, w, need_bias=case.bias, **geometry)
+    dx, dw, db = F.conv2d_backward(dy, x, w, need_db=case.bias, **geometry)
     params, grads = {"x": x, "w": w}, {"x": dx, "w": dw}
     if case.bias:
         params["b"], grads["b"] = b, db
@@ -81,11 +81,11 @@ def test_conv2d_backward_skips_unneeded_gradients():
     rng = _rng("conv-need")
     x, w = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((2, 2, 3, 3))
     dy = rng.standard_normal((1, 2, 2, 2))
-    dx, dw, db = F.conv2d_backward(dy, x, w, need_dx=False, need_bias=False, backend=BE)
+    dx, dw, db = F.conv2d_backward(dy, x, w, need_dx=False, need_db=False, backend=BE)
     assert dx is None and db is None
     full = F.conv2d_backward(dy, x, w, backend=BE)
     np.testing.assert_array_equal(dw, full[1])
-    dx, dw, db = F.conv2d_backward(dy, x, w, need_weight=False, backend=BE)  # a frozen conv
+    dx, dw, db = F.conv2d_backward(dy, x, w, need_dw=False, backend=BE)  # a frozen conv
     assert dw is None
     np.testing.assert_array_equal(dx, full[0])
     np.testing.assert_array_equal(db, full[2])

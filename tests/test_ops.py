@@ -108,10 +108,10 @@ def test_conv2d(target, case):
     x, w, b, dy = case.inputs()
     with _quiet(case):
         y_ref = F.conv2d(x.ref, w.ref, b and b.ref, activation=case.activation, backend=REF, **case.kwargs)
-        refs = F.conv2d_backward(dy.ref, x.ref, w.ref, need_bias=case.bias, backend=REF, **case.kwargs)
+        refs = F.conv2d_backward(dy.ref, x.ref, w.ref, need_db=case.bias, backend=REF, **case.kwargs)
         xb, wb = target.put(x), target.put(w)
         y = F.conv2d(xb, wb, target.put(b), activation=case.activation, backend=target.be, **case.kwargs)
-        grads = F.conv2d_backward(target.put(dy), xb, wb, need_bias=case.bias, backend=target.be, **case.kwargs)
+        grads = F.conv2d_backward(target.put(dy), xb, wb, need_db=case.bias, backend=target.be, **case.kwargs)
     target.check(y, y_ref, "y")
     for what, got, ref in zip(("dx", "dw", "db"), grads, refs):
         if ref is None:
@@ -130,9 +130,9 @@ def test_conv2d_backward_computes_only_what_is_needed(target, case_id):
     x, w, _, dy = case.inputs()
     xb, wb, dyb = target.put(x), target.put(w), target.put(dy)
     full = [target.host(g, "full") for g in F.conv2d_backward(dyb, xb, wb, backend=target.be, **case.kwargs)]
-    for flags in (dict(need_dx=False, need_bias=False), dict(need_weight=False), dict(need_dx=False)):
+    for flags in (dict(need_dx=False, need_db=False), dict(need_dw=False), dict(need_dx=False)):
         got = F.conv2d_backward(dyb, xb, wb, backend=target.be, **case.kwargs, **flags)
-        for what, g, f, need in zip(("dx", "dw", "db"), got, full, ("need_dx", "need_weight", "need_bias")):
+        for what, g, f, need in zip(("dx", "dw", "db"), got, full, ("need_dx", "need_dw", "need_db")):
             if flags.get(need, True):
                 np.testing.assert_array_equal(target.host(g, what), f, err_msg=f"{what} with {flags}")
             else:

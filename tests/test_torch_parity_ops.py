@@ -92,7 +92,7 @@ def test_conv2d_matches_torch(case, dtype):
     with _quiet(case):
         y = F.conv2d(x.on(BE, dtype), w.on(BE, dtype), b and b.on(BE, dtype), activation=case.activation,
                      backend=BE, **case.kwargs)
-        dx, dw, db = F.conv2d_backward(r.on(BE, dtype), x.on(BE, dtype), w.on(BE, dtype), need_bias=case.bias,
+        dx, dw, db = F.conv2d_backward(r.on(BE, dtype), x.on(BE, dtype), w.on(BE, dtype), need_db=case.bias,
                                        backend=BE, **case.kwargs)
     _close(y, ty, dtype, "y")
     _close(dx, tx.grad, dtype, "dx")

@@ -4,7 +4,7 @@ LeNet-5, LeNet-1 and ResNet-20, over backend x batch size, plus the training ste
 ResNet-20 on a CPU backend runs at batch 1 and 64 only: at 256 one NumPy training step takes many seconds and
 asv repeats it, which would make a quick run take most of an hour. Those combinations are skipped in setup
 (NotImplementedError, reported "n/a"); ``cnnkit bench --models resnet20 --batch 256`` measures them once.
-The step itself is :func:`cnnkit.benchmark.make_step`, the same code ``cnnkit bench`` times.
+The step itself is :func:`cnnkit.bench.make_step`, the same code ``cnnkit bench`` times.
 """
 from __future__ import annotations
 

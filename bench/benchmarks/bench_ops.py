@@ -108,7 +108,7 @@ class Conv2dBackward(_Conv):
     """dx, dweight and (with bias) dbias, as a training step needs them."""
 
     def run(self) -> Any:
-        return F.conv2d_backward(self.dy, self.x, self.w, need_bias=self.b is not None, backend=self.be,
+        return F.conv2d_backward(self.dy, self.x, self.w, need_db=self.b is not None, backend=self.be,
                                  **self.geometry)
 
     def time_conv2d_backward(self, backend: str, shape: str) -> None:

@@ -103,12 +103,12 @@ class Conv2d(Layer):
 
     def backward(self, dy: Array) -> Array | None:
         """dy is the gradient of the pre-activation output (a fused activation's backward has already run).
-        Returns dx, or None when ``requires_input_grad`` is off (see Layer.skip_input_grad)."""
+        Returns dx, or None when ``requires_input_grad`` is off (see Layer.input_grad_skipped)."""
         x = init.saved(self, self._x)
-        need_bias = self.trainable and self.bias is not None
+        need_db = self.trainable and self.bias is not None
         dx, dw, db = F.conv2d_backward(dy, x, self.effective_weight(), self.stride, self.padding, self.dilation,
-                                       self.groups, need_dx=self.requires_input_grad, need_bias=need_bias,
-                                       need_weight=self.trainable, backend=self.backend)
+                                       self.groups, need_dx=self.requires_input_grad, need_db=need_db,
+                                       need_dw=self.trainable, backend=self.backend)
         if self.trainable:
             if self.flip_kernel:
                 dw = self.backend.xp.ascontiguousarray(dw[:, :, ::-1, ::-1])

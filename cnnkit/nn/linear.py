@@ -34,7 +34,7 @@ class Linear(Layer):
         x = init.saved(self, self._x)
         if not self.trainable:
             return dy @ self.weight.data
-        dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_bias=self.bias is not None)
+        dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_db=self.bias is not None)
         self.accumulate(self.weight, dw)
         if self.bias is not None:
             self.accumulate(self.bias, db)
