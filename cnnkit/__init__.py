@@ -20,7 +20,7 @@ from cnnkit.backend import (
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "models", "losses", "optim", "io", "analysis", "data", "train", "plots", "benchmark")
+_SUBMODULES = ("nn", "models", "losses", "optim", "io", "analysis", "data", "train", "plots", "bench")
 _FROM_ANALYSIS = ("summary", "receptive_field", "flops")
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name == "benchmark":  # benchmark: the deprecated alias of bench (it warns)
         return importlib.import_module(f"cnnkit.{name}")
     if name in _FROM_ANALYSIS:
         return getattr(importlib.import_module("cnnkit.analysis"), name)

@@ -1,4 +1,4 @@
-"""Every op's case grid, written once, and the one data helper (DESIGN.md, "Tests: tolerance conventions").
+"""Every op's case grid, written once, and the one data helper (tolerances in tests/tolerances.py).
 
 tests/test_ops.py runs every case below, forward and backward, on every backend against the NumPy float64
 reference; test_gradcheck_ops.py (finite differences), test_torch_parity_ops.py (PyTorch as the oracle),

@@ -27,7 +27,7 @@ def be(request):
 
 # ----------------------------------------------------------------------------------------------- convolution
 def _tiled(case) -> bool:
-    return cuda_conv.conv_path(case.x, case.w, case.groups) == "tiled"
+    return cuda_conv.conv_path(case.w, case.groups) == "tiled"
 
 
 def test_conv_grid_covers_both_paths_and_tiles():

@@ -1,5 +1,5 @@
 """One op suite for every backend: each case of tests/op_cases.py, forward and backward, on every backend against
-the NumPy float64 reference (DESIGN.md, "Tests: tolerance conventions").
+the NumPy float64 reference, with the tolerances of tests/tolerances.py.
 
 Backends (the ``target`` fixture): numpy float32, numba float32 and float64, cudasim float32 (marker ``cudasim``:
 ``pytest -m cudasim`` runs exactly that part) and cupy float32 (marker ``gpu``: CI deselects it with

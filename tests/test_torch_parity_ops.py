@@ -41,7 +41,7 @@ from cnnkit.backends import SCALED_TANH_A, SCALED_TANH_S
 
 BE = backend("numpy")
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
-torch.backends.cuda.matmul.allow_tf32 = False  # irrelevant on CPU, stated for the record (DESIGN.md)
+torch.backends.cuda.matmul.allow_tf32 = False  # irrelevant on CPU; TF32 is off whenever PyTorch is the reference
 torch.backends.cudnn.allow_tf32 = False
 
 

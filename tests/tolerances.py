@@ -1,4 +1,4 @@
-"""Every tolerance the test-suite uses, in one place (from ../shared/DESIGN.md, 'Tests: tolerance conventions').
+"""Every tolerance the test-suite uses, in one place (the project's tolerance conventions).
 
 A looser tolerance than these is written here, next to its reason, and nowhere else.
 """
@@ -23,7 +23,7 @@ RTOL_F64 = 1e-10
 # Central finite differences in float64: step and the relative error allowed.
 FD_EPS = 1e-6
 FD_RTOL = 1e-6
-# Whole-model parity with PyTorch in float32: max relative error (issue 2).
+# Whole-model parity with PyTorch in float32: max relative error.
 MODEL_REL_F32 = 1e-5
 
 
@@ -65,7 +65,7 @@ def split_nonfinite(actual, reference, what: str = "") -> tuple[np.ndarray, np.n
 
 
 def assert_close_f32(actual, reference, what: str = "") -> None:
-    """float32 result vs float64 reference, by DESIGN.md's conv/pool/bn rule (norm-relative and elementwise) on
+    """float32 result vs float64 reference, by the conv/pool/bn rule above (norm-relative and elementwise) on
     the finite elements; NaN and +-inf at exactly the reference's positions."""
     actual, reference = split_nonfinite(actual, reference, what)
     err = norm_rel_err(actual, reference)

@@ -35,7 +35,7 @@ MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
 
-def conv_path(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int) -> str:
+def conv_path(w_shape: tuple[int, ...], groups: int) -> str:
     """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM fills a
     16-row tile and reduces over at least two 16-deep slices, i.e. ``out_channels / groups >= 16`` and
     ``(in_channels / groups) * R * S >= 32`` (ResNet's 3x3 stages, LeNet-5's C3 and C5); otherwise
@@ -86,7 +86,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     n, k, oh, ow = geom[0], geom[4], geom[5], geom[6]
     y = xp.empty((n, k, oh, ow), dtype=np.float32)
     head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
-    if conv_path(x.shape, w.shape, groups) == "tiled":
+    if conv_path(w.shape, groups) == "tiled":
         tm = _tm(k // groups)
         grid = _gemm_grid(k // groups, n * oh * ow, tm, groups)
         launch("conv", f"conv2d_fwd_gemm_tm{tm}", grid, THREADS, *head, *i32(*geom))
@@ -102,7 +102,7 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
     """(dx, dw, db) of the pre-activation conv output's gradient dy; each is None when not needed."""
     dy, x, w = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(w, "w")
     geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    tiled = conv_path(x.shape, w.shape, groups) == "tiled"
+    tiled = conv_path(w.shape, groups) == "tiled"
     dx = _backward_data(dy, w, x.shape, geom, tiled) if need_dx else None
     dw = _backward_weight(dy, x, w.shape, geom, tiled) if need_dw else None
     db = channel_sums(dy) if need_db else None
