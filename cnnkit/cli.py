@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import cnnkit
 from cnnkit.backends import BACKEND_NAMES, INSTALL_HINTS
+from cnnkit.validate import argparse_type
 
 if TYPE_CHECKING:
     from cnnkit.train import TrainConfig
@@ -46,25 +47,12 @@ def _one_line(exc: BaseException) -> str:
     return out or type(exc).__name__
 
 
-def _checked(kind: type, accepts: Any, expected: str) -> Any:
-    """An argparse type: ``kind(text)`` that ``accepts``, else a usage error saying what was ``expected``."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not accepts(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
 def _positive(kind: type) -> Any:
-    return _checked(kind, lambda v: v > 0, f"a positive {kind.__name__}")
+    return argparse_type(kind, lambda v: v > 0, f"a positive {kind.__name__}")
 
 
-_non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
-_fraction = _checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_non_negative_float = argparse_type(float, lambda v: v >= 0, "a number >= 0")
+_fraction = argparse_type(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
 def _default_backend() -> str:

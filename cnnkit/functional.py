@@ -6,127 +6,45 @@ gradients. Layers (:mod:`cnnkit.nn`) are thin stateful wrappers around these.
 """
 from __future__ import annotations
 
-import warnings
-
 from typing import Any, Sequence
-
-import numpy as np
 
 from cnnkit.backend import backend as _resolve
 from cnnkit.backend import get_backend
-from cnnkit.backends import ACTIVATIONS, Backend, conv_output_size, pool_output_size
+from cnnkit.backends import Backend, conv_output_size, pool_output_size
+from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padding, pair: public here too)
+    FLOAT_DTYPES,
+    activation_name,
+    check_array,
+    check_dy,
+    check_labels,
+    check_like,
+    conv_padding,
+    deprecated_alias,
+    is_int,
+    lp_norm_type,
+    negative_slope_value,
+    number,
+    pair,
+    same_dtype,
+    shape4,
+)
 
 Array = Any
 IntPair = int | Sequence[int]
 
-_FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # cupy arrays carry numpy dtypes too
 
-
-# ----------------------------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------------------------- backend
 def _be(backend: str | Backend | None) -> Backend:
     return get_backend() if backend is None else _resolve(backend)
 
 
-def check_array(be: Backend, a: Array, name: str, ndim: int | None = None, floating: bool = True) -> None:
-    """Raise a clear error unless ``a`` is an array of backend ``be`` with the expected rank and dtype."""
-    if not be.is_native(a):
-        kind = f"{type(a).__module__}.{type(a).__name__}"
-        raise TypeError(
-            f"{name} is a {kind}, but the backend is {be.name!r}, which takes {be.array_type.__module__}."
-            f"{be.array_type.__name__}: convert it with cnnkit.backend.backend({be.name!r}).asarray({name}) "
-            f"or move the model with model.to(...)")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array, got shape {tuple(a.shape)}")
-    if floating and a.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
-
-
-def _same_dtype(x: Array, other: Array, name: str) -> None:
-    if other.dtype != x.dtype:
-        raise TypeError(f"{name} has dtype {other.dtype} but x has {x.dtype}; cast one of them")
-
-
-def check_like(be: Backend, a: Array, name: str, ref: Array, ref_name: str) -> None:
-    """``a`` must be an array of backend ``be`` with ``ref``'s shape and dtype."""
-    check_array(be, a, name)
-    if tuple(a.shape) != tuple(ref.shape):
-        raise ValueError(f"{name} must have the shape of {ref_name}, {tuple(ref.shape)}; got {tuple(a.shape)}")
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has {ref.dtype}; cast one of them")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of ints >= ``minimum``; a clear error otherwise."""
-    if _is_int(value):
-        items: tuple = (value, value)
-    elif isinstance(value, (tuple, list)):
-        items = tuple(value)
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if len(items) != 2 or not all(_is_int(v) for v in items):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in items):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(items[0]), int(items[1])
-
-
-def _shape4(shape: Sequence[int], name: str) -> tuple[int, int, int, int]:
-    if not isinstance(shape, (tuple, list)) or len(shape) != 4 or not all(_is_int(v) and v > 0 for v in shape):
-        raise ValueError(f"{name} must be an (N, C, H, W) tuple of positive ints, got {shape!r}")
-    return tuple(int(v) for v in shape)  # type: ignore[return-value]
-
-
-def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: tuple[int, int],
-                 stride: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Normalise conv ``padding`` (int, (h, w), (top, bottom, left, right), "valid" or "same") to 4 ints."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError("padding='same' needs stride=1 (as in PyTorch)")
-            out = []
-            for k, d in zip(kernel_hw, dilation):
-                total = d * (k - 1)
-                out += [total // 2, total - total // 2]
-            return tuple(out)  # type: ignore[return-value]
-        raise ValueError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same'; got {padding!r}")
-    if isinstance(padding, (tuple, list)) and len(padding) == 4:
-        if not all(_is_int(p) for p in padding):
-            raise TypeError(f"padding must be ints, got {padding!r}")
-        if any(p < 0 for p in padding):
-            raise ValueError(f"padding must be non-negative, got {padding!r}")
-        return tuple(int(p) for p in padding)  # type: ignore[return-value]
-    ph, pw = pair(padding, "padding", minimum=0)
-    return (ph, ph, pw, pw)
-
-
-def _activation(activation: str | None) -> str | None:
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
-    return activation
-
-
-# ----------------------------------------------------------------------------------------------- convolution
 def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair = 1,
            padding: IntPair | str = 0, dilation: IntPair = 1, groups: int = 1,
            activation: str | None = None, *, backend: str | Backend | None = None) -> Array:
     """2-D cross-correlation (PyTorch's conv2d), optionally fused with bias and an activation."""
     be = _be(backend)
     x_, w_, b_, geometry = _conv_args(be, x, weight, bias, stride, padding, dilation, groups)
-    return be.conv2d_forward(x_, w_, b_, *geometry, activation=_activation(activation))
+    return be.conv2d_forward(x_, w_, b_, *geometry, activation=activation_name(activation))
 
 
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,
@@ -136,12 +54,12 @@ def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, pad
     """Gradients (dx, dweight, dbias) of conv2d, given dy of its pre-activation output; each is None (and not
     computed) when its ``need_*`` flag is off. ``need_bias`` / ``need_weight`` are the deprecated names of
     ``need_db`` / ``need_dw``."""
-    need_db = _renamed(need_bias, "need_bias", need_db, "need_db")
-    need_dw = _renamed(need_weight, "need_weight", need_dw, "need_dw")
+    need_db = deprecated_alias(need_bias, "need_bias", need_db, "need_db")
+    need_dw = deprecated_alias(need_weight, "need_weight", need_dw, "need_dw")
     be = _be(backend)
     x_, w_, _, geometry = _conv_args(be, x, weight, None, stride, padding, dilation, groups)
     check_array(be, dy, "dy", ndim=4)
-    _same_dtype(x_, dy, "dy")
+    same_dtype(x_, dy, "dy")
     expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the conv output shape {expected}, got {tuple(dy.shape)}")
@@ -161,9 +79,9 @@ def conv2d_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: 
 def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
     check_array(be, x, "x", ndim=4)
     check_array(be, weight, "weight", ndim=4)
-    _same_dtype(x, weight, "weight")
+    same_dtype(x, weight, "weight")
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
-    if not _is_int(groups):
+    if not is_int(groups):
         raise TypeError(f"groups must be a positive int, got {groups!r}")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
@@ -185,18 +103,13 @@ def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
         raise ValueError("x must hold at least one sample (batch size >= 1)")
     if bias is not None:
         check_array(be, bias, "bias", ndim=1)
-        _same_dtype(x, bias, "bias")
+        same_dtype(x, bias, "bias")
         if bias.shape[0] != k:
             raise ValueError(f"bias must have shape ({k},), got {tuple(bias.shape)}")
     return x, weight, bias, (stride, pads, dilation, groups)
 
 
 # ----------------------------------------------------------------------------------------------- pooling
-def _check_dy(dy: Array, expected: tuple[int, ...]) -> None:
-    if tuple(dy.shape) != tuple(expected):
-        raise ValueError(f"dy must have the forward output's shape {tuple(expected)}, got {tuple(dy.shape)}")
-
-
 def _pool_args(be, x, kernel_size, stride, padding, dilation=1):
     check_array(be, x, "x", ndim=4)
     return _pool_geometry(x.shape, kernel_size, stride, padding, dilation)
@@ -242,7 +155,7 @@ def max_pool2d_backward(dy: Array, indices: Array, x_shape: Sequence[int], *,
         raise TypeError(f"indices must be the integer argmax array from max_pool2d, got dtype {indices.dtype}")
     if tuple(indices.shape) != tuple(dy.shape):
         raise ValueError(f"indices shape {tuple(indices.shape)} must equal dy shape {tuple(dy.shape)}")
-    x_shape = _shape4(x_shape, "x_shape")
+    x_shape = shape4(x_shape, "x_shape")
     if x_shape[:2] != tuple(dy.shape[:2]):
         raise ValueError(f"x_shape {x_shape} and dy {tuple(dy.shape)} must agree on batch and channels")
     return be.max_pool2d_backward(dy, indices, x_shape)
@@ -263,17 +176,10 @@ def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair,
     """Gradient of avg_pool2d."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
-    x_shape = _shape4(x_shape, "x_shape")
+    x_shape = shape4(x_shape, "x_shape")
     kernel, stride, padding, _ = _pool_geometry(x_shape, kernel_size, stride, padding)
-    _check_dy(dy, pool2d_output_shape(x_shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
+    check_dy(dy, pool2d_output_shape(x_shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
     return be.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
-
-
-def _norm_type(p: float) -> float:
-    p = _number(p, "norm_type (p)")
-    if not p > 0:
-        raise ValueError(f"norm_type (p) must be a positive number, got {p!r}")
-    return p
 
 
 def lp_pool2d(x: Array, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None,
@@ -281,7 +187,7 @@ def lp_pool2d(x: Array, norm_type: float, kernel_size: IntPair, stride: IntPair 
     """Power-average (Lp) pooling: (sum |x|^p)^(1/p) over each window; p=2 is L2 pooling."""
     be = _be(backend)
     kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
-    return be.lp_pool2d_forward(x, _norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
+    return be.lp_pool2d_forward(x, lp_norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
 
 
 def lp_pool2d_backward(dy: Array, x: Array, y: Array, norm_type: float, kernel_size: IntPair,
@@ -291,10 +197,10 @@ def lp_pool2d_backward(dy: Array, x: Array, y: Array, norm_type: float, kernel_s
     be = _be(backend)
     kernel, stride, padding, _ = _pool_args(be, x, kernel_size, stride, padding)
     check_array(be, dy, "dy", ndim=4)
-    _check_dy(dy, pool2d_output_shape(x.shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
+    check_dy(dy, pool2d_output_shape(x.shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
     check_like(be, y, "y", dy, "dy")
-    _same_dtype(x, dy, "dy")
-    return be.lp_pool2d_backward(dy, x, y, _norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
+    same_dtype(x, dy, "dy")
+    return be.lp_pool2d_backward(dy, x, y, lp_norm_type(norm_type), kernel, stride, padding, bool(ceil_mode))
 
 
 def feature_pool(x: Array, group_size: int, *, backend: str | Backend | None = None) -> Array:
@@ -326,9 +232,9 @@ def global_avg_pool2d_backward(dy: Array, x_shape: Sequence[int], *,
                                backend: str | Backend | None = None) -> Array:
     """Gradient of global_avg_pool2d: dy spread evenly over each map."""
     be = _be(backend)
-    x_shape = _shape4(x_shape, "x_shape")
+    x_shape = shape4(x_shape, "x_shape")
     check_array(be, dy, "dy", ndim=2)
-    _check_dy(dy, x_shape[:2])
+    check_dy(dy, x_shape[:2])
     h, w = x_shape[2], x_shape[3]
     return be.xp.broadcast_to((dy / (h * w))[:, :, None, None], tuple(x_shape)).copy()
 
@@ -339,9 +245,9 @@ def activation(x: Array, kind: str, negative_slope: float = 0.01, *,
     """Elementwise activation ``kind`` (relu, leaky_relu, sigmoid, tanh, scaled_tanh)."""
     be = _be(backend)
     check_array(be, x, "x")
-    if _activation(kind) is None:
+    if activation_name(kind) is None:
         raise ValueError("kind must name an activation, got None")
-    return be.activation_forward(x, kind, _slope(negative_slope))
+    return be.activation_forward(x, kind, negative_slope_value(negative_slope))
 
 
 def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 0.01, *,
@@ -350,16 +256,9 @@ def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 
     be = _be(backend)
     check_array(be, dy, "dy")
     check_like(be, y, "y", dy, "dy")
-    if _activation(kind) is None:
+    if activation_name(kind) is None:
         raise ValueError("kind must name an activation, got None")
-    return be.activation_backward(dy, y, kind, _slope(negative_slope))
-
-
-def _slope(negative_slope: float) -> float:
-    negative_slope = _number(negative_slope, "negative_slope")
-    if negative_slope < 0:
-        raise ValueError(f"negative_slope must be a number >= 0, got {negative_slope!r}")
-    return float(negative_slope)
+    return be.activation_backward(dy, y, kind, negative_slope_value(negative_slope))
 
 
 def relu(x: Array, *, backend: str | Backend | None = None) -> Array:
@@ -422,13 +321,13 @@ def batch_norm(x: Array, weight: Array, bias: Array, running_mean: Array, runnin
     for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         check_array(be, a, name, ndim=1)
-        _same_dtype(x, a, name)
+        same_dtype(x, a, name)
         if a.shape[0] != c:
             raise ValueError(f"{name} must have shape ({c},) to match x's {c} channels, got {tuple(a.shape)}")
     if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError("batch norm in training mode needs more than one value per channel "
                          f"(x has shape {tuple(x.shape)})")
-    momentum, eps = _number(momentum, "momentum"), _number(eps, "eps")
+    momentum, eps = number(momentum, "momentum"), number(eps, "eps")
     if not 0 <= momentum <= 1 or not eps > 0:
         raise ValueError(f"momentum must be in [0, 1] and eps > 0, got momentum={momentum}, eps={eps}")
     return be.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
@@ -450,15 +349,15 @@ def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float3
                  backend: str | Backend | None = None) -> Array:
     """Inverted-dropout mask: 0 with probability p, else 1/(1-p); the same seed gives the same mask."""
     be = _be(backend)
-    p = _number(p, "p")
+    p = number(p, "p")
     if not 0 <= p < 1:
         raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    if not isinstance(shape, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in shape):
+    if not isinstance(shape, (tuple, list)) or not all(is_int(v) and v >= 0 for v in shape):
         raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
     dtype = be.xp.dtype(dtype)
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return be.dropout_mask(tuple(int(v) for v in shape), p, int(seed), dtype)
 
@@ -469,12 +368,12 @@ def linear(x: Array, weight: Array, bias: Array | None = None, *,
     be = _be(backend)
     check_array(be, x, "x", ndim=2)
     check_array(be, weight, "weight", ndim=2)
-    _same_dtype(x, weight, "weight")
+    same_dtype(x, weight, "weight")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but weight {tuple(weight.shape)} expects {weight.shape[1]}")
     if bias is not None:
         check_array(be, bias, "bias", ndim=1)
-        _same_dtype(x, bias, "bias")
+        same_dtype(x, bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     y = x @ weight.T
@@ -484,16 +383,8 @@ def linear(x: Array, weight: Array, bias: Array | None = None, *,
 def linear_backward(dy: Array, x: Array, weight: Array, need_db: bool = True, *,
                     need_bias: bool | None = None) -> tuple[Array, Array, Array | None]:
     """Gradients (dx, dweight, dbias) of linear (``need_bias`` is the deprecated name of ``need_db``)."""
-    need_db = _renamed(need_bias, "need_bias", need_db, "need_db")
+    need_db = deprecated_alias(need_bias, "need_bias", need_db, "need_db")
     return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
-
-
-def _renamed(old_value: bool | None, old: str, value: bool, new: str) -> bool:
-    """``value``, or ``old_value`` given under the deprecated name ``old`` (with a DeprecationWarning)."""
-    if old_value is None:
-        return value
-    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
-    return old_value
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *,
@@ -501,14 +392,5 @@ def softmax_cross_entropy(logits: Array, labels: Array, *,
     """Mean softmax cross-entropy of (N, C) logits against int labels; returns (loss 0-d array, dlogits)."""
     be = _be(backend)
     check_array(be, logits, "logits", ndim=2)
-    if not be.is_native(labels) or labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be a 1-D integer array of backend {be.name!r}, got "
-                        f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {getattr(labels, 'shape', '')}")
-    if logits.shape[0] == 0:
-        raise ValueError("logits must hold at least one row (batch size >= 1)")
-    if labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels has {labels.shape[0]} entries but logits has {logits.shape[0]} rows")
-    if be.device == "cpu" and labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for {logits.shape[1]} classes, got "
-                         f"values from {labels.min()} to {labels.max()}")  # not checked on GPU: no host sync
+    check_labels(be, labels, logits)
     return be.softmax_cross_entropy(logits, labels)

@@ -32,6 +32,7 @@ from cnnkit.losses import softmax_cross_entropy
 from cnnkit.nn.base import Layer, Sequential
 from cnnkit.nn.linear import Dropout, Linear
 from cnnkit.progress import Reporter
+from cnnkit.validate import positive_int
 
 __all__ = [
     "TrainConfig", "TrainingDiverged", "History", "COLUMNS", "MONITORS", "CHECKPOINT_FORMAT", "fit", "evaluate",
@@ -82,19 +83,13 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        _positive_int(self.epochs, "epochs")
+        positive_int(self.epochs, "epochs")
         for name in ("checkpoint_every", "early_stopping", "max_steps"):
             if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), name)
-        _positive_int(self.log_every, "log_every")
+                positive_int(getattr(self, name), name)
+        positive_int(self.log_every, "log_every")
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

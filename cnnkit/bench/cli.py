@@ -15,6 +15,7 @@ from cnnkit.bench.pytorch import import_torch_first
 from cnnkit.bench.report import engine_versions, format_table, machine_info, write_chart
 from cnnkit.bench.steps import MODES
 from cnnkit.bench.timing import cpu_threads, gemm_peak_gflops
+from cnnkit.validate import at_least
 
 
 def _csv(kind: Callable[[str], Any], choices: tuple[str, ...] | None = None) -> Callable[[str], list]:
@@ -31,16 +32,6 @@ def _csv(kind: Callable[[str], Any], choices: tuple[str, ...] | None = None) -> 
     return parse
 
 
-def _positive(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
-    """argparse type: one ``kind`` value, at least ``minimum``."""
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``cnnkit bench`` options (also ``python3 bench/compare.py``)."""
     parser.add_argument("--models", type=_csv(str), default=["lenet5", "resnet20"],
@@ -50,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_csv(int), default=[64], help="comma-separated batch sizes, default 64")
     parser.add_argument("--mode", type=_csv(str, MODES), default=list(MODES),
                         help="train (forward+loss+backward+SGD), infer, or both (default train,infer)")
-    parser.add_argument("--rounds", type=_positive(int, 1), default=5, help="timed rounds per engine (median)")
-    parser.add_argument("--warmup", type=_positive(int, 0), default=2, help="untimed steps per engine first")
-    parser.add_argument("--min-time", type=_positive(float, 0.0), default=0.1,
+    parser.add_argument("--rounds", type=at_least(int, 1), default=5, help="timed rounds per engine (median)")
+    parser.add_argument("--warmup", type=at_least(int, 0), default=2, help="untimed steps per engine first")
+    parser.add_argument("--min-time", type=at_least(float, 0.0), default=0.1,
                         help="seconds each round lasts at least (fast steps repeat), default 0.1")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: numpy/numba and PyTorch CPU; gpu: cupy and PyTorch CUDA")

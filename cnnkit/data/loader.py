@@ -15,14 +15,9 @@ from cnnkit.backend import get_backend
 from cnnkit.backends import Backend
 from cnnkit.data.dataset import Dataset
 from cnnkit.data.transforms import Transform
+from cnnkit.validate import nonneg_int
 
 _DTYPES = ("float32", "float64")
-
-
-def _check_nonneg_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{what} must be a non-negative int; got {value!r}")
-    return int(value)
 
 
 def _arrays(data: Dataset | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +49,7 @@ class DataLoader:
                  drop_last: bool = False, transform: Transform | None = None, backend: str | Backend | None = None,
                  dtype: str = "float32"):
         self.images, self.labels = _arrays(data)
-        if _check_nonneg_int(batch_size, "batch_size") == 0:
+        if nonneg_int(batch_size, "batch_size") == 0:
             raise ValueError("batch_size must be at least 1; got 0")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable(batch, rng) or None; got {transform!r}")
@@ -62,7 +57,7 @@ class DataLoader:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
-        self.seed = _check_nonneg_int(seed, "seed")
+        self.seed = nonneg_int(seed, "seed")
         self.drop_last = bool(drop_last)
         self.transform = transform
         self.backend = None if backend is None else get_named_backend(backend)
@@ -76,7 +71,7 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (its shuffle order and augmentation draws)."""
-        self.epoch = _check_nonneg_int(epoch, "epoch")
+        self.epoch = nonneg_int(epoch, "epoch")
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -110,7 +105,7 @@ def split(dataset: Dataset, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: 
     if fr.ndim != 1 or len(fr) < 2 or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
         raise ValueError(f"fractions must be 2 or more non-negative numbers summing to 1; got {fractions!r}")
     n = len(dataset)
-    perm = np.random.default_rng(_check_nonneg_int(seed, "seed")).permutation(n)
+    perm = np.random.default_rng(nonneg_int(seed, "seed")).permutation(n)
     if stratify:
         # Rank each sample within its class (in permuted order), spread every class evenly over [0, 1), and
         # sort by that position: any contiguous cut of the result has near-equal class proportions.
