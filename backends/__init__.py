@@ -30,7 +30,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "sigmoid", "tanh", "scaled_tanh")
 """Elementwise activations a backend implements (and may fuse into the conv epilogue)."""
@@ -56,6 +56,16 @@ INSTALL_HINTS: dict[str, str] = {
     "cupy": "pip install 'cnnkit[cuda]' (and an NVIDIA GPU with a working driver)",
     "cudasim": "install a C++20 compiler (g++ >= 10, or set CXX); no GPU or CuPy is needed",
 }
+
+
+class ConvGeometry(NamedTuple):
+    """A conv's geometry as the ops take it (unpacked, in this order, after the arrays): normalised by
+    :mod:`cnnkit.functional`."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, bottom, left, right
+    dilation: tuple[int, int]
+    groups: int
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from cnnkit.backend import backend as _resolve
 from cnnkit.backend import get_backend
-from cnnkit.backends import Backend, conv_output_size, pool_output_size
+from cnnkit.backends import Backend, ConvGeometry, conv_output_size, pool_output_size
 from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padding, pair: public here too)
     FLOAT_DTYPES,
     activation_name,
@@ -106,7 +106,7 @@ def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
         same_dtype(x, bias, "bias")
         if bias.shape[0] != k:
             raise ValueError(f"bias must have shape ({k},), got {tuple(bias.shape)}")
-    return x, weight, bias, (stride, pads, dilation, groups)
+    return x, weight, bias, ConvGeometry(stride, pads, dilation, groups)
 
 
 # ----------------------------------------------------------------------------------------------- pooling

@@ -45,7 +45,7 @@ def conv_path(w_shape: tuple[int, ...], groups: int) -> str:
     return "tiled" if k // groups >= 16 and cg * r * s >= 32 else "direct"
 
 
-def _geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int) -> tuple[int, ...]:
+def _kernel_params(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int) -> tuple[int, ...]:
     """The CONV_PARAMS ints of conv.cu: N C H W K OH OW R S stride_h stride_w pad_t pad_l dil_h dil_w groups."""
     n, c, h, w = x_shape
     k, _, r, s = w_shape
@@ -82,7 +82,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     xp = array_module()
     x, w = as_f32(x, "x"), as_f32(w, "w")
     bias = None if b is None else as_f32(b, "b")
-    geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    geom = _kernel_params(x.shape, w.shape, stride, padding, dilation, groups)
     n, k, oh, ow = geom[0], geom[4], geom[5], geom[6]
     y = xp.empty((n, k, oh, ow), dtype=np.float32)
     head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
@@ -101,7 +101,7 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
                     need_dw: bool = True) -> tuple[Any | None, Any | None, Any | None]:
     """(dx, dw, db) of the pre-activation conv output's gradient dy; each is None when not needed."""
     dy, x, w = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(w, "w")
-    geom = _geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    geom = _kernel_params(x.shape, w.shape, stride, padding, dilation, groups)
     tiled = conv_path(w.shape, groups) == "tiled"
     dx = _backward_data(dy, w, x.shape, geom, tiled) if need_dx else None
     dw = _backward_weight(dy, x, w.shape, geom, tiled) if need_dw else None
