@@ -64,8 +64,19 @@ def get_backend() -> Backend:
     """The current backend: the innermost ``use_backend``, else ``set_backend``, else ``$CNNKIT_BACKEND``."""
     current = _current.get()
     if current is None:
-        current = backend(os.environ.get("CNNKIT_BACKEND", "numpy"))
+        current = backend(env_backend_name())
     return current
+
+
+def env_backend_name() -> str:
+    """The backend ``$CNNKIT_BACKEND`` names ("numpy" when unset or empty); a ValueError naming the variable
+    when it names no backend (``cnnkit info`` calls this to fail on a bad value)."""
+    value = os.environ.get("CNNKIT_BACKEND", "").strip() or "numpy"
+    try:
+        return _check_name(value)
+    except ValueError:
+        raise ValueError(f"environment variable CNNKIT_BACKEND={os.environ['CNNKIT_BACKEND']!r} names no backend; "
+                         f"it must be one of {', '.join(BACKEND_NAMES)} (or unset for numpy)") from None
 
 
 def set_backend(name: str | Backend) -> Backend:

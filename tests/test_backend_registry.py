@@ -68,3 +68,21 @@ def test_env_var_is_read_lazily_after_import(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.startswith("lazy")
 
+
+
+def test_bogus_env_backend_names_the_variable(monkeypatch):
+    from cnnkit.backend import _current, env_backend_name, get_backend
+
+    monkeypatch.setenv("CNNKIT_BACKEND", "bogus")
+    token = _current.set(None)
+    try:
+        with pytest.raises(ValueError, match=r"CNNKIT_BACKEND='bogus'.*numpy"):
+            get_backend()
+        with pytest.raises(ValueError, match="environment variable CNNKIT_BACKEND"):
+            env_backend_name()
+    finally:
+        _current.reset(token)
+    monkeypatch.setenv("CNNKIT_BACKEND", " NumPy ")
+    assert env_backend_name() == "numpy"
+    monkeypatch.delenv("CNNKIT_BACKEND")
+    assert env_backend_name() == "numpy"

@@ -16,7 +16,7 @@ from cnnkit.nn.activation import (
     Softmax,
     Tanh,
 )
-from cnnkit.nn.base import Layer, Parameter, Sequential
+from cnnkit.nn.base import Layer, Parameter, Sequential, ShapeError
 from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.linear import Dropout, Flatten, Linear
 from cnnkit.nn.norm import BatchNorm2d
@@ -24,7 +24,7 @@ from cnnkit.nn.pooling import AvgPool2d, FeaturePool, GlobalAvgPool2d, LPPool2d,
 from cnnkit.nn.residual import Residual
 
 __all__ = [
-    "Layer", "Parameter", "Sequential", "Residual", "init",
+    "Layer", "Parameter", "Sequential", "ShapeError", "Residual", "init",
     "Conv2d", "Linear", "Flatten", "Dropout", "BatchNorm2d",
     "MaxPool2d", "AvgPool2d", "LPPool2d", "FeaturePool", "GlobalAvgPool2d", "Subsampling",
     "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ScaledTanh", "Softmax", "LogSoftmax",

@@ -137,8 +137,11 @@ class Layer:
             p.grad = None
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Layer:
-        """Move every parameter and buffer to ``backend`` (optionally casting floats to ``dtype``)."""
+        """Move every parameter and buffer to ``backend`` (optionally casting floats to ``dtype``, float32 or
+        float64: any other dtype is a TypeError here, before anything moves)."""
         be = resolve_backend(backend)
+        if dtype is not None:
+            dtype = check_float_dtype(dtype)
         for _, layer in self.modules():
             src = layer._backend
             layer._backend = be
@@ -212,6 +215,21 @@ class Layer:
         return f"{type(self).__name__}(\n{inner}\n)"
 
 
+FLOAT_DTYPES = ("float32", "float64")
+"""The float dtypes layers hold (every backend's kernels take these two)."""
+
+
+def check_float_dtype(dtype: object) -> str:
+    """``dtype`` as the name of a float dtype layers can hold; a TypeError otherwise."""
+    try:
+        name = None if dtype is None else str(np.dtype(dtype))
+    except TypeError:
+        name = None
+    if name not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return name
+
+
 def _move(array: Array, src: Backend, dst: Backend, dtype: Any) -> Array:
     if dtype is not None and array.dtype.kind == "f":
         return dst.asarray(src.to_numpy(array), dtype=dtype)
@@ -249,22 +267,67 @@ class Sequential(Layer):
         return self.layers[0].first_layer() if self.layers else self
 
     def forward(self, x: Array) -> Array:
+        """Run the layers in order; an error inside one is a ShapeError naming that layer (by its dotted
+        index), the shape it got and, for a model with ``input_shape``, the input shape the model expects."""
+        shapes: list[tuple[int, ...]] = []
         i = 0
-        while i < len(self.layers):
-            layer = self.layers[i]
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            fused = getattr(layer, "fuse_activation", None)
-            kind = getattr(nxt, "fusable_kind", None)
-            if fused is not None and kind is not None:
-                x = fused(x, kind)
-                nxt.set_output(x)
-                i += 2
-            else:
-                x = layer.forward(x)
-                i += 1
+        try:
+            while i < len(self.layers):
+                layer = self.layers[i]
+                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+                fused = getattr(layer, "fuse_activation", None)
+                kind = getattr(nxt, "fusable_kind", None)
+                if fused is not None and kind is not None:
+                    x = fused(x, kind)
+                    nxt.set_output(x)
+                    shapes += [tuple(x.shape)] * 2
+                    i += 2
+                else:
+                    x = layer.forward(x)
+                    shapes.append(tuple(x.shape))
+                    i += 1
+        except ValueError as exc:
+            raise self._shape_error(exc, i, shapes[-1] if shapes else tuple(x.shape)) from exc
+        self._out_shapes = shapes
         return x
 
+    def _shape_error(self, exc: ValueError, index: int, got: tuple[int, ...]) -> ShapeError:
+        error = exc if isinstance(exc, ShapeError) else ShapeError(self.layers[index], got, str(exc))
+        error.path.insert(0, str(index))
+        expected = getattr(self, "input_shape", None)
+        if expected is not None and error.expected is None:
+            error.expected = tuple(expected)
+        return error
+
     def backward(self, dy: Array) -> Array | None:
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        """Backward through the layers in reverse; ``dy`` must have the shape each layer's forward gave (a
+        ValueError naming the layer and both shapes otherwise, e.g. for a gradient of another batch size)."""
+        shapes = getattr(self, "_out_shapes", None)
+        for i in reversed(range(len(self.layers))):
+            expected = None if shapes is None or len(shapes) != len(self.layers) else shapes[i]
+            if dy is not None and expected is not None and tuple(dy.shape) != expected:
+                layer = self.layers[i]
+                raise ValueError(f"backward of layer {i} ({type(layer).__name__}({layer.extra_repr()})): the "
+                                 f"gradient has shape {tuple(dy.shape)} but the layer's forward output had shape "
+                                 f"{expected} (same batch size and shape as the last forward needed)")
+            dy = self.layers[i].backward(dy)
         return dy
+
+
+class ShapeError(ValueError):
+    """A layer of a Sequential rejected its input: ``path`` is the layer's dotted index in the model (e.g.
+    ``["4", "0"]``), ``got`` the shape it received, ``expected`` the model's ``input_shape`` when it has one."""
+
+    def __init__(self, layer: Layer, got: tuple[int, ...], detail: str):
+        super().__init__(detail)
+        self.layer, self.got, self.detail = layer, got, detail
+        self.path: list[str] = []
+        self.expected: tuple[int, ...] | None = None
+
+    def __str__(self) -> str:
+        layer = self.layer
+        text = (f"layer {'.'.join(self.path)} ({type(layer).__name__}({layer.extra_repr()})) failed on input of "
+                f"shape {self.got}: {self.detail}")
+        if self.expected is not None:
+            text += f"; this model expects input of shape (N, {', '.join(map(str, self.expected))})"
+        return text

@@ -14,9 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from cnnkit.nn.base import Layer, Parameter
+from cnnkit.nn.base import FLOAT_DTYPES, Layer, Parameter, check_float_dtype
 
-FLOAT_DTYPES = ("float32", "float64")
+check_dtype = check_float_dtype
+"""``dtype`` as the name of a float dtype layers can hold (float32, float64); a TypeError otherwise."""
+__all__ = ["FLOAT_DTYPES", "check_dtype", "manual_seed", "uniform", "kaiming_uniform", "bias_uniform", "parameter",
+           "saved"]
 
 _generator = np.random.default_rng(0)
 
@@ -46,17 +49,6 @@ def kaiming_uniform(shape: Sequence[int], fan_in: int, a: float = math.sqrt(5)) 
 def bias_uniform(shape: Sequence[int], fan_in: int) -> np.ndarray:
     """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     return uniform(shape, 1.0 / math.sqrt(fan_in))
-
-
-def check_dtype(dtype: object) -> str:
-    """``dtype`` as the name of a float dtype layers can hold; a clear error otherwise."""
-    try:
-        name = None if dtype is None else str(np.dtype(dtype))
-    except TypeError:
-        name = None
-    if name not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return name
 
 
 def parameter(layer: Layer, values: np.ndarray, dtype: str) -> Parameter:

@@ -32,6 +32,9 @@ class Linear(Layer):
 
     def backward(self, dy: Array) -> Array:
         x = init.saved(self, self._x)
+        if tuple(dy.shape) != (x.shape[0], self.out_features):
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}).backward: the gradient has shape "
+                             f"{tuple(dy.shape)}, the forward output had shape {(x.shape[0], self.out_features)}")
         if not self.trainable:
             return dy @ self.weight.data
         dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_db=self.bias is not None)
