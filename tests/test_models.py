@@ -71,6 +71,34 @@ def test_resnet20_parameter_count():
                            "5.0.0.projection.0.weight", "5.0.0.projection.1.weight", "5.0.0.projection.1.bias"]
 
 
+def test_resnet20_option_a_has_the_papers_parameter_count():
+    """shortcut="A" (zero-padded identity) has no shortcut parameters: 269,722, He et al.'s 0.27M."""
+    model = models.resnet20(shortcut="A")
+    assert model.num_parameters() == 269722
+    assert not [name for name, _ in model.named_parameters() if ".projection." in name]
+    assert [type(block[0].projection).__name__ for block in (model[4][0], model[5][0])] == ["ZeroPadShortcut"] * 2
+    assert models.resnet(20).num_parameters() == models.resnet(20, shortcut="B").num_parameters() == 272474
+
+
+def test_resnet_rejects_unknown_shortcut():
+    with pytest.raises(ValueError, match="shortcut must be 'A'"):
+        models.resnet(20, shortcut="C")
+
+
+def test_zero_pad_shortcut_forward_backward():
+    layer = nn.ZeroPadShortcut(2, 6, stride=2)
+    x = np.arange(2 * 2 * 5 * 5, dtype=np.float32).reshape(2, 2, 5, 5)
+    y = layer(x)
+    assert y.shape == (2, 6, 3, 3)
+    np.testing.assert_array_equal(y[:, 2:4], x[:, :, ::2, ::2])
+    assert not y[:, :2].any() and not y[:, 4:].any()
+    dy = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    assert float((dx * x).sum()) == pytest.approx(float((dy * y).sum()), rel=1e-5)   # adjoint of a linear map
+    with pytest.raises(ValueError, match="even"):
+        nn.ZeroPadShortcut(16, 33)
+
+
 def _option_a_count(n: int) -> int:
     """Parameters of the paper's CIFAR ResNet-(6n+2) with parameter-free (option A) shortcuts."""
     conv_bn = lambda cin, cout: cin * cout * 9 + 2 * cout   # noqa: E731  conv3x3 without bias, then BN
@@ -85,6 +113,7 @@ def test_resnets_match_the_papers_sizes(depth, millions):
     option_a = _option_a_count((depth - 2) // 6)
     assert round(option_a / 1e6, 2 if depth < 110 else 1) == millions
     assert models.resnet(depth).num_parameters() == option_a + 2752
+    assert models.resnet(depth, shortcut="A").num_parameters() == option_a
 
 
 def test_resnet_structure():

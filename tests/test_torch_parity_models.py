@@ -1,4 +1,5 @@
-"""Whole models against PyTorch in float32: LeNet-5 (modern) and ResNet-20 (train and eval mode).
+"""Whole models against PyTorch in float32: LeNet-5 (modern) and ResNet-20 with shortcut option B (the default)
+and option A (zero padding), each in train and eval mode.
 
 The PyTorch models are cnnkit.interop.torch's hand-written twins (not derived from our models, so they catch a
 mistake in cnnkit.models): the same nn.Sequential structure, so their state-dict keys are exactly ours (batch
@@ -69,16 +70,16 @@ def test_lenet5_matches_pytorch():
     compare(ours, theirs, *_batch((1, 32, 32), 8, seed=1))
 
 
-@pytest.fixture(scope="module")
-def resnet_pair():
+@pytest.fixture(scope="module", params=["B", "A"])
+def resnet_pair(request):
     torch.manual_seed(0)
-    theirs = torch_resnet20()
+    theirs = torch_resnet20(shortcut=request.param)
     with torch.no_grad():   # non-trivial batch-norm affine parameters
         for module in theirs.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
-    ours = models.resnet20()
+    ours = models.resnet20(shortcut=request.param)
     copy_weights(ours, theirs)
     return ours, theirs
 
@@ -101,3 +102,14 @@ def test_resnet20_eval_mode_matches_pytorch(resnet_pair):
             theirs(torch.tensor(x))
     ours.eval(), theirs.eval()
     compare(ours, theirs, *_batch((3, 32, 32), 4, seed=5))
+
+
+def test_torch_mirror_of_option_a_matches_hand_written_twin():
+    from cnnkit.interop.torch import torch_mirror
+
+    torch.manual_seed(0)
+    hand, mirror = torch_resnet20(shortcut="A").eval(), torch_mirror(models.resnet20(shortcut="A")).eval()
+    mirror.load_state_dict(hand.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hand(x), mirror(x))

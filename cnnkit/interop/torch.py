@@ -25,7 +25,8 @@ from torch import nn as tnn
 from cnnkit import backends as _contract
 from cnnkit import nn
 
-__all__ = ["Residual", "ScaledTanh", "global_avg_pool", "torch_mirror", "torch_lenet5", "torch_resnet20"]
+__all__ = ["Residual", "ScaledTanh", "ZeroPadShortcut", "global_avg_pool", "torch_mirror", "torch_lenet5",
+           "torch_resnet20"]
 
 
 class Residual(tnn.Module):
@@ -45,6 +46,19 @@ class ScaledTanh(tnn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _contract.SCALED_TANH_A * torch.tanh(_contract.SCALED_TANH_S * x)
+
+
+class ZeroPadShortcut(tnn.Module):
+    """He et al.'s option-A shortcut as the CIFAR reference implementations write it: ``x[:, :, ::s, ::s]``
+    padded with ``pad`` zero maps before and after (``F.pad`` over the channel axis). No parameters."""
+
+    def __init__(self, pad: int, stride: int):
+        super().__init__()
+        self.pad, self.stride = pad, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        return tnn.functional.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, self.pad, self.pad))
 
 
 def global_avg_pool() -> tnn.Module:
@@ -67,6 +81,7 @@ def _layer_builders() -> dict[type, Callable[[Any], tnn.Module]]:
         nn.Tanh: lambda m: tnn.Tanh(),
         nn.Sigmoid: lambda m: tnn.Sigmoid(),
         nn.ScaledTanh: lambda m: ScaledTanh(),
+        nn.ZeroPadShortcut: lambda m: ZeroPadShortcut(m.pad, m.stride),
     }
 
 
@@ -100,24 +115,28 @@ def torch_lenet5() -> tnn.Sequential:
                         t.Conv2d(16, 120, 5), t.Tanh(), t.Flatten(), t.Linear(120, 84), t.Tanh(), t.Linear(84, 10))
 
 
-def _basic_block(cin: int, cout: int, stride: int) -> tnn.Sequential:
-    """ResNet basic block: two 3x3 conv + batch norm, a 1x1 projection shortcut when the shape changes, ReLU."""
+def _basic_block(cin: int, cout: int, stride: int, shortcut: str = "B") -> tnn.Sequential:
+    """ResNet basic block: two 3x3 conv + batch norm, a shortcut when the shape changes (B: 1x1 conv projection
+    + BN, A: the subsampled identity zero-padded to ``cout`` maps), ReLU."""
     t = tnn
     body = t.Sequential(t.Conv2d(cin, cout, 3, stride, 1, bias=False), t.BatchNorm2d(cout), t.ReLU(),
                         t.Conv2d(cout, cout, 3, 1, 1, bias=False), t.BatchNorm2d(cout))
     projection = None
-    if stride != 1 or cin != cout:
+    if (stride != 1 or cin != cout) and shortcut == "A":
+        projection = ZeroPadShortcut((cout - cin) // 2, stride)
+    elif stride != 1 or cin != cout:
         projection = t.Sequential(t.Conv2d(cin, cout, 1, stride, bias=False), t.BatchNorm2d(cout))
     return t.Sequential(Residual(body, projection), t.ReLU())
 
 
-def torch_resnet20() -> tnn.Sequential:
+def torch_resnet20(shortcut: str = "B") -> tnn.Sequential:
     """CIFAR ResNet-20 (He et al. 2016): 3x3 stem, three stages of three basic blocks (16, 32, 64 channels),
-    global average pooling and a linear layer, for 3x32x32 inputs and 10 classes."""
+    global average pooling and a linear layer, for 3x32x32 inputs and 10 classes; ``shortcut`` "B" (projection)
+    or "A" (zero padding) at the two downsampling blocks."""
     t = tnn
     stages, cin = [], 16
     for i, cout in enumerate((16, 32, 64)):
-        stages.append(t.Sequential(*[_basic_block(cin if b == 0 else cout, cout, 2 if i and b == 0 else 1)
+        stages.append(t.Sequential(*[_basic_block(cin if b == 0 else cout, cout, 2 if i and b == 0 else 1, shortcut)
                                      for b in range(3)]))
         cin = cout
     return t.Sequential(t.Conv2d(3, 16, 3, 1, 1, bias=False), t.BatchNorm2d(16), t.ReLU(), *stages,

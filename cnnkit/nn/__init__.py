@@ -21,10 +21,10 @@ from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.linear import Dropout, Flatten, Linear
 from cnnkit.nn.norm import BatchNorm2d
 from cnnkit.nn.pooling import AvgPool2d, FeaturePool, GlobalAvgPool2d, LPPool2d, MaxPool2d, Subsampling
-from cnnkit.nn.residual import Residual
+from cnnkit.nn.residual import Residual, ZeroPadShortcut
 
 __all__ = [
-    "Layer", "Parameter", "Sequential", "ShapeError", "Residual", "init",
+    "Layer", "Parameter", "Sequential", "ShapeError", "Residual", "ZeroPadShortcut", "init",
     "Conv2d", "Linear", "Flatten", "Dropout", "BatchNorm2d",
     "MaxPool2d", "AvgPool2d", "LPPool2d", "FeaturePool", "GlobalAvgPool2d", "Subsampling",
     "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ScaledTanh", "Softmax", "LogSoftmax",

@@ -36,3 +36,46 @@ class Residual(Layer):
     def backward(self, dy: Array) -> Array:
         dx = self.body.backward(dy)
         return dx + (dy if self.projection is None else self.projection.backward(dy))
+
+
+class ZeroPadShortcut(Layer):
+    """He et al.'s option-A shortcut: the identity subsampled by ``stride`` (x[:, :, ::s, ::s]) with the extra
+    output maps filled with zeros, split evenly before and after the input maps (as the widely used CIFAR
+    reference implementations do; the paper leaves the placement open). No parameters.
+
+    (N, in_channels, H, W) -> (N, out_channels, ceil(H / s), ceil(W / s)); ``out_channels - in_channels`` must be
+    a non-negative even number.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if out_channels < in_channels or (out_channels - in_channels) % 2:
+            raise ValueError(f"out_channels - in_channels must be a non-negative even number, got {out_channels} "
+                             f"- {in_channels}")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.pad = (out_channels - in_channels) // 2
+        self._x_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: Array) -> Array:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ZeroPadShortcut needs (N, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
+        self._x_shape = tuple(x.shape)
+        s, p = self.stride, self.pad
+        sub = x[:, :, ::s, ::s]
+        y = self.backend.xp.zeros((x.shape[0], self.out_channels, *sub.shape[2:]), dtype=x.dtype)
+        y[:, p:p + self.in_channels] = sub
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        if self._x_shape is None:
+            raise RuntimeError("ZeroPadShortcut.backward was called before its forward")
+        s, p = self.stride, self.pad
+        dx = self.backend.xp.zeros(self._x_shape, dtype=dy.dtype)
+        dx[:, :, ::s, ::s] = dy[:, p:p + self.in_channels]
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
