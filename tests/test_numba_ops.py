@@ -24,7 +24,7 @@ import cnnkit.functional as F
 from cnnkit.backend import backend
 from cnnkit.backends import ACTIVATIONS, OPS
 from cnnkit.backends.numba import conv as nb_conv
-from cnnkit.backends.numba import im2row as nb_im2row
+from cnnkit.backends.numba.conv import im2row as nb_im2row
 
 NB, NP = backend("numba"), backend("numpy")
 DTYPES = ("float64", "float32")
@@ -97,7 +97,7 @@ def test_warmup_compiles_and_reports_seconds(capsys):
 
 # ----------------------------------------------------------------------------------------------- convolution
 # The automatic (forward, weight-gradient, data-gradient) paths of the Numba-specific cases of tests/op_cases.py,
-# as conv.py's docstring states the rule.
+# as conv/plan.py's docstring states the rule.
 AUTOMATIC_PATHS = {
     "lenet-c1-like-tanh": ("shifted", "shifted", "shifted"),           # Kg = 6
     "lenet-c3-scaled-tanh": ("shifted", "shifted", "shifted"),         # Kg = 16
@@ -150,7 +150,7 @@ def test_conv_every_path_matches_numpy(case, dtype):
 
 
 def test_conv_automatic_paths_are_the_documented_ones():
-    """The rule of the conv.py docstring, on the shapes it names."""
+    """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
     with pytest.raises(ValueError, match="stride 1"):

@@ -1,31 +1,30 @@
 """Numba backend: ``@njit(parallel=True, cache=True)`` loops over NumPy arrays, float32 and float64.
 
-Importing this package does not import numba; :func:`create` does. Kernels compile on first use (about 50 s per
-dtype on 2 cores) or load from numba's on-disk cache (next to the sources, or under ``NUMBA_CACHE_DIR``; under a
+Importing this package does not import numba; :func:`create` does. Kernels compile on first use (tens of seconds
+per dtype) or load from numba's on-disk cache (next to the sources, or under ``NUMBA_CACHE_DIR``; well under a
 second in a new process); :func:`warmup` does either up front. Numba keys a cached kernel on its own file only:
-after editing ``gemm.py`` or ``activation.py`` (whose helpers other kernels inline), delete the cache files
-``__pycache__/*.nbi`` and ``*.nbc``.
+after editing ``conv/_loops.py``, ``reduce.py`` or ``activation.py`` (whose helpers other kernels inline or
+call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and in ``conv/``).
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
-included (they are Numba code, not BLAS: see conv.py), and results do not depend on the thread count. The
-Linear layers' NumPy matmuls still use OpenBLAS, whose worker threads spin for a long while after each call and
-take the cores from Numba's pool (every parallel region then waits for a descheduled thread). So
+included (they are Numba code, not BLAS: see conv/plan.py), and results do not depend on the thread count.
+The Linear layers' NumPy matmuls still use OpenBLAS, whose worker threads spin for a long while after each call
+and take the cores from Numba's pool (every parallel region then waits for a descheduled thread). So
 :func:`create` limits BLAS to one thread for the process with ``threadpoolctl`` (a dependency of the
-``numba`` extra) unless ``OPENBLAS_NUM_THREADS`` is set, which is then obeyed. Measured on 2 cores, LeNet-5
-training step at batch 64: 28 ms with two OpenBLAS threads, 6.1 ms with one (the same as
-``OPENBLAS_NUM_THREADS=1``); the NumPy backend's LeNet-5 step is unchanged by it (8.3 vs 8.4 ms: its
-matrices are too small for a second BLAS thread to pay). Threading layer: numba's default here is OpenMP,
-whose workers spin briefly between regions, which suits the many short regions of a training step
-(``workqueue``: 11.3 ms; ``OMP_WAIT_POLICY=passive``: 7.2 ms). Calling the backend from several Python threads
-at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts on concurrent use).
+``numba`` extra) unless ``OPENBLAS_NUM_THREADS`` is set, which is then obeyed; the NumPy backend loses nothing
+by it (its matrices are too small for a second BLAS thread to pay). Threading layer: numba's default here is
+OpenMP, whose workers spin briefly between regions, which suits the many short regions of a training step
+better than ``workqueue`` or ``OMP_WAIT_POLICY=passive``. Calling the backend from several Python threads
+at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts on concurrent use). The
+measurements behind these choices are in bench/NOTES.md.
 
 Memory: every op allocates its outputs and scratch arrays afresh, hundreds of KiB to MiB each. glibc's malloc
 serves those with fresh ``mmap`` pages and returns the freed heap top to the system, so each step page-faults
 on most of its arrays again. With glibc, :func:`create` therefore raises ``M_MMAP_THRESHOLD`` to 32 MiB (its
 maximum) and ``M_TRIM_THRESHOLD`` to 1 GiB with ``mallopt``, unless ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` is set: freed blocks are reused, and the process keeps up to its peak heap (as a
-caching allocator would). Measured on 2 cores, LeNet-5 training step at batch 64: 3.3-4.1 -> 2.65-2.8 ms.
+caching allocator would).
 """
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ from numba import njit, prange
 
 from cnnkit.backends import implements
 
-from .gemm import row_sum
+from .reduce import row_sum
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _plane_sums(x, y, n, c, shift, mode):
-    """Over the plane (n, c) of x (N, C, P), in float64: mode 0 (gemm.row_sum(x), 0); 1 (0, sum((x - shift)^2));
+    """Over the plane (n, c) of x (N, C, P), in float64: mode 0 (row_sum(x), 0); 1 (0, sum((x - shift)^2));
     2 (sum(y), sum(y * (x - shift))), y being the same plane of the second array. Reassociation lets LLVM
     keep vector partial sums (the order is fixed by the compiled code, so results do not depend on threads)."""
     a = b = 0.0

@@ -1,9 +1,13 @@
-"""The stride-1 backward passes of the ``shifted`` conv path (see conv.py), Numba, on channel-major planes.
+"""The ``shifted`` conv path (stride 1), Numba: implicit GEMM with no im2col.
 
-x (zero-padded) and dy are laid out (C, N*Hp*Wp): every image's padded plane in a row, dy at its output
-positions and 0 elsewhere, after a zero margin as long as the largest tap offset. Tap (r, s) is then one shift
-of a whole row, so every loop is one long run per channel across the batch instead of one per image: tiles are
-long and aligned whatever the image size.
+Forward: on the zero-padded input planes, tap (r, s) of output pixel u = oh * Wp + ow reads plane element
+u + r*dil_h*Wp + s*dil_w, so each GEMM operand row is a shifted window of a plane that stays in cache; outputs
+are computed on the padded width ("wide" grid) and the extra columns dropped.
+
+Backward, on channel-major planes: x (zero-padded) and dy are laid out (C, N*Hp*Wp), every image's padded plane
+in a row, dy at its output positions and 0 elsewhere, after a zero margin as long as the largest tap offset.
+Tap (r, s) is then one shift of a whole row, so every loop is one long run per channel across the batch instead
+of one per image: tiles are long and aligned whatever the image size.
 
 * Weight gradient: dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]), a GEMM with a small M (Kg) and a
   huge reduction, done as long dot products, 4x4 (k, tap) blocks in 16 vector accumulators (``fastmath``
@@ -17,20 +21,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .gemm import copy_run, gemm, padded_plane, zero_run
+from ..activation import SIGMOID, act_run
+from ._loops import (
+    MIN_TASKS,
+    MIN_TILE,
+    Pads,
+    Pair,
+    activate_rows,
+    cdiv,
+    copy_run,
+    dots4x4,
+    gemm,
+    padded,
+    padded_plane,
+    zero_run,
+)
 
-Pair = tuple[int, int]
-Pads = tuple[int, int, int, int]
-
+ACC_ELEMS = 1 << 14    # forward and input gradient: accumulator elements per task tile (64 KiB in float32)
 TAP_CHUNKS = 8         # weight gradient: at most this many partials (fewer: less overhead) ...
 TAP_MIN_RUN = 1024     # ... each over at least this many wide-grid pixels
 RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loops without scalar remainders)
 SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
-
-
-def cdiv(a: int, b: int) -> int:
-    """Ceiling of a / b."""
-    return -(-a // b)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -46,6 +57,59 @@ def tap_rows(cg, r_, s_, wp, dil_h, dil_w):
     return chan, off
 
 
+# ----------------------------------------------------------------------------------------------- forward
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
+    """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
+    xp[n, g*Cg + c, (y + r*dil_h) * wp + x + s*dil_w]): a stride-1 correlation of the padded
+    planes xp (N, C, Hp*wp), on the wide grid u = row * wp + col, tiles of tu pixels."""
+    groups, kg, rows = wq.shape
+    n_, cg = xp.shape[0], xp.shape[1] // groups
+    k_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
+    out_flat = out.reshape(-1)
+    u_end = (oh_ - 1) * wp + ow_
+    tiles = (u_end + tu - 1) // tu
+    chan, off = tap_rows(cg, r_, s_, wp, dil_h, dil_w)
+    for task in prange(n_ * groups * tiles):
+        n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
+        ua = tile * tu
+        t = min(tu, u_end - ua)
+        acc = np.zeros((kg, tu), dtype=out.dtype)
+        arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
+        gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
+        whole = kind >= SIGMOID
+        flat = activate_rows(acc, t, b, g * kg, kind, slope) if whole else acc.reshape(-1)
+        for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
+            lo, hi = max(row * wp, ua), min(row * wp + ow_, ua + t)
+            for k in range(kg):
+                kk = g * kg + k
+                dst, src = ((n * k_ + kk) * oh_ + row) * ow_ + lo - row * wp, k * tu + lo - ua
+                if whole:
+                    copy_run(out_flat, dst, flat, src, 1, hi - lo)
+                else:
+                    act_run(out_flat, dst, flat, src, hi - lo, b[kk], kind, slope)
+
+
+def _forward_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) -> int:
+    """Wide-grid pixels per forward tile: the operand rows are windows of planes already in cache, so the
+    tile is bounded by the accumulator (ACC_ELEMS), then split evenly, into enough tiles for MIN_TASKS tasks."""
+    total = (oh - 1) * wp + ow
+    tiles = max(cdiv(total, max(MIN_TILE, ACC_ELEMS // outputs)), min(cdiv(MIN_TASKS, n * groups),
+                                                                        cdiv(total, MIN_TILE)))
+    return cdiv(total, tiles)
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
+            groups: int, kind: int, slope: float) -> None:
+    """y (N, K, OH, OW) = act(cross_correlate(x, w) + b) at stride 1; ``kind`` is the activation's code."""
+    n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    oh, ow = y.shape[2], y.shape[3]
+    xp, wp = padded(x, *padding)
+    _shifted_conv(xp, w.reshape(groups, k // groups, -1), b, y, wp, r, s, *dilation,
+                  _forward_tile(k // groups, n, groups, oh, ow, wp), kind, slope)
+
+
+# ----------------------------------------------------------------------------------------------- backward
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _channel_major(x, xt, front, top, left, wp, plane):
     """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
@@ -55,26 +119,6 @@ def _channel_major(x, xt, front, top, left, wp, plane):
         if n == 0:  # the first image's task zeroes the front margin too
             zero_run(xt[c], 0, front)
         padded_plane(xt[c], front + n * plane, x[n, c], top, left, wp, plane)
-
-
-@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def _dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero):
-    """The 16 dot products sum over u0 <= u < u1 of d[ki, u] * xs[cj, u + oj]: one pass over the eight rows,
-    16 accumulators (reassociation lets LLVM keep them as vectors; the order is fixed by the compiled code,
-    so results do not depend on the thread count)."""
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    a0, a1, a2, a3 = np.uint64(k0), np.uint64(k1), np.uint64(k2), np.uint64(k3)
-    b0, b1, b2, b3 = np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3)
-    f0, f1, f2, f3 = np.uint64(o0), np.uint64(o1), np.uint64(o2), np.uint64(o3)
-    for u in range(np.uint64(u0), np.uint64(u1)):
-        y0, y1, y2, y3 = d[a0, u], d[a1, u], d[a2, u], d[a3, u]
-        x0, x1, x2, x3 = xs[b0, u + f0], xs[b1, u + f1], xs[b2, u + f2], xs[b3, u + f3]
-        s00, s01, s02, s03 = s00 + y0 * x0, s01 + y0 * x1, s02 + y0 * x2, s03 + y0 * x3
-        s10, s11, s12, s13 = s10 + y1 * x0, s11 + y1 * x1, s12 + y1 * x2, s13 + y1 * x3
-        s20, s21, s22, s23 = s20 + y2 * x0, s21 + y2 * x1, s22 + y2 * x2, s23 + y2 * x3
-        s30, s31, s32, s33 = s30 + y3 * x0, s31 + y3 * x1, s32 + y3 * x2, s33 + y3 * x3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -99,8 +143,8 @@ def _tap_weight(dt, xt, part, chan, off, front, total, zero):
                     min(g * kg + kb + 3, last)
                 for qb in range(0, rows, 4):
                     q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-                    sums = _dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                                    g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
+                    sums = dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
+                                   g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
                     for i in range(min(4, kg - kb)):
                         for j in range(min(4, rows - qb)):
                             part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
@@ -136,7 +180,8 @@ def _tap_data(dt, wt, dx, chan, off, front, wp, hp, top, left, tu):
 
 def wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
     """dy channel-major on the padded input's planes (see :func:`_channel_major`), after a zero margin as long
-    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp."""
+    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp. Both backward passes
+    take this tuple, so a backward computes it once."""
     hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
     reach = dilation[0] * (w_shape[2] - 1) * wp + dilation[1] * (w_shape[3] - 1)
     front = cdiv(reach, RUN_ALIGN) * RUN_ALIGN
@@ -145,12 +190,13 @@ def wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
     return dt, front, hp, wp
 
 
-def weight_grad(dt: np.ndarray, front: int, hp: int, wp: int, x: np.ndarray, w: np.ndarray,
-                padding: Pads, dilation: Pair, groups: int, oh: int, ow: int) -> np.ndarray:
-    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`wide_dy` lays it out and x likewise:
-    TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
+def weight_grad(wide, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, groups: int, oh: int,
+                ow: int) -> np.ndarray:
+    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`wide_dy` lays it out (``wide``) and x
+    likewise: TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
+    dt, front, hp, wp = wide
     n, c = x.shape[:2]
-    k, cg, r, s = w.shape
+    k, cg, r, s = w_shape
     chan, off = tap_rows(cg, r, s, wp, *dilation)
     xt = np.empty((c, dt.shape[1]), dtype=x.dtype)
     _channel_major(x, xt, front, padding[0], padding[2], wp, hp * wp)
@@ -158,19 +204,19 @@ def weight_grad(dt: np.ndarray, front: int, hp: int, wp: int, x: np.ndarray, w: 
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
     _tap_weight(dt, xt, part, chan, off, front, total, x.dtype.type(0))
-    return part.sum(axis=0).reshape(w.shape)
+    return part.sum(axis=0).reshape(w_shape)
 
 
-def data_grad(dt: np.ndarray, front: int, hp: int, wp: int, x_shape, w: np.ndarray, padding: Pads,
-              dilation: Pair, groups: int, acc_elems: int, min_tasks: int) -> np.ndarray:
-    """Stride-1 input gradient by :func:`_tap_data`: tiles of whole vectors, at most ``acc_elems``
-    accumulator elements each, and at least ``min_tasks`` tasks."""
+def data_grad(wide, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
+    """Stride-1 input gradient by :func:`_tap_data` from dy as :func:`wide_dy` lays it out (``wide``): tiles of
+    whole vectors, at most ACC_ELEMS accumulator elements each, and at least MIN_TASKS tasks."""
+    dt, front, hp, wp = wide
     k, cg, r, s = w.shape
     kg = k // groups
     chan, off = tap_rows(kg, r, s, wp, *dilation)
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     total = x_shape[0] * hp * wp
-    tiles = max(cdiv(total * cg, acc_elems), cdiv(min_tasks, groups))
+    tiles = max(cdiv(total * cg, ACC_ELEMS), cdiv(MIN_TASKS, groups))
     tu = min(cdiv(cdiv(total, tiles), RUN_ALIGN) * RUN_ALIGN, total)
     dx = np.empty(x_shape, dtype=dt.dtype)
     _tap_data(dt, wt, dx, chan, off, front, wp, hp, padding[0], padding[2], tu)

@@ -1,13 +1,12 @@
-"""The ``im2row`` conv path (see conv.py), Numba: every output pixel's receptive field gathered as one row,
-then each output is one long dot product.
+"""The ``im2row`` conv path, Numba: every output pixel's receptive field gathered as one row, then each output
+is one long dot product; for convs with many weights per output.
 
 The input is first laid out channel-last and zero-padded, (N, G, Hp, Wp, Cg), so the window of output pixel
 (oh, ow) on kernel row r is one contiguous run of S*Cg values (Cg per tap when the width is dilated). A tile
 of 64 pixels gathers those runs into rows (pixel, (r, s, c)) that stay in L2, and the weights are rows
 (k, (r, s, c)); y[k, pixel] = dot(w row, pixel row) is computed in 4x4 blocks of 16 vector accumulators
-(``taps._dots4x4``). With many input channels the rows are long (ResNet's 32- and 64-channel 3x3 layers:
-288 and 576), so the dots run near the FMA peak where the shifted path's short tiles do not: ResNet-20's 64-channel
-8x8 layer at batch 128, forward 6.2 -> 1.8 ms (2-core AMD EPYC, float32).
+(``_loops.dots4x4``). With many input channels the rows are long (ResNet's 32- and 64-channel 3x3 layers:
+288 and 576), so the dots run near the FMA peak where the shifted path's short tiles do not.
 
 The stride-1 input gradient is the same correlation of dy, padded by dil*(R-1) - pad on each side, with the
 weights flipped and transposed (:func:`data_grad`). Other input gradients compute each output pixel's row of
@@ -19,15 +18,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activation import act_run, code
-from .gemm import add_run, copy_run, gemm
-from .taps import _dots4x4, cdiv
+from ..activation import act_run, code
+from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, dots4x4, gemm
 
-Pair = tuple[int, int]
-Pads = tuple[int, int, int, int]
-
-ROW_TILE = 64             # pixels per task tile (ResNet-20 at batch 128: 32 to 128 within 5%, 224 10% slower)
-MIN_TASKS = 64            # split into at least this many tasks when the shape allows
+ROW_TILE = 64             # pixels per task tile (a multiple of 4: whole dot blocks; see bench/NOTES.md)
+WEIGHT_CHUNKS = 8         # at most this many partial weight gradients
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -91,7 +86,7 @@ def _im2row_conv(xh, wr, b, out, r_, s_, sh, sw, dil_h, dil_w, tp, kind, slope):
             k1, k2, k3 = min(kb + 1, kg - 1), min(kb + 2, kg - 1), min(kb + 3, kg - 1)
             for jb in range(0, t, 4):
                 j1, j2, j3 = min(jb + 1, t - 1), min(jb + 2, t - 1), min(jb + 3, t - 1)
-                sums = _dots4x4(weights, kb, k1, k2, k3, gathered, jb, j1, j2, j3, 0, 0, 0, 0, 0, rows, zero)
+                sums = dots4x4(weights, kb, k1, k2, k3, gathered, jb, j1, j2, j3, 0, 0, 0, 0, 0, rows, zero)
                 for i in range(min(4, kg - kb)):
                     for jj in range(min(4, t - jb)):
                         acc[kb + i, jb + jj] = sums[i * 4 + jj]
@@ -182,7 +177,7 @@ def _weight_rows(w: np.ndarray, groups: int) -> np.ndarray:
         groups, k // groups, r * s * cg)
 
 
-def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
               dilation: Pair, groups: int, kind: int, slope: float) -> None:
     """y (N, K, OH, OW) = act(cross_correlate(x, w) + b) by gathered rows (module docstring); ``kind`` is the
     activation's code (activation.code)."""
@@ -208,18 +203,19 @@ def data_grad(dy: np.ndarray, w: np.ndarray, padding: Pads, dilation: Pair, grou
     reach_h, reach_w = dilation[0] * (r - 1), dilation[1] * (s - 1)
     flipped = (reach_h - padding[0], reach_h - padding[1], reach_w - padding[2], reach_w - padding[3])
     dx = np.empty(x_shape, dtype=dy.dtype)
-    correlate(dy, np.ascontiguousarray(wt), np.zeros(groups * cg, dtype=dy.dtype), dx, (1, 1), flipped, dilation,
+    forward(dy, np.ascontiguousarray(wt), np.zeros(groups * cg, dtype=dy.dtype), dx, (1, 1), flipped, dilation,
               groups, code(None), 0.0)
     return dx
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,
-                groups: int, chunks: int) -> np.ndarray:
-    """dw (K, Cg, R, S) by gathered windows times dy, in ``chunks`` partials over the batch summed in order."""
+                groups: int) -> np.ndarray:
+    """dw (K, Cg, R, S) by gathered windows times dy, in at most WEIGHT_CHUNKS partials over the batch summed in
+    order."""
     n, k, oh, ow = dy.shape
     _, cg, r, s = w_shape
     xh = _channel_last_copy(x, groups, padding)
-    part = np.empty((min(chunks, n), groups, k // groups, r * s * cg), dtype=x.dtype)
+    part = np.empty((min(WEIGHT_CHUNKS, n), groups, k // groups, r * s * cg), dtype=x.dtype)
     _im2row_weight(xh, dy.reshape(n, k, oh * ow), part, ow, s, *stride, *dilation, ROW_TILE)
     dw = part.sum(axis=0).reshape(groups, k // groups, r, s, cg).transpose(0, 1, 4, 2, 3)
     return np.ascontiguousarray(dw).reshape(w_shape)

@@ -1,0 +1,268 @@
+"""The loops every conv path shares, Numba: one register-blocked matmul whose operand rows may be shifted windows
+into other arrays, the 4x4 block of long dot products, the short run helpers (copy, zero, add, axpy, padded
+planes), and the tiling constants and geometry helpers of the paths.
+
+Plain indexed loops only (no slices in hot loops: a slice costs more than a short row copy). Every inner loop
+runs along a contiguous axis, so LLVM vectorises it without fastmath. Numba's cache keys a kernel on its own
+file only: the kernels of the other modules inline or call these, so after editing this file delete the cache
+files (``__pycache__/*.nbi``, ``*.nbc``) of the whole package.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from cnnkit.backends import conv_output_size
+
+from ..activation import act_run
+
+Pair = tuple[int, int]
+Pads = tuple[int, int, int, int]
+
+FMA = {"contract"}
+MIN_TILE = 32          # pixels per tile at least: long enough to vectorise
+MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling of a / b."""
+    return -(-a // b)
+
+
+def geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair):
+    """(OH, OW, (sh, sw, pad_top, pad_left, dil_h, dil_w)): the output size and the kernels' geometry arguments."""
+    oh = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[2], padding[3], dilation[1])
+    return oh, ow, (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+
+
+# ----------------------------------------------------------------------------------------------- matmul
+@njit(cache=True, fastmath=FMA, error_model="numpy")
+def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
+    """c[i, j] += sum over q < kd of a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j], for i < m, j < t.
+
+    The row/offset vectors let an operand row be a shifted window of a padded image row (the implicit-GEMM
+    convolution) or an ordinary matrix row (identity rows, zero offsets). 4x4 register blocks, then one 2x4
+    block, then single rows. All indices are unsigned and no views are taken: that spares Numba's
+    negative-index wraparound (which blocks vectorisation) and the reference counting of views (which costs
+    more than a short block)."""
+    i = 0
+    while i + 4 <= m:
+        _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t)
+        i += 4
+    if i + 2 <= m:  # a 2x4 block: m = 6 (LeNet-5's C1 outputs, C3's inputs) would leave two single rows
+        _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t)
+        i += 2
+    for row in range(i, m):
+        _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, t)
+
+
+@njit(cache=True, fastmath=FMA, error_model="numpy")
+def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t):
+    """Rows i .. i+3 of :func:`gemm`: 4x4 blocks (four rows of c, four of b), then the remaining rows of b."""
+    tu = np.uint64(t)
+    i0, i1, i2, i3 = np.uint64(i), np.uint64(i + 1), np.uint64(i + 2), np.uint64(i + 3)
+    a0, a1, a2, a3 = np.uint64(arow[i]), np.uint64(arow[i + 1]), np.uint64(arow[i + 2]), np.uint64(arow[i + 3])
+    o0, o1, o2, o3 = np.uint64(aoff[i]), np.uint64(aoff[i + 1]), np.uint64(aoff[i + 2]), np.uint64(aoff[i + 3])
+    q = 0
+    while q + 4 <= kd:
+        r0, r1, r2, r3 = np.uint64(brow[q]), np.uint64(brow[q + 1]), np.uint64(brow[q + 2]), np.uint64(brow[q + 3])
+        f0, f1, f2, f3 = np.uint64(boff[q]), np.uint64(boff[q + 1]), np.uint64(boff[q + 2]), np.uint64(boff[q + 3])
+        u = np.uint64(q)
+        w00, w01, w02, w03 = a[a0, o0 + u], a[a0, o0 + u + 1], a[a0, o0 + u + 2], a[a0, o0 + u + 3]
+        w10, w11, w12, w13 = a[a1, o1 + u], a[a1, o1 + u + 1], a[a1, o1 + u + 2], a[a1, o1 + u + 3]
+        w20, w21, w22, w23 = a[a2, o2 + u], a[a2, o2 + u + 1], a[a2, o2 + u + 2], a[a2, o2 + u + 3]
+        w30, w31, w32, w33 = a[a3, o3 + u], a[a3, o3 + u + 1], a[a3, o3 + u + 2], a[a3, o3 + u + 3]
+        for j in range(tu):
+            x0, x1, x2, x3 = b[r0, f0 + j], b[r1, f1 + j], b[r2, f2 + j], b[r3, f3 + j]
+            c[i0, j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            c[i1, j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            c[i2, j] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            c[i3, j] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+        q += 4
+    for rest in range(q, kd):
+        r0, f0, u = np.uint64(brow[rest]), np.uint64(boff[rest]), np.uint64(rest)
+        w00, w10, w20, w30 = a[a0, o0 + u], a[a1, o1 + u], a[a2, o2 + u], a[a3, o3 + u]
+        for j in range(tu):
+            x0 = b[r0, f0 + j]
+            c[i0, j] += w00 * x0
+            c[i1, j] += w10 * x0
+            c[i2, j] += w20 * x0
+            c[i3, j] += w30 * x0
+
+
+@njit(cache=True, fastmath=FMA, error_model="numpy")
+def _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t):
+    """Rows i and i+1 of :func:`gemm`: 2x4 blocks, then the remaining rows of b."""
+    tu = np.uint64(t)
+    i0, i1 = np.uint64(i), np.uint64(i + 1)
+    a0, a1, o0, o1 = np.uint64(arow[i]), np.uint64(arow[i + 1]), np.uint64(aoff[i]), np.uint64(aoff[i + 1])
+    q = 0
+    while q + 4 <= kd:
+        r0, r1, r2, r3 = np.uint64(brow[q]), np.uint64(brow[q + 1]), np.uint64(brow[q + 2]), np.uint64(brow[q + 3])
+        f0, f1, f2, f3 = np.uint64(boff[q]), np.uint64(boff[q + 1]), np.uint64(boff[q + 2]), np.uint64(boff[q + 3])
+        u = np.uint64(q)
+        w00, w01, w02, w03 = a[a0, o0 + u], a[a0, o0 + u + 1], a[a0, o0 + u + 2], a[a0, o0 + u + 3]
+        w10, w11, w12, w13 = a[a1, o1 + u], a[a1, o1 + u + 1], a[a1, o1 + u + 2], a[a1, o1 + u + 3]
+        for j in range(tu):
+            x0, x1, x2, x3 = b[r0, f0 + j], b[r1, f1 + j], b[r2, f2 + j], b[r3, f3 + j]
+            c[i0, j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            c[i1, j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+        q += 4
+    for rest in range(q, kd):
+        r0, f0, u = np.uint64(brow[rest]), np.uint64(boff[rest]), np.uint64(rest)
+        w00, w10 = a[a0, o0 + u], a[a1, o1 + u]
+        for j in range(tu):
+            x0 = b[r0, f0 + j]
+            c[i0, j] += w00 * x0
+            c[i1, j] += w10 * x0
+
+
+@njit(cache=True, fastmath=FMA, error_model="numpy")
+def _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, t):
+    """Row ``row`` of :func:`gemm`: four rows of b at a time, then the remaining ones."""
+    tu = np.uint64(t)
+    i0, a0, o0 = np.uint64(row), np.uint64(arow[row]), np.uint64(aoff[row])
+    q = 0
+    while q + 4 <= kd:
+        r0, r1, r2, r3 = np.uint64(brow[q]), np.uint64(brow[q + 1]), np.uint64(brow[q + 2]), np.uint64(brow[q + 3])
+        f0, f1, f2, f3 = np.uint64(boff[q]), np.uint64(boff[q + 1]), np.uint64(boff[q + 2]), np.uint64(boff[q + 3])
+        u = np.uint64(q)
+        w00, w01, w02, w03 = a[a0, o0 + u], a[a0, o0 + u + 1], a[a0, o0 + u + 2], a[a0, o0 + u + 3]
+        for j in range(tu):
+            c[i0, j] += w00 * b[r0, f0 + j] + w01 * b[r1, f1 + j] + w02 * b[r2, f2 + j] + w03 * b[r3, f3 + j]
+        q += 4
+    for rest in range(q, kd):
+        r0, f0, w00 = np.uint64(brow[rest]), np.uint64(boff[rest]), a[a0, o0 + np.uint64(rest)]
+        for j in range(tu):
+            c[i0, j] += w00 * b[r0, f0 + j]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero):
+    """The 16 dot products sum over u0 <= u < u1 of d[ki, u] * xs[cj, u + oj]: one pass over the eight rows,
+    16 accumulators (reassociation lets LLVM keep them as vectors; the order is fixed by the compiled code,
+    so results do not depend on the thread count)."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+    a0, a1, a2, a3 = np.uint64(k0), np.uint64(k1), np.uint64(k2), np.uint64(k3)
+    b0, b1, b2, b3 = np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3)
+    f0, f1, f2, f3 = np.uint64(o0), np.uint64(o1), np.uint64(o2), np.uint64(o3)
+    for u in range(np.uint64(u0), np.uint64(u1)):
+        y0, y1, y2, y3 = d[a0, u], d[a1, u], d[a2, u], d[a3, u]
+        x0, x1, x2, x3 = xs[b0, u + f0], xs[b1, u + f1], xs[b2, u + f2], xs[b3, u + f3]
+        s00, s01, s02, s03 = s00 + y0 * x0, s01 + y0 * x1, s02 + y0 * x2, s03 + y0 * x3
+        s10, s11, s12, s13 = s10 + y1 * x0, s11 + y1 * x1, s12 + y1 * x2, s13 + y1 * x3
+        s20, s21, s22, s23 = s20 + y2 * x0, s21 + y2 * x1, s22 + y2 * x2, s23 + y2 * x3
+        s30, s31, s32, s33 = s30 + y3 * x0, s31 + y3 * x1, s32 + y3 * x2, s33 + y3 * x3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def copy_run(dst, d0, src, s0, sstep, count):
+    """dst[d0 + u] = src[s0 + u * sstep] for u < count; starts must be >= 0. Unsigned indices (vectorisable)."""
+    if count <= 0:
+        return
+    d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(count)
+    if sstep == 1:
+        for u in range(n):
+            dst[d + u] = src[o + u]
+    else:
+        st = np.uint64(sstep)
+        for u in range(n):
+            dst[d + u] = src[o + u * st]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def zero_run(dst, d0, count):
+    """dst[d0 + u] = 0 for u < count."""
+    if count <= 0:
+        return
+    d = np.uint64(d0)
+    for u in range(np.uint64(count)):
+        dst[d + u] = 0
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def add_run(dst, d0, dstep, src, s0, count):
+    """dst[d0 + u * dstep] += src[s0 + u] for u < count; starts must be >= 0."""
+    if count <= 0:
+        return
+    d, o, n, dt = np.uint64(d0), np.uint64(s0), np.uint64(count), np.uint64(dstep)
+    if dstep == 1:
+        for u in range(n):
+            dst[d + u] += src[o + u]
+    else:
+        for u in range(n):
+            dst[d + u * dt] += src[o + u]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def axpy_run(dst, d0, dstep, src, s0, sstep, count, alpha):
+    """dst[d0 + u * dstep] += alpha * src[s0 + u * sstep] for u < count; starts must be >= 0."""
+    if count <= 0:
+        return
+    d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(count)
+    if dstep == 1 and sstep == 1:
+        for u in range(n):
+            dst[d + u] += alpha * src[o + u]
+    else:
+        dt, st = np.uint64(dstep), np.uint64(sstep)
+        for u in range(n):
+            dst[d + u * dt] += alpha * src[o + u * st]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def valid_range(off, stride, size, lo_bound, hi_bound):
+    """[lo, hi) within [lo_bound, hi_bound): the output positions o with 0 <= o * stride + off < size."""
+    lo = 0 if off >= 0 else (stride - 1 - off) // stride
+    hi = (size - 1 - off) // stride + 1 if off < size else 0
+    lo = min(max(lo, lo_bound), hi_bound)
+    return lo, max(lo, min(hi, hi_bound))
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def activate_rows(acc, t, b, k0, kind, slope):
+    """act(acc[k, :t] + b[k0 + k]) for every row k of a (K, T) accumulator tile, flattened. Used for tanh and
+    sigmoid: activating whole rows (rather than the short runs of real output columns the epilogue copies) keeps
+    the vectorised loop off its slow scalar remainder. Not in place: overlapping runs would defeat vectorising."""
+    flat = acc.reshape(-1)
+    done = np.empty_like(flat)
+    width = acc.shape[1]
+    for k in range(acc.shape[0]):
+        act_run(done, k * width, flat, k * width, t, b[k0 + k], kind, slope)
+    return done
+
+
+# ----------------------------------------------------------------------------------------------- padded planes
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def padded_plane(dst, base, src, top, left, wp, plane):
+    """dst[base + (top + h) * wp + left + w] = src[h, w], and 0 on the rest of dst[base:base + plane] (the
+    padding only: each element is written once)."""
+    h_, w_ = src.shape
+    zero_run(dst, base, top * wp + left)
+    for h in range(h_):
+        o = base + (top + h) * wp + left
+        copy_run(dst, o, src[h], 0, 1, w_)
+        zero_run(dst, o + w_, (o + wp if h < h_ - 1 else base + plane) - o - w_)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def pad_planes(x, xp, top, left, wp):
+    """xp[n, c, (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xp (N, C, L) is 0."""
+    n_, c_ = x.shape[0], x.shape[1]
+    for task in prange(n_ * c_):
+        n, c = task // c_, task % c_
+        padded_plane(xp[n, c], 0, x[n, c], top, left, wp, xp.shape[2])
+
+
+def padded(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> tuple[np.ndarray, int]:
+    """x as (N, C, Hp*Wp) zero-padded planes (no copy when there is no padding), and Wp."""
+    n, c, h, w = x.shape
+    hp, wp = h + top + bottom, w + left + right
+    if top == bottom == left == right == 0:
+        return x.reshape(n, c, h * w), wp
+    xp = np.empty((n, c, hp * wp), dtype=x.dtype)
+    pad_planes(x, xp, top, left, wp)
+    return xp, wp

@@ -1,0 +1,167 @@
+"""Convolution, Numba: the path rule (:func:`plan`) and the two ops, which run each pass on the path it picks.
+
+Paths (one module each, all parallel over the output they write):
+
+* ``shifted`` (stride 1): implicit GEMM on the zero-padded planes, no im2col (shifted.py).
+* ``im2row`` (many weights per output): each output pixel's window gathered channel-last as one row, each
+  output one long dot product (im2row.py).
+* ``packed`` (strided convs with few weights per output, or outputs much narrower than the padded input):
+  im2col tiles plus the GEMM, col2im for the input gradient; a plain matmul for LeNet-5's C5 geometry
+  (packed.py).
+* ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
+  blocks would be mostly empty (direct.py).
+
+Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
+for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
+(direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted unless the padded width exceeds
+MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row from ROW_MIN (256) weights per
+output, else as the weight gradient; the input gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes
+are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted grid is mostly padding), else
+shifted when the weight gradient is and the padded width is at most 1.5 times the input width, else packed.
+``path=`` forces one (the tests run every path on every shape).
+
+Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
+times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
+taps, and the shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN
+is NaN). So a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed
+path, and a non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed
+path; the checks read only the weights and the weight gradient (small arrays), and finite values take the paths
+the rule picks.
+
+Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
+the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
+compiles these loops for the machine it runs on (AVX-512 where there is one).
+
+Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
+forward over (image, group, pixel tile); backward-data over (group, position tile) for shifted and (image
+block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group)
+with one partial gradient per chunk (shifted: per run of pixels, see shifted.py), summed afterwards.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
+
+from ..activation import code
+from ..reduce import channel_sums
+from . import direct, im2row, packed, shifted
+from ._loops import Pads, Pair
+
+GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
+WEIGHT_GEMM_MIN = 8    # ... and below which a strided backward-weight does
+MAX_WIDE_WASTE = 1.5
+ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
+ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
+DATA_ROW_WASTE = 1.4   # ... and the input gradient when the padded planes exceed the input by this factor
+PATHS = ("direct", "shifted", "packed", "im2row")
+
+
+def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
+         path: str | None = None) -> tuple[str, str, str]:
+    """The paths (forward, backward-weight, backward-data) of this conv; see the module docstring."""
+    if path is not None:
+        if path not in PATHS:
+            raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
+        if path == "shifted" and stride != (1, 1):
+            raise ValueError("path='shifted' needs stride 1")
+        return path, path, path
+    kg = w_shape[0] // groups
+    if kg < GEMM_MIN_ROWS:
+        return "direct", "direct", "direct"
+    out_h = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], padding[1], dilation[0])
+    out_w = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[2], padding[3], dilation[1])
+    if packed.dense_geometry(x_shape, w_shape, padding, groups, out_h * out_w):
+        return "packed", "packed", "packed"
+    reduction = w_shape[1] * w_shape[2] * w_shape[3]
+    if stride != (1, 1):
+        route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
+        return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
+    padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
+    weight = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
+    forward = "im2row" if reduction >= ROW_MIN else weight
+    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > DATA_ROW_WASTE * x_shape[2] * x_shape[3]
+            and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
+        data = "im2row"
+    else:
+        data = "shifted" if weight == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+    return forward, weight, data
+
+
+def _finite(a: np.ndarray) -> bool:
+    """True when ``a`` (weights or a weight gradient: small) holds no NaN or inf."""
+    return bool(np.isfinite(a).all())
+
+
+@implements("numba")
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
+                   dilation: Pair, groups: int, activation: str | None = None,
+                   path: str | None = None) -> np.ndarray:
+    """y = act(cross_correlate(x, w) + b), shape (N, K, OH, OW); ``path`` forces one of PATHS."""
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype)
+    n, k = x.shape[0], w.shape[0]
+    oh = conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(x.shape[3], w.shape[3], stride[1], padding[2], padding[3], dilation[1])
+    b = np.zeros(k, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((n, k, oh, ow), dtype=x.dtype)
+    kind = code(activation)
+    route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
+    if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
+        route = "packed"
+    if route == "direct":
+        direct.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
+    elif route == "shifted":
+        shifted.forward(x, w, b, y, padding, dilation, groups, kind, LEAKY_SLOPE)
+    elif route == "im2row":
+        im2row.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
+    else:
+        packed.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
+    return y
+
+
+@implements("numba")
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pads, dilation: Pair,
+                    groups: int, need_dx: bool = True, need_db: bool = True, need_dw: bool = True,
+                    path: str | None = None):
+    """(dx, dw, db) of the pre-activation conv output's gradient ``dy``; each is None when not needed."""
+    x = np.ascontiguousarray(x)
+    w, dy = np.ascontiguousarray(w, dtype=x.dtype), np.ascontiguousarray(dy, dtype=x.dtype)
+    n, k, oh, ow = dy.shape
+    db = None
+    if need_db:
+        db = np.empty(k, dtype=x.dtype)
+        channel_sums(dy.reshape(n, k, oh * ow), db)
+    _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
+    if need_dx and data_route in ("shifted", "im2row") and not _finite(w):  # see the module docstring
+        data_route = "packed"
+    if data_route == "packed" and packed.dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
+        return (*packed.dense_backward(dy, x, w, need_dx, need_dw), db)
+    wide = None
+    if (need_dw and weight_route == "shifted") or (need_dx and data_route == "shifted"):
+        wide = shifted.wide_dy(dy, x.shape, w.shape, padding, dilation)
+    dw = _weight_grad(weight_route, dy, x, w.shape, stride, padding, dilation, groups, wide) if need_dw else None
+    if (need_dw and weight_route in ("direct", "shifted")
+            and not (_finite(dw) and (db is None or _finite(db)))):  # see the module docstring
+        dw = _weight_grad("packed", dy, x, w.shape, stride, padding, dilation, groups, None)
+    dx = _data_grad(data_route, dy, x.shape, w, stride, padding, dilation, groups, wide) if need_dx else None
+    return dx, dw, db
+
+
+def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
+    """dw by the backward-weight path ``route`` (see :func:`plan`); ``wide`` is shifted.wide_dy's layout of dy."""
+    if route == "shifted":
+        return shifted.weight_grad(wide, x, w_shape, padding, dilation, groups, *dy.shape[2:])
+    path = {"direct": direct, "im2row": im2row, "packed": packed}[route]
+    return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
+
+
+def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
+    """dx by the backward-data path ``route`` (see :func:`plan`); ``wide`` is shifted.wide_dy's layout of dy."""
+    if route == "shifted":
+        return shifted.data_grad(wide, x_shape, w, padding, dilation, groups)
+    if route == "im2row" and im2row.data_grad_fits(stride, padding, dilation, w.shape):
+        return im2row.data_grad(dy, w, padding, dilation, groups, x_shape)
+    if route == "im2row":
+        return im2row.scatter_data_grad(dy, w, stride, padding, dilation, groups, x_shape)
+    path = {"direct": direct, "packed": packed}[route]
+    return path.data_grad(dy, x_shape, w, stride, padding, dilation, groups)
