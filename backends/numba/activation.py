@@ -5,7 +5,7 @@ epilogue uses it too) with the choice of activation made outside the loop, so ev
 are computed in float64 and rounded once to the array's dtype, except tanh of float32 arrays, computed in float32
 (twice the SIMD lanes; 2e-7 relative). exp and tanh are written here, branch-free (Cody-Waite reduction and
 Taylor polynomials, within 1 ulp of libm in float64), because a libm call per element
-keeps LLVM from vectorising and costs ~50x more than the arithmetic. ``error_model="numpy"`` everywhere: a
+keeps LLVM from vectorising and costs far more than the arithmetic. ``error_model="numpy"`` everywhere: a
 division then needs no zero check, which would also block vectorisation.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ NONE, RELU, LEAKY_RELU, SIGMOID, TANH, SCALED_TANH = (CODES[k] for k in (None, *
 _A, _S = SCALED_TANH_A, SCALED_TANH_S
 _S_OVER_A, _A2 = SCALED_TANH_S / SCALED_TANH_A, SCALED_TANH_A ** 2
 _LN2_HI, _LN2_LO, _INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e+00
-_HALF_LN2 = 0.34657359027997264
 _BLOCK = 4096  # elements per task of the elementwise kernels
 
 
