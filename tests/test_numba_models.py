@@ -14,7 +14,7 @@ from cnnkit import models, optim
 
 # Looser than RTOL_F64 because each step's last-bit differences (another summation order) feed into the next
 # step's weights and grow: ResNet-20's losses agree to 1e-16 at step 1 and drift to about 1.5e-10 by step 20
-# (both backends are deterministic run to run). 1e-9 is the bound issue 4 sets.
+# (both backends are deterministic run to run); 1e-9 bounds that drift with some room to spare.
 RTOL_TRAINING = 1e-9
 
 

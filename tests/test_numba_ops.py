@@ -3,7 +3,8 @@ paths (each forced on the cases of tests/op_cases.py, the documented automatic c
 independence), the float32 tanh and the shared dropout mask.
 
 tests/test_ops.py runs every op case on numba float32 and float64 against the NumPy float64 reference; the same
-tolerances hold here: float64 to RTOL_F64, float32 by DESIGN.md's float32-vs-float64 rule.
+tolerances hold here: float64 to RTOL_F64, float32 by the float32-vs-float64 rule of tests/tolerances.py
+(assert_close_f32).
 """
 from __future__ import annotations
 
