@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import importlib.metadata
 import os
 from typing import Iterator
 
@@ -94,3 +95,40 @@ def use_backend(name: str | Backend) -> Iterator[Backend]:
         yield _current.get()
     finally:
         _current.reset(token)
+
+
+CUPY_DISTRIBUTIONS = ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+"""The pip distributions that provide ``import cupy``: the two CUDA lines of the ``cuda13`` / ``cuda12`` extras
+(``cuda`` is an alias of ``cuda12``), and a source build."""
+
+
+def _cuda_version(code: int) -> str:
+    """CUDA's integer version (12040) as text ("12.4")."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def cupy_info() -> str:
+    """One line on the CuPy and CUDA found here, for ``cnnkit info``: the CuPy version and its pip distribution
+    (hence the CUDA line), the CUDA runtime and the driver's CUDA version, the device count; or why none is
+    usable, with the extra to install. Never raises."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install failing the import another way
+        return (f"CuPy not usable ({type(exc).__name__}: {exc}); install: pip install 'cnnkit[cuda12]' (CUDA 12) "
+                f"or 'cnnkit[cuda13]' (CUDA 13)")
+    dists = []
+    for dist in CUPY_DISTRIBUTIONS:
+        try:
+            dists.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    text = f"CuPy {getattr(cupy, '__version__', '?')} ({', '.join(dists) or 'distribution unknown'})"
+    if len(dists) > 1:
+        text += " - several CuPy distributions are installed; keep only one"
+    try:
+        runtime = cupy.cuda.runtime
+        text += (f", CUDA runtime {_cuda_version(runtime.runtimeGetVersion())}, driver supports CUDA "
+                 f"{_cuda_version(runtime.driverGetVersion())}, {runtime.getDeviceCount()} device(s)")
+    except Exception as exc:  # CUDARuntimeError without a driver or device
+        text += f", no usable CUDA driver/device ({type(exc).__name__}: {exc})"
+    return text
