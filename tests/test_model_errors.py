@@ -65,3 +65,12 @@ def test_nested_layer_path_is_dotted():
     inner = nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2))
     with pytest.raises(ValueError, match=r"layer 1\.1 \(Linear"):
         nn.Sequential(nn.Flatten(), inner)(np.zeros((2, 3), np.float32))
+
+
+def test_shape_error_pickles_with_its_message():
+    import pickle
+
+    with pytest.raises(nn.ShapeError) as info:
+        models.lenet5()(np.zeros((1, 1, 28, 28), np.float32))
+    again = pickle.loads(pickle.dumps(info.value))
+    assert str(again) == str(info.value) and again.path == ["6"]

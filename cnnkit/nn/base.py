@@ -324,6 +324,9 @@ class ShapeError(ValueError):
         self.path: list[str] = []
         self.expected: tuple[int, ...] | None = None
 
+    def __reduce__(self):  # picklable (e.g. across worker processes), keeping the path and expected shape
+        return _rebuild_shape_error, (self.layer, self.got, self.detail, self.path, self.expected)
+
     def __str__(self) -> str:
         layer = self.layer
         text = (f"layer {'.'.join(self.path)} ({type(layer).__name__}({layer.extra_repr()})) failed on input of "
@@ -331,3 +334,10 @@ class ShapeError(ValueError):
         if self.expected is not None:
             text += f"; this model expects input of shape (N, {', '.join(map(str, self.expected))})"
         return text
+
+
+def _rebuild_shape_error(layer: Layer, got: tuple[int, ...], detail: str, path: list[str],
+                         expected: tuple[int, ...] | None) -> ShapeError:
+    error = ShapeError(layer, got, detail)
+    error.path, error.expected = list(path), expected
+    return error
