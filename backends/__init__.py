@@ -235,21 +235,21 @@ def dropout_mask(shape, p, seed, dtype):
 
 
 @_op(lambda ops, make: ((make(2, 3, 8, 8), make(3), make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5), {}))
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
     """(y, saved) per channel of NCHW. Training: batch mean and biased variance normalise; running_mean and
     running_var are updated in place (running = (1 - momentum) * running + momentum * batch, unbiased variance),
     as PyTorch. Eval: the running statistics normalise. ``saved`` is opaque, for the backward."""
 
 
 def _batch_norm_backward(ops, make):
-    gamma = make(3)
-    _, saved = ops.batch_norm_forward(make(2, 3, 8, 8), gamma, make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5)
-    return (make(2, 3, 8, 8), saved, gamma), {}
+    weight = make(3)
+    _, saved = ops.batch_norm_forward(make(2, 3, 8, 8), weight, make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5)
+    return (make(2, 3, 8, 8), saved, weight), {}
 
 
 @_op(_batch_norm_backward)
-def batch_norm_backward(dy, saved, gamma):
-    """(dx, dgamma, dbeta) of batch_norm_forward."""
+def batch_norm_backward(dy, saved, weight):
+    """(dx, dweight, dbias) of batch_norm_forward (weight and bias are PyTorch's names for gamma and beta)."""
 
 
 @_op(lambda ops, make: ((make(4, 10), (make(4) > 0).astype("int64") * 3), {}))

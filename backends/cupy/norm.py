@@ -57,11 +57,11 @@ def _running(a: Any, name: str) -> Any:
 
 
 @implements("cupy")
-def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, training: bool,
+def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool,
                        momentum: float, eps: float) -> tuple[Any, tuple]:
     """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device."""
     xp = array_module()
-    x, gamma, beta = as_f32(x, "x"), as_f32(gamma, "gamma"), as_f32(beta, "beta")
+    x, weight, bias = as_f32(x, "x"), as_f32(weight, "weight"), as_f32(bias, "bias")
     running_mean, running_var = _running(running_mean, "running_mean"), _running(running_var, "running_var")
     n, c, h, w = x.shape
     count = n * h * w
@@ -76,17 +76,17 @@ def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running
     launch("norm", "bn_stats", blocks(c), THREADS, sq_partial, *i32(c, splits, count), f32(eps), f32(momentum),
            np.int32(training), mean, invstd, running_mean, running_var)
     y = xp.empty_like(x)
-    launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, gamma, beta, y,
+    launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, weight, bias, y,
            *i32(x.size, c, h * w))
     return y, (x, mean, invstd, bool(training))
 
 
 @implements("cupy")
-def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, Any]:
-    """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * gamma * invstd."""
+def batch_norm_backward(dy: Any, saved: tuple, weight: Any) -> tuple[Any, Any, Any]:
+    """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * weight * invstd."""
     xp = array_module()
     x, mean, invstd, training = saved
-    dy, gamma = as_f32(dy, "dy"), as_f32(gamma, "gamma")
+    dy, weight = as_f32(dy, "dy"), as_f32(weight, "weight")
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the batch-norm input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     n, c, h, w = x.shape
@@ -94,6 +94,6 @@ def batch_norm_backward(dy: Any, saved: tuple, gamma: Any) -> tuple[Any, Any, An
     partial, splits = _partials(x, PARTIAL_DY_XHAT, b=dy, center=mean, scale=invstd)
     dgamma = _finalize(partial, splits, 1.0)
     dx = xp.empty_like(dy)
-    launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
+    launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, x, mean, invstd, weight, dgamma, dbeta, dx,
            *i32(dx.size, c, h * w, n * h * w, training))
     return dx, dgamma, dbeta

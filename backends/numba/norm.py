@@ -102,9 +102,9 @@ def _flat(a: np.ndarray, dtype) -> np.ndarray:
 
 
 @implements("numba")
-def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+def batch_norm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray,
                        running_var: np.ndarray, training: bool, momentum: float, eps: float):
-    """(y, saved) with y = gamma * (x - mean) / sqrt(var + eps) + beta per channel; the running statistics
+    """(y, saved) with y = weight * (x - mean) / sqrt(var + eps) + bias per channel; the running statistics
     move (in place) towards the batch mean and unbiased variance in training.
     ``saved = (x, mean, inv_std, training)``, the statistics in float64."""
     xf = _flat(x, x.dtype)
@@ -119,19 +119,19 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1 / np.sqrt(var + eps)
     y = np.empty_like(xf)
-    _normalise(xf, mean, inv_std, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), y)
+    _normalise(xf, mean, inv_std, np.ascontiguousarray(weight), np.ascontiguousarray(bias), y)
     return y.reshape(x.shape), (xf, mean, inv_std, bool(training))
 
 
 @implements("numba")
-def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
-    """(dx, dgamma, dbeta); in eval the statistics are constants and dx is dy * gamma * inv_std."""
+def batch_norm_backward(dy: np.ndarray, saved, weight: np.ndarray):
+    """(dx, dgamma, dbeta); in eval the statistics are constants and dx is dy * weight * inv_std."""
     xf, mean, inv_std, training = saved
     dyf = _flat(dy, xf.dtype)
     dbeta, dgamma = np.empty(xf.shape[:2]), np.empty(xf.shape[:2])
     _plane_grad_sums(dyf, xf, mean, dbeta, dgamma)
     dbeta, dgamma = dbeta.sum(axis=0), dgamma.sum(axis=0) * inv_std
     dx = np.empty_like(xf)
-    _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(gamma, dtype=np.float64), dgamma, dbeta,
+    _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(weight, dtype=np.float64), dgamma, dbeta,
                 training, dx)
     return dx.reshape(dy.shape), dgamma.astype(xf.dtype), dbeta.astype(xf.dtype)

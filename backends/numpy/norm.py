@@ -14,9 +14,9 @@ def _per_channel(v: np.ndarray) -> np.ndarray:
 
 
 @implements("numpy")
-def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+def batch_norm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray,
                        running_var: np.ndarray, training: bool, momentum: float, eps: float):
-    """(y, saved) with y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
+    """(y, saved) with y = weight * (x - mean) / sqrt(var + eps) + bias per channel.
 
     Training normalises with the batch mean and biased variance and moves the running statistics (in place)
     towards the batch mean and unbiased variance; eval normalises with the running statistics.
@@ -33,18 +33,18 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
         mean, var = running_mean, running_var
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
     x_hat = (x - _per_channel(mean.astype(x.dtype, copy=False))) * _per_channel(inv_std)
-    y = x_hat * _per_channel(gamma) + _per_channel(beta)
+    y = x_hat * _per_channel(weight) + _per_channel(bias)
     return y, (x_hat, inv_std, training)
 
 
 @implements("numpy")
-def batch_norm_backward(dy: np.ndarray, saved, gamma: np.ndarray):
+def batch_norm_backward(dy: np.ndarray, saved, weight: np.ndarray):
     """(dx, dgamma, dbeta). In training the batch statistics depend on x, which gives the two mean terms;
-    in eval they are constants and dx is just dy * gamma * inv_std."""
+    in eval they are constants and dx is just dy * weight * inv_std."""
     x_hat, inv_std, training = saved
     dgamma = (dy * x_hat).sum(axis=_AXES)
     dbeta = dy.sum(axis=_AXES)
-    scale = _per_channel(gamma * inv_std)
+    scale = _per_channel(weight * inv_std)
     if not training:
         return dy * scale, dgamma, dbeta
     m = dy.size // dy.shape[1]
