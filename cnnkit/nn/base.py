@@ -316,28 +316,29 @@ class Sequential(Layer):
 
 class ShapeError(ValueError):
     """A layer of a Sequential rejected its input: ``path`` is the layer's dotted index in the model (e.g.
-    ``["4", "0"]``), ``got`` the shape it received, ``expected`` the model's ``input_shape`` when it has one."""
+    ``["4", "0"]``), ``got`` the shape it received, ``expected`` the model's ``input_shape`` when it has one.
+    ``layer`` is the layer itself (None after unpickling; ``layer_text`` describes it either way)."""
 
-    def __init__(self, layer: Layer, got: tuple[int, ...], detail: str):
+    def __init__(self, layer: Layer | None, got: tuple[int, ...], detail: str, layer_text: str | None = None):
         super().__init__(detail)
         self.layer, self.got, self.detail = layer, got, detail
+        self.layer_text = layer_text or f"{type(layer).__name__}({layer.extra_repr()})"
         self.path: list[str] = []
         self.expected: tuple[int, ...] | None = None
 
     def __reduce__(self):  # picklable (e.g. across worker processes), keeping the path and expected shape
-        return _rebuild_shape_error, (self.layer, self.got, self.detail, self.path, self.expected)
+        return _rebuild_shape_error, (self.layer_text, self.got, self.detail, self.path, self.expected)
 
     def __str__(self) -> str:
-        layer = self.layer
-        text = (f"layer {'.'.join(self.path)} ({type(layer).__name__}({layer.extra_repr()})) failed on input of "
+        text = (f"layer {'.'.join(self.path)} ({self.layer_text}) failed on input of "
                 f"shape {self.got}: {self.detail}")
         if self.expected is not None:
             text += f"; this model expects input of shape (N, {', '.join(map(str, self.expected))})"
         return text
 
 
-def _rebuild_shape_error(layer: Layer, got: tuple[int, ...], detail: str, path: list[str],
+def _rebuild_shape_error(layer_text: str, got: tuple[int, ...], detail: str, path: list[str],
                          expected: tuple[int, ...] | None) -> ShapeError:
-    error = ShapeError(layer, got, detail)
+    error = ShapeError(None, got, detail, layer_text)
     error.path, error.expected = list(path), expected
     return error
