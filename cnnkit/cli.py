@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import cnnkit
 from cnnkit.backends import BACKEND_NAMES, INSTALL_HINTS
+from cnnkit.preflight import UsageError
 from cnnkit.validate import argparse_type
 
 if TYPE_CHECKING:
@@ -48,10 +50,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _positive(kind: type) -> Any:
-    return argparse_type(kind, lambda v: v > 0, f"a positive {kind.__name__}")
+    """A positive ``kind``; floats must also be finite (inf and nan are usage errors)."""
+    return argparse_type(kind, lambda v: math.isfinite(v) and v > 0,
+                         f"a positive {'finite ' if kind is float else ''}{kind.__name__}")
 
 
-_non_negative_float = argparse_type(float, lambda v: v >= 0, "a number >= 0")
+_non_negative_float = argparse_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 _fraction = argparse_type(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
@@ -146,13 +150,14 @@ def _train_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainCo
 
     return TrainConfig(epochs=args.epochs, checkpoint_dir=args.out, early_stopping=args.early_stopping,
                        monitor="val_acc", resume=args.resume, progress=not args.no_progress,
-                       max_steps=args.max_steps, metadata=metadata)
+                       max_steps=args.max_steps, metadata=metadata, keep_hyperparameters=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a named model on a named dataset; checkpoints and history go to --out."""
-    from cnnkit import data, io, nn, optim, train
+    from cnnkit import data, io, nn, optim, preflight, train
 
+    preflight.check_train_options(args)
     nn.init.manual_seed(args.seed)
     train_set = _load(args.dataset, "train", args.data_root)
     test_set = _load(args.dataset, "test", args.data_root)
@@ -174,8 +179,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     schedule = _schedule(args.schedule, optimizer, args.epochs)
     metadata = {"model": args.model, "num_classes": len(train_set.classes), "classes": train_set.classes,
                 "dataset": str(args.dataset), "mean": mean, "std": std, "backend": args.backend, "dtype": args.dtype,
-                "data_root": None if args.data_root is None else str(Path(args.data_root).resolve())}
-    print(f"training {args.model} ({model.num_parameters():,} parameters) on {train_set.name}: "
+                "data_root": None if args.data_root is None else str(Path(args.data_root).resolve()),
+                "settings": preflight.train_settings(args)}
+    print(f"training {args.model} ({model.num_parameters():,} parameters) on {train_set.name} "
+          f"({train_set.source or 'in memory'}): "
           f"{len(train_set)} train, {0 if val_set is None else len(val_set)} val, {len(test_set)} test images; "
           f"backend {args.backend}, {args.dtype}")
     started = time.perf_counter()
@@ -184,14 +191,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     best = None if args.out is None else Path(args.out) / "best.npz"
     if best is not None and best.is_file():
-        model.load_state_dict(io.load_checkpoint(best)["model"])
-        print(f"best checkpoint (val accuracy {max(history.column('val_acc')):.4f}): {best}")
+        best_state = io.load_checkpoint(best)
+        model.load_state_dict(best_state["model"])
+        print(f"best checkpoint (val accuracy {best_state['best']:.4f}): {best}")
     result = train.evaluate(model, test_loader)
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} ({result['n']} images); "
           f"training time {elapsed:.1f} s" + (f" (stopped early: {history.stopped})" if history.stopped else ""))
     if args.plots:
-        if args.out is None:
-            raise ValueError("--plots needs --out DIR to write the figures to")
         _write_plots(model, history, test_loader, test_set, Path(args.out))
     return 0
 
@@ -208,8 +214,11 @@ def _write_plots(model: Any, history: Any, loader: Any, dataset: Any, out: Path)
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint written by ``cnnkit train`` on a dataset split."""
-    from cnnkit import data, io, plots, train
+    from cnnkit import data, io, plots, preflight, train
 
+    if args.confusion is not None:
+        preflight.need_module("matplotlib", "plot", "--confusion")
+        preflight.writable_dir(Path(args.confusion).resolve().parent, "the folder of --confusion")
     state = io.load_checkpoint(args.checkpoint)
     meta = state.get("metadata")
     if not meta or "model" not in meta:
@@ -254,7 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = train.TrainConfig(epochs=args.epochs, progress=not args.no_progress, max_steps=args.steps)
     history = train.fit(model, train_loader, test_loader, optimizer=optimizer, schedule=schedule, config=config)
     elapsed = time.perf_counter() - started
-    print(f"final test accuracy {history[-1]['val_acc']:.1%} on {len(test_set)} images; total time {elapsed:.1f} s "
+    final = history.partial or history[-1]
+    print(f"final test accuracy {final['val_acc']:.1%} on {len(test_set)} images; total time {elapsed:.1f} s "
           f"({backend} backend)")
     return 0
 
@@ -374,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _warning_line
         try:
             return int(args.func(args) or 0)
+        except UsageError as exc:
+            print(f"cnnkit: error: {_one_line(exc)} (see 'cnnkit {args.command} --help')", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("cnnkit: interrupted", file=sys.stderr)
             return 130

@@ -22,10 +22,13 @@ COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "sec
 @dataclass
 class History:
     """Per-epoch records (dicts with :data:`COLUMNS`), and why training stopped early, if it did
-    (``"early_stopping"``, ``"max_steps"`` or ``"diverged"``)."""
+    (``"early_stopping"``, ``"max_steps"`` or ``"diverged"``). ``partial``: the record of an epoch that
+    ``max_steps`` stopped part-way (its metrics so far, ``"partial": "step/steps"``); it is not one of ``epochs``,
+    and a resumed run finishes it."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     stopped: str | None = None
+    partial: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.epochs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -45,7 +46,10 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -57,6 +61,55 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.remove(tmp)
         raise
     _fsync_directory(directory)
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has no write in flight when it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, OverflowError):
+        return True  # exists under another user, or cannot tell: leave it
+    return True
+
+
+def clean_stale_temp_files(directory: PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``directory`` when a process died mid-write
+    (``.<name>.<pid>.<8 hex>.tmp`` whose process no longer runs); returns the paths removed. Other files, and
+    temporary files of processes still running, are left alone."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file() and not _process_alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def prepare_output_dir(directory: PathLike, what: str = "output folder") -> Path:
+    """Create ``directory`` (with parents), remove stale temporary files there (:func:`clean_stale_temp_files`)
+    and prove it writable by writing and deleting a file in it, so a run fails before its work rather than after.
+    Errors name ``what`` and the folder."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_files(directory)
+        probe = directory / ".cnnkit-write-test"
+        with atomic_write(probe) as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what} {directory} is not writable: {exc.strerror or exc}") from exc
+    return directory
 
 
 def _fsync_directory(directory: str) -> None:
@@ -157,19 +210,48 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable cnnkit training checkpoint; the message names the file and says what is
+    wrong with it."""
+
+
 def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else."""
+    """Read a checkpoint written by :func:`save_checkpoint`. Every error names the file and says what is wrong:
+    missing, not an .npz, truncated or damaged, a weights file of :func:`save` instead (the other format), or a
+    checkpoint format this version does not read (:class:`CheckpointError`, a ValueError)."""
     path = Path(path)
+    name = repr(str(path))
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as npz:
+        raise FileNotFoundError(f"checkpoint {name} " + ("is a folder, not a file" if path.is_dir() else
+                                                         "does not exist"))
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        detail = "it is not a NumPy file" if "pickle" in str(exc) else str(exc)  # numpy's text suggests pickle
+        raise CheckpointError(f"checkpoint {name} is not a readable .npz archive (truncated, damaged or another kind "
+                              f"of file): {detail}") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"checkpoint {name} holds a single NumPy array (.npy), not a cnnkit checkpoint (.npz)")
+    with npz:
         if "__meta__" not in npz.files:
-            raise ValueError(f"{str(path)!r} is not a cnnkit checkpoint (no __meta__ entry)")
-        meta = json.loads(str(npz["__meta__"]))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(path)!r} has checkpoint format {meta.get('format')!r}, "
-                             f"expected {CHECKPOINT_FORMAT!r}")
-        return _decode(meta["state"], npz)
+            raise CheckpointError(f"{name} is not a cnnkit checkpoint (no __meta__ entry). " + _FORMATS)
+        try:
+            meta = json.loads(str(npz["__meta__"]))
+            fmt = meta.get("format")
+            if fmt != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{name} has checkpoint format {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
+            return _decode(meta["state"], npz)
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {name} is damaged ({type(exc).__name__}: {exc}); use another "
+                                  "checkpoint, e.g. best.npz or an epoch-NNN.npz of the same run") from exc
+
+
+_FORMATS = ("cnnkit writes two formats: weights files (cnnkit.io.save: the model's state dict only, read with "
+            "cnnkit.io.load(model, path)) and training checkpoints (cnnkit train / cnnkit.io.save_checkpoint: the "
+            "weights plus optimiser, history and the metadata that rebuild the model, e.g. DIR/best.npz); this "
+            "needs a training checkpoint")
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:

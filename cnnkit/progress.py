@@ -25,10 +25,11 @@ class Reporter:
         self.lines = progress and self.tqdm is None
         self.bar: Any = None
 
-    def start(self, epoch: int, batches: int) -> None:
-        """An epoch of ``batches`` steps begins (opens the bar)."""
+    def start(self, epoch: int, batches: int, done: int = 0) -> None:
+        """An epoch of ``batches`` steps begins, or continues after ``done`` steps (opens the bar)."""
         if self.tqdm is not None:
-            self.bar = self.tqdm(total=batches, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
+            self.bar = self.tqdm(total=batches, initial=done, desc=f"epoch {epoch}/{self.epochs}", unit="batch",
+                                 leave=False)
 
     def step(self, done: int, batches: int, epoch: int, stats: dict[str, float] | None) -> None:
         """Step ``done`` of the epoch finished; ``stats`` (loss, acc, images_per_s) only at a log interval."""
@@ -49,7 +50,8 @@ class Reporter:
 
     def end(self, record: dict[str, Any]) -> None:
         """Print the epoch's line from its history record."""
-        line = (f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.4f} "
+        partial = f" (stopped at step {record['partial']})" if record.get("partial") else ""
+        line = (f"epoch {record['epoch']}/{self.epochs}{partial}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_acc']:.4f}")
         if record["val_loss"] is not None:
             line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"

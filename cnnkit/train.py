@@ -11,8 +11,9 @@ optimiser, schedule, epoch, history, the data loader's shuffling state, early-st
 epoch give the same weights bit for bit. The files themselves are :func:`cnnkit.io.save_checkpoint`'s (written
 atomically), the records :class:`cnnkit.history.History`, the printed progress :mod:`cnnkit.progress`'s.
 
-A non-finite loss stops training with :class:`TrainingDiverged`; checkpoints and history files keep the last
-good epoch.
+A non-finite loss, or one that grows past ``diverge_factor`` (default 100) x max(its first value, 1), stops training
+with :class:`TrainingDiverged`; checkpoints and history files keep the last good epoch. ``max_steps`` may end a run
+mid-epoch: ``last.npz`` then holds the epoch's progress, and a resume continues at its next step, bit for bit.
 """
 from __future__ import annotations
 
@@ -20,18 +21,20 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from cnnkit import resume as resume_module
 from cnnkit.history import COLUMNS, History
-from cnnkit.io import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from cnnkit.io import CHECKPOINT_FORMAT, load_checkpoint, prepare_output_dir, save_checkpoint
 from cnnkit.losses import softmax_cross_entropy
-from cnnkit.nn.base import Layer, Sequential
-from cnnkit.nn.linear import Dropout, Linear
+from cnnkit.nn.base import Layer
 from cnnkit.progress import Reporter
+from cnnkit.transfer import replace_head
 from cnnkit.validate import positive_int
 
 __all__ = [
@@ -67,6 +70,10 @@ class TrainConfig:
     in every checkpoint, e.g. how to rebuild the model. ``progress``: a tqdm bar on an interactive terminal, else
     a printed line every ``log_every`` steps; with False, only the line per epoch. Losses reach the host only
     every ``log_every`` steps and at the end of each epoch, which is also where divergence is detected.
+    ``keep_hyperparameters``: on resume, the optimiser's lr, momentum, nesterov and weight decay stay as given
+    (a schedule restarts from the given lr at its restored epoch) instead of the checkpoint's.
+    ``diverge_factor``: the run diverged when the running training loss exceeds ``diverge_factor`` x max(the
+    run's first loss, 1) (kept across resumes); None checks only for NaN and infinity.
     """
 
     epochs: int = 1
@@ -81,6 +88,8 @@ class TrainConfig:
     max_steps: int | None = None
     metadata: dict[str, Any] | None = None
     log_every: int = 50
+    keep_hyperparameters: bool = False
+    diverge_factor: float | None = 100.0
 
     def __post_init__(self) -> None:
         positive_int(self.epochs, "epochs")
@@ -88,6 +97,9 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 positive_int(getattr(self, name), name)
         positive_int(self.log_every, "log_every")
+        if self.diverge_factor is not None and not (isinstance(self.diverge_factor, (int, float))
+                                                    and math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
+            raise ValueError(f"diverge_factor must be a finite number > 1 or None, got {self.diverge_factor!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
 
@@ -150,45 +162,58 @@ def _host_stats(loss_sum: Array, correct: Array, n: int, started: float) -> dict
             "images_per_s": n / max(seconds, 1e-12)}
 
 
-def _train_epoch(model: Layer, loader: Iterable, optimizer: Any, loss_fn: LossFn, reporter: Reporter,
-                 epoch: int, max_steps: int | None, log_every: int) -> tuple[dict[str, float], int]:
-    """One pass over ``loader`` (at most ``max_steps`` steps): the epoch's train metrics and the steps taken."""
+def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | None) -> tuple[dict[str, float], int]:
+    """Continue epoch ``epoch`` from ``run.sums`` (a fresh epoch, or one a checkpoint stopped in) for at most
+    ``max_steps`` steps; the epoch's train metrics so far and the steps taken now."""
+    model, loader, optimizer, sums, log_every = run.model, run.train, run.optimizer, run.sums, run.config.log_every
     model.train()
-    batches = len(loader)
-    reporter.start(epoch, batches)
-    loss_sum: Array = 0
-    correct: Array = 0
-    n = steps = 0
-    started = time.perf_counter()
-    for x, y in loader:
-        batch_loss, dlogits, batch_correct = _batch_stats(model, loss_fn, x, y)
+    batches, skip = len(loader), sums.step
+    if skip == 0:
+        sums.loader_epoch = getattr(loader, "epoch", None)
+    reporter.start(epoch, batches, done=skip)
+    started, taken = time.perf_counter() - sums.seconds, 0
+    for index, (x, y) in enumerate(loader):
+        if index < skip:  # drawn and dropped, so the shuffle and augmentation draws stay those of a straight run
+            continue
+        batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
+        if run.guard.start is None:
+            run.guard.start = float(batch_loss)  # the run's one extra host synchronisation
         with model.input_grad_skipped():
             model.backward(dlogits)
         optimizer.step()
         optimizer.zero_grad()
-        loss_sum = loss_sum + batch_loss * y.shape[0]
-        correct = correct + batch_correct
-        n += int(y.shape[0])
-        steps += 1
+        sums.add(batch_loss * y.shape[0], batch_correct, int(y.shape[0]))
+        taken += 1
         stats = None
-        if steps % log_every == 0:
-            stats = _host_stats(loss_sum, correct, n, started)
-            _check_finite(stats["loss"], epoch, steps)
-        reporter.step(steps, batches, epoch, stats)
-        if max_steps is not None and steps >= max_steps:
+        if sums.step % log_every == 0:
+            stats = _host_stats(sums.loss_sum, sums.correct, sums.n, started)
+            run.guard.check(stats["loss"], epoch, sums.step)
+        reporter.step(sums.step, batches, epoch, stats)
+        if max_steps is not None and taken >= max_steps:
             break
-    if steps == 0:
+    if sums.step == 0:
         raise ValueError("fit: the training loader yielded no batches (is batch_size larger than the dataset "
                          "with drop_last=True?)")
-    stats = _host_stats(loss_sum, correct, n, started)
-    _check_finite(stats["loss"], epoch, steps)
-    return stats, steps
+    stats = _host_stats(sums.loss_sum, sums.correct, sums.n, started)
+    sums.seconds = stats["seconds"]
+    run.guard.check(stats["loss"], epoch, sums.step)
+    return stats, taken
 
 
-def _check_finite(loss: float, epoch: int, step: int) -> None:
-    if not math.isfinite(loss):
-        raise TrainingDiverged(f"training diverged: the loss is {loss} in epoch {epoch} (by step {step}); "
-                               "lower the learning rate or check the input data")
+@dataclass
+class _Guard:
+    """Divergence: a non-finite loss, or one above ``factor`` x max(the run's first loss, 1)."""
+
+    factor: float | None
+    start: float | None = None
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        where = f"in epoch {epoch} (by step {step}); lower the learning rate or check the input data"
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged: the loss is {loss} {where}")
+        if self.factor is not None and self.start is not None and loss > self.factor * max(self.start, 1.0):
+            raise TrainingDiverged(f"training diverged: the loss {loss:.4g} is over diverge_factor={self.factor:g} "
+                                   f"times max(its start {self.start:.4g}, 1) {where}")
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -213,10 +238,13 @@ class _Run:
     steps: int = 0  # optimiser steps, all epochs
     best: float | None = None
     bad_epochs: int = 0
+    sums: resume_module.EpochSums = field(default_factory=resume_module.EpochSums)  # the epoch in progress
+    guard: _Guard = field(default_factory=lambda: _Guard(None))
 
     def resume(self, path: str | Path) -> None:
         """Load the model, optimiser, schedule, randomness and early-stopping state of checkpoint ``path``."""
         state = load_checkpoint(path)
+        given = resume_module.hyperparameters(self.optimizer)
         if state["best"] is not None and state["monitor"] != self.config.monitor:
             raise ValueError(f"{path} was written with monitor={state['monitor']!r}; resume with the same")
         self.model.load_state_dict(state["model"])
@@ -225,11 +253,15 @@ class _Run:
             if state["schedule"] is None:
                 raise ValueError(f"{path}: the checkpoint has no schedule state but a schedule was given")
             self.schedule.load_state_dict(state["schedule"])
-        _restore_random_state(self.model, self.train, state["random"])
+        if self.config.keep_hyperparameters:
+            resume_module.apply_hyperparameters(self.optimizer, self.schedule, given)
+        resume_module.restore_random_state(self.model, self.train, state["random"])
         self.history = History.from_dict(state["history"])
         self.history.stopped = None
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
         self.steps, self.epoch = state["steps"], state["epoch"]
+        self.sums = resume_module.EpochSums.from_state(state.get("partial"), self.model.backend)
+        self.guard.start = state.get("start_loss")
 
     def train_epoch(self, reporter: Reporter) -> dict[str, Any]:
         """Train the next epoch; its history record, without the validation metrics yet."""
@@ -237,8 +269,7 @@ class _Run:
         steps_left = None if config.max_steps is None else config.max_steps - self.steps
         lr = float(self.optimizer.lr)
         try:
-            stats, steps = _train_epoch(self.model, self.train, self.optimizer, config.loss, reporter, epoch,
-                                        steps_left, config.log_every)
+            stats, steps = _train_epoch(self, reporter, epoch, steps_left)
         except TrainingDiverged as exc:
             self.history.stopped = "diverged"
             exc.history = self.history
@@ -246,8 +277,11 @@ class _Run:
         finally:
             reporter.close()
         self.steps += steps
-        return {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": None,
-                "val_acc": None, "lr": lr, "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+        record = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_loss": None,
+                  "val_acc": None, "lr": lr, "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+        if self.sums.step < len(self.train):
+            record["partial"] = f"{self.sums.step}/{len(self.train)}"
+        return record
 
     def evaluate(self, record: dict[str, Any]) -> None:
         """Fill ``record``'s validation metrics (when there is a validation loader)."""
@@ -260,7 +294,7 @@ class _Run:
         True when the monitored metric improved."""
         config, epoch = self.config, record["epoch"]
         self.history.epochs.append(record)
-        self.epoch = epoch
+        self.epoch, self.sums = epoch, resume_module.EpochSums()
         if self.schedule is not None:
             self.schedule.step()
         improved = self.val is not None and _improved(record[config.monitor], self.best, config.monitor)
@@ -274,15 +308,16 @@ class _Run:
             self.history.stopped = "early_stopping"
         return improved
 
-    def save(self, improved: bool) -> None:
-        """Write the checkpoints and history files the config asks for."""
+    def save(self, improved: bool, partial: bool = False) -> None:
+        """Write the checkpoints and history files the config asks for (after a partial epoch, only last.npz:
+        it holds the epoch's progress)."""
         config = self.config
         if config.checkpoint_dir is not None:
             directory, state = Path(config.checkpoint_dir), self.checkpoint_state()
             save_checkpoint(directory / "last.npz", state)
             if improved:
                 save_checkpoint(directory / "best.npz", state)
-            if config.checkpoint_every is not None and self.epoch % config.checkpoint_every == 0:
+            if not partial and config.checkpoint_every is not None and self.epoch % config.checkpoint_every == 0:
                 save_checkpoint(directory / f"epoch-{self.epoch:03d}.npz", state)
             self.history.save(directory / "history")
         if config.history_path is not None:
@@ -290,12 +325,16 @@ class _Run:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything :meth:`resume` needs to continue this run exactly."""
+        random = resume_module.random_state(self.model, self.train)
+        if self.sums.step:  # mid-epoch: the loader repeats this epoch's draws, skipping the steps done
+            random["loader_epoch"] = self.sums.loader_epoch
         return {"epoch": self.epoch, "steps": self.steps, "best": self.best, "bad_epochs": self.bad_epochs,
                 "monitor": self.config.monitor, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": None if self.schedule is None else self.schedule.state_dict(),
-                "random": _random_state(self.model, self.train), "history": self.history.to_dict(),
-                "metadata": self.config.metadata}
+                "random": random, "history": self.history.to_dict(), "metadata": self.config.metadata,
+                "partial": self.sums.to_state(self.model.backend) if self.sums.step else None,
+                "start_loss": self.guard.start}
 
 
 def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int | None = None,
@@ -317,11 +356,16 @@ def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int 
     if optimizer is None:
         from cnnkit.optim import SGD
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
-    run = _Run(model, train, val, optimizer, schedule, config)
+    if config.checkpoint_dir is not None:
+        prepare_output_dir(config.checkpoint_dir, "checkpoint_dir")
+    if config.history_path is not None:
+        prepare_output_dir(Path(config.history_path).parent, "the folder of history_path")
+    run = _Run(model, train, val, optimizer, schedule, config, guard=_Guard(config.diverge_factor))
     if config.resume is not None:
         run.resume(config.resume)
-    if config.checkpoint_dir is not None:
-        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        if run.epoch >= config.epochs:
+            warnings.warn(f"nothing to do: {config.resume} already holds {run.epoch} finished epoch(s) and "
+                          f"epochs={config.epochs} is the total; ask for more epochs to train on", stacklevel=2)
     reporter = Reporter(config.progress, config.epochs)
     while run.epoch < config.epochs and run.history.stopped is None:
         if config.max_steps is not None and run.steps >= config.max_steps:
@@ -329,6 +373,11 @@ def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int 
             break
         record = run.train_epoch(reporter)
         run.evaluate(record)
+        if "partial" in record:  # max_steps ended the run mid-epoch: keep its progress, not a finished epoch
+            run.history.stopped, run.history.partial = "max_steps", record
+            run.save(False, partial=True)
+            reporter.end(record)
+            break
         improved = run.finish_epoch(record)
         run.save(improved)
         reporter.end(record)
@@ -347,41 +396,3 @@ def _config(config: TrainConfig | None, epochs: int | None, options: dict[str, A
     if epochs is not None:
         options["epochs"] = epochs
     return dataclasses.replace(config or TrainConfig(), **options)
-
-
-# ------------------------------------------------------------------------------------------------ transfer learning
-def replace_head(model: Sequential, num_classes: int) -> Linear:
-    """Swap the final Linear of a Sequential model for a freshly initialised one with ``num_classes`` outputs
-    (same backend and dtype) and return it; freeze the rest with ``layer.trainable = False`` to fine-tune only
-    the new head."""
-    if not isinstance(model, Sequential) or not len(model) or not isinstance(model[-1], Linear):
-        raise TypeError(f"replace_head needs a Sequential whose last layer is Linear, got {type(model).__name__}"
-                        + (f" ending in {type(model[-1]).__name__}" if isinstance(model, Sequential) and len(model)
-                           else ""))
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    old = model[-1]
-    head = Linear(old.in_features, num_classes, bias=old.bias is not None, dtype=str(old.weight.data.dtype))
-    head.to(model.backend)
-    head.train(model.training)
-    model.layers[-1] = head
-    return head
-
-
-# ------------------------------------------------------------------------------------------------ resumable state
-def _random_state(model: Layer, loader: Any) -> dict[str, Any]:
-    """What the next epoch's randomness depends on: the loader's epoch counter (it seeds the shuffle and the
-    augmentation) and each Dropout layer's call counter (it seeds the masks)."""
-    return {"loader_epoch": getattr(loader, "epoch", None),
-            "dropout_calls": {name: layer.calls for name, layer in model.modules() if isinstance(layer, Dropout)}}
-
-
-def _restore_random_state(model: Layer, loader: Any, state: dict[str, Any]) -> None:
-    if state["loader_epoch"] is not None:
-        if not hasattr(loader, "set_epoch"):
-            raise TypeError(f"the checkpoint holds a loader epoch but the train loader ({type(loader).__name__}) "
-                            "has no set_epoch()")
-        loader.set_epoch(state["loader_epoch"])
-    layers = dict(model.modules())
-    for name, calls in state["dropout_calls"].items():
-        layers[name].calls = calls

@@ -378,11 +378,9 @@ def test_not_found_lists_every_place_and_how_to_get_it(clean_lookup, monkeypatch
     monkeypatch.setenv("CNNKIT_DATA", str(clean_lookup / "envdir"))
     monkeypatch.setattr(registry, "SEARCH_PATHS", ["relative/data"])
     with pytest.raises(DataNotFoundError) as err:
-        ckdata.load("cifar10", "test", root=clean_lookup / "mine")
+        ckdata.load("cifar10", "test")
     msg = str(err.value)
-    for place in ["root= argument: " + str(clean_lookup / "mine"),
-                  "root= argument: " + str(clean_lookup / "mine" / "cifar-10-batches-py"),
-                  "$CNNKIT_DATA: " + str(clean_lookup / "envdir" / "cifar10"),
+    for place in ["$CNNKIT_DATA: " + str(clean_lookup / "envdir" / "cifar10"),
                   "Debian datasets folder: " + str(clean_lookup / "debian" / "cifar10"),
                   "cnnkit.data.SEARCH_PATHS: " + os.path.abspath("relative/data/cifar-10-batches-bin")]:
         assert place in msg
@@ -390,6 +388,22 @@ def test_not_found_lists_every_place_and_how_to_get_it(clean_lookup, monkeypatch
     monkeypatch.delenv("CNNKIT_DATA")
     with pytest.raises(DataNotFoundError, match=r"\$CNNKIT_DATA: not set"):
         ckdata.load("mnist")
+
+
+def test_an_explicit_root_is_used_or_fails_never_skipped(clean_lookup, monkeypatch):
+    write_mnist_like(clean_lookup / "envdir" / "mnist", n_train=2)
+    write_mnist_like(clean_lookup / "debian" / "fashion-mnist", n_train=3)
+    monkeypatch.setenv("CNNKIT_DATA", str(clean_lookup / "envdir"))
+    (clean_lookup / "mine").mkdir()
+    for name in ("mnist", "fashion-mnist", "cifar10"):  # another copy elsewhere, or the bundled sample
+        with pytest.raises(DataNotFoundError) as err:
+            ckdata.load(name, root=clean_lookup / "mine")
+        msg = str(err.value)
+        assert f"under root={str(clean_lookup / 'mine')!r}" in msg
+        assert "root= argument: " + str(clean_lookup / "mine") in msg
+        assert "$CNNKIT_DATA:" not in msg and "Debian datasets folder:" not in msg
+    ds = ckdata.load("mnist")  # the implicit search falls through and says what it used
+    assert len(ds) == 2 and ds.source == str(clean_lookup / "envdir" / "mnist")
 
 
 def test_fashion_mnist_falls_back_to_the_bundled_sample_with_a_warning(clean_lookup):

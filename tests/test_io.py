@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -205,3 +206,55 @@ def test_to_torch_state_dict_loads_into_torch(name, torch_model):
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
     assert max_rel_err(model(x).astype(np.float64), expected.astype(np.float64)) <= MODEL_REL_F32
+
+
+def test_every_checkpoint_load_error_names_the_file_and_what_is_wrong(tmp_path):
+    good = tmp_path / "good.npz"
+    io.save_checkpoint(good, {"model": {"w": np.arange(2000.0)}, "epoch": 1})
+    data = good.read_bytes()
+    cases = {"truncated.npz": data[: len(data) // 2], "text.npz": b"not a checkpoint at all"}
+    damaged = bytearray(data)
+    damaged[data.index(np.arange(2000.0).tobytes()) + 4000] ^= 0xFF  # a byte inside array a0
+    cases["crc.npz"] = bytes(damaged)
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    np.savez(tmp_path / "badmeta.npz", __meta__=np.array("{not json"))
+    np.savez(tmp_path / "missing.npz", __meta__=np.array('{"format": "cnnkit-checkpoint-1", '
+                                                         '"state": {"w": {"__array__": "a7"}}}'))
+    io.save(nn.Sequential(nn.Linear(2, 3)), tmp_path / "weights.npz")
+    (tmp_path / "folder.npz").mkdir()
+    expected = {"truncated.npz": "not a readable .npz archive .*File is not a zip file",
+                "text.npz": "not a readable .npz archive .*it is not a NumPy file",
+                "crc.npz": "is damaged .*Bad CRC-32", "array.npz": "holds a single NumPy array",
+                "badmeta.npz": "is damaged .*JSONDecodeError", "missing.npz": "is damaged .*KeyError",
+                "weights.npz": r"no __meta__ entry.*weights files \(cnnkit.io.save.*training checkpoints",
+                "folder.npz": "is a folder"}
+    for name, pattern in expected.items():
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            io.load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert str(tmp_path / name) in message and re.search(pattern, message), message
+        assert "allow_pickle" not in message and "context manager" not in message
+        if name != "folder.npz":
+            assert isinstance(info.value, io.CheckpointError)
+
+
+def test_stale_temp_files_of_atomic_write_are_cleaned(tmp_path):
+    stale = tmp_path / ".last.npz.999999999.0badf00d.tmp"
+    running = tmp_path / f".last.npz.{os.getppid()}.0badf00d.tmp"  # a live process may still be writing it
+    others = [tmp_path / ".last.npz.tmp", tmp_path / "last.npz.123.0badf00d.tmp", tmp_path / "last.npz"]
+    for path in (stale, running, *others):
+        path.write_bytes(b"x")
+    assert io.clean_stale_temp_files(tmp_path) == [stale]
+    assert not stale.exists() and running.exists() and all(p.exists() for p in others)
+    assert io.clean_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_atomic_write_errors_name_the_target_not_the_temp_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as info:
+        with io.atomic_write(tmp_path / "file" / "last.npz") as f:
+            f.write(b"never")
+    assert str(tmp_path / "file" / "last.npz") in str(info.value) and ".tmp" not in str(info.value)

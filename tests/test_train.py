@@ -139,7 +139,8 @@ def test_resume_past_the_last_epoch_trains_nothing(tmp_path):
     model, opt, schedule, tl, vl = _resume_setup(seed=0)
     train.fit(model, tl, vl, 2, opt, schedule, checkpoint_dir=tmp_path, progress=False)
     before = weights(model)
-    history = train.fit(model, tl, vl, 2, opt, schedule, resume=tmp_path / "last.npz", progress=False)
+    with pytest.warns(UserWarning, match="nothing to do: .*last.npz already holds 2 finished epoch.*epochs=2"):
+        history = train.fit(model, tl, vl, 2, opt, schedule, resume=tmp_path / "last.npz", progress=False)
     assert len(history) == 2
     assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="monitor='val_loss'; resume with the same"):
@@ -245,7 +246,7 @@ def test_max_steps_caps_the_whole_run():
     counting = NaNAfter(10 ** 9)
     history = train.fit(tiny_model(), loader(separable()), epochs=5, loss=counting, max_steps=8, progress=False)
     assert counting.calls == 8
-    assert len(history) == 2 and history.stopped == "max_steps"
+    assert len(history) == 1 and history.stopped == "max_steps"  # epoch 2 stopped at step 2 of 6: not finished
 
 
 def test_fit_rejects_bad_arguments():
@@ -339,3 +340,87 @@ def test_lenet5_learns_the_synthetic_digit_set():
                         max_steps=300, progress=False)
     assert train.evaluate(model, tl)["accuracy"] > 0.90, history.epochs
     assert history[-1]["val_acc"] > 0.80, history.epochs
+
+
+def test_a_partial_epoch_resumes_at_its_step_bit_for_bit(tmp_path):
+    model, opt, schedule, tl, vl = _resume_setup(seed=0)  # 40 samples, batch 6: 7 steps per epoch
+    straight = train.fit(model, tl, vl, 3, opt, schedule, progress=False)
+    out = tmp_path / "ck"
+    for max_steps, seed in ((10, 0), (16, 98), (None, 99)):  # stop in epoch 2 at step 3, in epoch 3 at step 2, end
+        model_b, opt_b, schedule_b, tl_b, vl_b = _resume_setup(seed=seed)
+        resume = None if seed == 0 else out / "last.npz"
+        resumed = train.fit(model_b, tl_b, vl_b, 3, opt_b, schedule_b, checkpoint_dir=out, resume=resume,
+                            max_steps=max_steps, progress=False)
+        state = train.load_checkpoint(out / "last.npz")
+        if max_steps is not None:
+            assert resumed.stopped == "max_steps" and state["steps"] == max_steps
+            assert state["epoch"] == max_steps // 7 and state["partial"]["step"] == max_steps % 7
+            assert len(resumed) == state["epoch"]  # the partial epoch is not recorded as finished
+    assert state["epoch"] == 3 and state["partial"] is None
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, model_b.state_dict()[key]), key
+    for a, b in zip(opt.state_dict()["momentum_buffers"], opt_b.state_dict()["momentum_buffers"]):
+        assert np.array_equal(a, b)
+    keep = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    assert [{k: r[k] for k in keep} for r in resumed] == [{k: r[k] for k in keep} for r in straight]
+
+
+class ExplodeAfter(NaNAfter):
+    """A loss that stays finite but grows 1000-fold from call ``n`` on."""
+
+    def __call__(self, logits, labels):
+        self.calls += 1
+        loss, dlogits = train.softmax_cross_entropy(logits, labels)
+        return (loss * 1e3, dlogits) if self.calls >= self.n else (loss, dlogits)
+
+
+def test_a_finite_exploding_loss_diverges_and_keeps_the_last_good_checkpoint(tmp_path):
+    explode = ExplodeAfter(6 + 1)  # 6 steps per epoch: epoch 2's mean loss is about 1000 times epoch 1's
+    with pytest.raises(train.TrainingDiverged, match=r"over diverge_factor=100 times max\(its start [\d.]+, 1\) "
+                                                     r"in epoch 2"):
+        train.fit(tiny_model(), loader(separable()), epochs=3, loss=explode, checkpoint_dir=tmp_path, progress=False)
+    assert train.load_checkpoint(tmp_path / "last.npz")["epoch"] == 1
+    explode = ExplodeAfter(7)
+    history = train.fit(tiny_model(), loader(separable()), epochs=2, loss=explode, diverge_factor=None,
+                        progress=False)
+    assert len(history) == 2 and history.stopped is None
+    for bad in (float("inf"), float("nan"), 1.0, "10"):
+        with pytest.raises(ValueError, match="diverge_factor must be a finite number > 1"):
+            train.TrainConfig(diverge_factor=bad)
+
+
+def test_resume_keeps_the_given_hyperparameters_when_asked(tmp_path):
+    model = tiny_model()
+    train.fit(model, loader(separable()), epochs=1, optimizer=optim.SGD(model, lr=0.1, momentum=0.9),
+              checkpoint_dir=tmp_path, progress=False)
+    for keep, lr, momentum in ((False, 0.1, 0.9), (True, 0.5, 0.0)):
+        model = tiny_model()
+        opt = optim.SGD(model, lr=0.5, momentum=0.0)
+        history = train.fit(model, loader(separable()), epochs=2, optimizer=opt, resume=tmp_path / "last.npz",
+                            keep_hyperparameters=keep, progress=False)
+        assert (opt.lr, opt.momentum, history[-1]["lr"]) == (lr, momentum, lr)
+    opt = optim.SGD(model, lr=0.4)
+    schedule = optim.StepLR(opt, step_size=1, gamma=0.5)
+    train.fit(model, loader(separable()), epochs=2, optimizer=opt, schedule=schedule, checkpoint_dir=tmp_path / "s",
+              progress=False)
+    opt = optim.SGD(model, lr=0.8)
+    schedule = optim.StepLR(opt, step_size=1, gamma=0.5)
+    history = train.fit(model, loader(separable()), epochs=3, optimizer=opt, schedule=schedule, progress=False,
+                        resume=tmp_path / "s" / "last.npz", keep_hyperparameters=True)
+    assert history[-1]["lr"] == 0.8 * 0.5 ** 2 and schedule.base_lr == 0.8
+
+
+def test_output_folders_are_checked_and_stale_temp_files_cleaned_before_the_first_step(tmp_path):
+    (tmp_path / "file").write_text("x")
+    counting = NaNAfter(10 ** 9)
+    with pytest.raises(OSError, match="checkpoint_dir .*file/ck is not writable"):
+        train.fit(tiny_model(), loader(separable()), loss=counting, checkpoint_dir=tmp_path / "file" / "ck")
+    with pytest.raises(OSError, match="history_path .*is not writable"):
+        train.fit(tiny_model(), loader(separable()), loss=counting, history_path=tmp_path / "file" / "h" / "run")
+    assert counting.calls == 0
+    stale, unrelated = tmp_path / "ck" / ".last.npz.999999999.0badf00d.tmp", tmp_path / "ck" / ".notes.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"PK half")
+    unrelated.write_text("mine")
+    train.fit(tiny_model(), loader(separable()), checkpoint_dir=tmp_path / "ck", progress=False)
+    assert not stale.exists() and unrelated.exists()

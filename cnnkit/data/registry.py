@@ -1,10 +1,12 @@
 """``load(name, split, root)``: find a named dataset on this machine and read it.
 
-Search order, first hit wins: the ``root=`` argument (the dataset's own folder or archive, or a folder holding it),
-each folder in ``$CNNKIT_DATA`` (``os.pathsep``-separated; the dataset in a sub-folder named after it), the Debian
+Search order, first hit wins: the ``root=`` argument (the dataset's own folder or archive, or a folder holding it;
+when given, it is the only place looked at, and a dataset not there is an error), each folder in ``$CNNKIT_DATA``
+(``os.pathsep``-separated; the dataset in a sub-folder named after it), the Debian
 datasets folder ``/usr/share/datasets/<name>``, each folder in ``SEARCH_PATHS`` (like ``$CNNKIT_DATA``), and for
 Fashion-MNIST finally the sample bundled with cnnkit (with a warning, since it is a 4000/1000 subset). When nothing
-is found, ``DataNotFoundError`` lists every place looked at and how to get the data.
+is found, ``DataNotFoundError`` lists every place looked at and how to get the data. The returned dataset's
+``source`` says where it was found.
 """
 from __future__ import annotations
 
@@ -86,8 +88,8 @@ def _candidates(name: str, root: str | os.PathLike | None) -> list[tuple[str, li
     return places
 
 
-def _not_found(name: str, split: str, places: list[tuple[str, list[Path]]]) -> DataNotFoundError:
-    lines = [f"dataset {name!r} (split {split!r}) not found. Looked in:"]
+def _not_found(name: str, split: str, places: list[tuple[str, list[Path]]], where: str = "") -> DataNotFoundError:
+    lines = [f"dataset {name!r} (split {split!r}) not found{where}. Looked in:"]
     for where, paths in places:
         if not paths:
             lines.append(f"  {where}: not set")
@@ -124,10 +126,16 @@ def load(name: str | os.PathLike, split: str | None = "train", root: str | os.Pa
         raise ValueError(f"split must be 'train' or 'test' for {key}; got {split!r}")
     spec = SPECS[key]
     places = _candidates(key, root)
+    if root is not None:  # an explicit root is used or fails, never skipped
+        places = places[:1]
     for _, paths in places:
         for path in paths:
             if spec.present(path, split):
-                return spec.read(Path(os.path.abspath(path)), split, key, cache)
+                dataset = spec.read(Path(os.path.abspath(path)), split, key, cache)
+                dataset.source = dataset.source or os.path.abspath(path)
+                return dataset
+    if root is not None:
+        raise _not_found(key, split, places, f" under root={os.fspath(root)!r} (an explicit root is not skipped)")
     if key == "fashion-mnist":
         warnings.warn(f"full Fashion-MNIST not found; using the bundled sample ({SAMPLE_DIR}): 4000 train / 1000 "
                       f"test images. {SPECS[key].how_to_get}", stacklevel=2)
