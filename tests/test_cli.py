@@ -245,3 +245,12 @@ def test_eval_checks_its_output_before_evaluating(capsys, tmp_path):
     assert_one_line_error(main_in_process(capsys, "eval", str(tmp_path / "none.npz"), "--confusion",
                                           str(tmp_path / "file" / "cm.png")), 1,
                           "the folder of --confusion .*file is not writable")
+
+
+def test_resume_with_no_epochs_left_says_nothing_to_do(capsys, digits, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(_train_args(digits, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert cli.main(_train_args(digits, out, "--epochs", "1", "--resume", str(out / "last.npz"))) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"cnnkit: warning: nothing to do: .*last.npz already holds 1 finished epoch", err), err
