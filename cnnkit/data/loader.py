@@ -43,11 +43,16 @@ class DataLoader:
     ``np.random.default_rng((seed, e))``, so a run is reproducible and each epoch differs. Each ``iter()`` uses
     the current epoch and then advances it; ``set_epoch(e)`` chooses it explicitly. ``backend=None`` means the
     current backend at iteration time (``cnnkit.get_backend()``).
+
+    ``shard=comm`` (a :class:`cnnkit.distributed.Communicator`): every rank draws the same permutation and takes
+    its slice (``numpy.array_split`` in rank order) of each global batch of ``batch_size * comm.size``, so every
+    rank runs the same number of steps and N ranks see what one process at batch N * batch_size sees; a last
+    global batch with fewer samples than ranks is dropped. Augmentation draws from ``(seed, epoch, rank)``.
     """
 
     def __init__(self, data: Dataset | Sequence[np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, transform: Transform | None = None, backend: str | Backend | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", shard: Any = None):
         self.images, self.labels = _arrays(data)
         if nonneg_int(batch_size, "batch_size") == 0:
             raise ValueError("batch_size must be at least 1; got 0")
@@ -63,11 +68,14 @@ class DataLoader:
         self.backend = None if backend is None else get_named_backend(backend)
         self.dtype = np.dtype(str(dtype))
         self.epoch = 0
+        self.shard = shard
+        self._ranks = 1 if shard is None else int(shard.size)
 
     def __len__(self) -> int:
-        """Number of batches per epoch."""
-        n, b = len(self.labels), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        """Number of batches per epoch (of this rank, when sharded: the same on every rank)."""
+        n, b = len(self.labels), self.batch_size * self._ranks
+        full, rest = divmod(n, b)
+        return full + (0 if self.drop_last or rest < self._ranks else 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (its shuffle order and augmentation draws)."""
@@ -81,8 +89,13 @@ class DataLoader:
         rng = np.random.default_rng((self.seed, epoch))
         n = len(self.labels)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
+        width = self.batch_size * self._ranks
+        if self.shard is not None:
+            rng = np.random.default_rng((self.seed, epoch, int(self.shard.rank)))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * width:(b + 1) * width]
+            if self.shard is not None:
+                idx = np.array_split(idx, self._ranks)[self.shard.rank]
             x = self.images[idx].astype(self.dtype)
             if self.images.dtype == np.uint8:
                 x *= self.dtype.type(1 / 255)

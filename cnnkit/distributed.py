@@ -1,0 +1,153 @@
+"""Data-parallel training over MPI (mpi4py): the same script runs alone or under ``mpiexec -n N``.
+
+``init()`` returns a :class:`Communicator` over ``MPI.COMM_WORLD`` (a size-1 one without MPI) and, in a
+multi-process job, installs an excepthook that aborts the whole job when any rank raises, so no rank is left
+waiting in a collective. The model's parameters and buffers start equal on every rank
+(:func:`broadcast_parameters`), after a check that every rank built the same model (:func:`check_same_model`);
+each step's gradients are averaged through one flat buffer per dtype and one in-place allreduce
+(:func:`allreduce_gradients`). With ``DataLoader(..., shard=comm)`` each rank takes its slice of every global
+batch, so N ranks at batch B are the optimisation of one process at batch N * B (batch norm aside: its batch
+statistics stay per rank).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from cnnkit.nn.base import Layer
+
+
+class Communicator:
+    """The ranks of a job: ``rank``, ``size``, ``barrier()``, and the collectives cnnkit needs."""
+
+    def __init__(self, mpi_comm: Any = None):
+        self._comm = mpi_comm
+        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+        self._buffers: dict[tuple[int, str], np.ndarray] = {}
+
+    def barrier(self) -> None:
+        if self._comm is not None:
+            self._comm.Barrier()
+
+    def allreduce_sum_(self, buffer: np.ndarray) -> np.ndarray:
+        """Sum a contiguous host array over the ranks, in place."""
+        if self._comm is not None and self.size > 1:
+            from mpi4py import MPI
+
+            self._comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        return buffer
+
+    def broadcast_(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:
+        """Root's contiguous host array, copied into every rank's ``buffer`` in place."""
+        if self._comm is not None and self.size > 1:
+            self._comm.Bcast(buffer, root=root)
+        return buffer
+
+    def allgather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (a small picklable object), in rank order."""
+        return [value] if self._comm is None or self.size == 1 else self._comm.allgather(value)
+
+    def sum(self, value: float) -> float:
+        """A Python number summed over the ranks."""
+        return float(self.allreduce_sum_(np.array([value], dtype=np.float64))[0])
+
+    def flat_buffer(self, model: Layer, dtype: np.dtype, size: int) -> np.ndarray:
+        """The preallocated host buffer of ``size`` elements for ``model``'s gradients of ``dtype``."""
+        key = (id(model), np.dtype(dtype).str)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.size != size:
+            buffer = self._buffers[key] = np.empty(size, dtype=dtype)
+        return buffer
+
+
+def init() -> Communicator:
+    """The job's communicator: MPI.COMM_WORLD when mpi4py is installed, else a size-1 one. In a job of several
+    ranks an uncaught exception on any rank aborts every rank (MPI_Abort), after printing its traceback."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return Communicator()
+    comm = Communicator(MPI.COMM_WORLD)
+    if comm.size > 1:
+        sys.excepthook = _abort_job_hook(sys.excepthook)
+    return comm
+
+
+def _abort_job_hook(previous: Any) -> Any:
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        from mpi4py import MPI
+
+        sys.stderr.write(f"cnnkit: rank {MPI.COMM_WORLD.Get_rank()} failed; aborting the whole job\n")
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+    return hook
+
+
+def _model_arrays(model: Layer) -> list[tuple[str, Any]]:
+    """(name, array) of every parameter's data and every buffer, in a fixed order."""
+    return ([(name, p.data) for name, p in model.named_parameters()]
+            + [(name, b) for name, b in model.named_buffers()])
+
+
+def model_signature(model: Layer) -> str:
+    """A hash of every parameter's and buffer's name, shape, dtype and trainable flag."""
+    trainable = {name: layer.trainable for name, layer in model.modules()}
+    parts = [f"{name}:{tuple(a.shape)}:{a.dtype}:{trainable.get(name.rpartition('.')[0], True)}"
+             for name, a in _model_arrays(model)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def check_same_model(model: Layer, comm: Communicator) -> None:
+    """A clear error on every rank (not a hang in a later collective) when the ranks built different models."""
+    signatures = comm.allgather(model_signature(model))
+    differ = [r for r, s in enumerate(signatures) if s != signatures[0]]
+    if differ:
+        raise RuntimeError(f"rank(s) {differ} built a different model from rank 0 (parameter names, shapes, dtypes "
+                           f"or trainable flags differ): every rank must build the same model")
+
+
+def broadcast_parameters(model: Layer, comm: Communicator, root: int = 0) -> None:
+    """Root's parameters and buffers (batch-norm running statistics included) copied to every rank, in place."""
+    check_same_model(model, comm)
+    be = model.backend
+    for _, array in _model_arrays(model):
+        host = np.ascontiguousarray(be.to_numpy(array))
+        comm.broadcast_(host, root)
+        if be.is_native(array) and isinstance(array, np.ndarray):
+            array[...] = host
+        else:  # a device array: copy back through the backend
+            array[...] = be.asarray(host)
+
+
+def allreduce_gradients(model: Layer, comm: Communicator, count: int | None = None) -> None:
+    """Average every ``.grad`` over the ranks through one flat host buffer per dtype and one in-place allreduce.
+
+    With ``count`` (this rank's batch size) the average is weighted by it, so ranks with unequal batches (the
+    last, partial global batch) give exactly the gradient of one process over the whole global batch."""
+    if comm.size == 1:
+        return
+    params = [p for _, p in model.named_parameters() if p.grad is not None]
+    be = model.backend
+    for dtype in sorted({np.dtype(p.grad.dtype).str for p in params}):
+        group = [p for p in params if np.dtype(p.grad.dtype).str == dtype]
+        sizes = [p.grad.size for p in group]
+        buffer = comm.flat_buffer(model, np.dtype(dtype), sum(sizes) + 1)
+        weight = 1.0 if count is None else float(count)
+        offset = 0
+        for p, n in zip(group, sizes):
+            buffer[offset:offset + n] = be.to_numpy(p.grad).ravel()
+            offset += n
+        buffer[:-1] *= weight
+        buffer[-1] = weight
+        comm.allreduce_sum_(buffer)
+        buffer[:-1] /= buffer[-1]
+        offset = 0
+        for p, n in zip(group, sizes):
+            p.grad[...] = be.asarray(buffer[offset:offset + n].reshape(p.grad.shape))
+            offset += n
