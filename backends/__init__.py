@@ -53,7 +53,7 @@ simulator) exists to check kernels, not to be fast."""
 INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install cnnkit",
     "numba": "pip install 'cnnkit[numba]'",
-    "cupy": "pip install 'cnnkit[cuda]' (and an NVIDIA GPU with a working driver)",
+    "cupy": "pip install 'cnnkit[cuda12]' (CUDA 12) or 'cnnkit[cuda13]' (CUDA 13), and an NVIDIA GPU with a driver",
     "cudasim": "install a C++20 compiler (g++ >= 10, or set CXX); no GPU or CuPy is needed",
 }
 

@@ -6,12 +6,7 @@ diverged run ...). Errors are one line on stderr, ``cnnkit: error: ...``; ``--de
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.metadata
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -19,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import cnnkit
-from cnnkit.backends import BACKEND_NAMES, INSTALL_HINTS
+from cnnkit.backends import BACKEND_NAMES
 from cnnkit.preflight import UsageError
 from cnnkit.validate import argparse_type
 
@@ -29,7 +24,6 @@ if TYPE_CHECKING:
 DEMO_DATASET = "fashion-mnist-sample"
 DEMO_EPOCHS = 10
 SCHEDULES = ("none", "step", "cosine")
-EXTRAS = (("tqdm", "progress"), ("matplotlib", "plot"), ("PIL", "image"), ("torch", "torch"), ("asv", "bench"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,40 +87,11 @@ def _schedule(kind: str, optimizer: Any, epochs: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def _engine_version(name: str) -> str:
-    """What runs backend ``name``: its library and version (cudasim: the C++ compiler)."""
-    if name == "cudasim":
-        from cnnkit.backends.cudasim import build
-
-        cxx = build.compiler()
-        version = subprocess.run([cxx, "-dumpfullversion"], capture_output=True, text=True, timeout=60).stdout
-        return f"CUDA simulator, {cxx} {version.strip()}"
-    return f"{name} {importlib.import_module(name).__version__}"
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     """Versions, the backends usable here (with device) and why the others are not."""
-    from cnnkit.backend import backend, unavailable_reason
+    from cnnkit.info import print_info
 
-    print(f"cnnkit {cnnkit.__version__} on Python {platform.python_version()} ({platform.system()} "
-          f"{platform.machine()}, {os.cpu_count()} CPUs)")
-    print("backends:")
-    for name in BACKEND_NAMES:
-        reason = unavailable_reason(name)
-        if reason is None:
-            print(f"  {name:7s} available    {_engine_version(name)}, device {backend(name).device}")
-        else:
-            print(f"  {name:7s} unavailable  {reason}; install: {INSTALL_HINTS[name]}")
-    print("optional extras:")
-    for module, extra in EXTRAS:
-        dist = {"PIL": "pillow"}.get(module, module)
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            version = f"not installed (pip install 'cnnkit[{extra}]')"
-        print(f"  {dist:10s} {version}")
-    print(f"default backend: {os.environ.get('CNNKIT_BACKEND', 'numpy')} (set CNNKIT_BACKEND to change it)")
-    return 0
+    return print_info()
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

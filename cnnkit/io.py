@@ -1,4 +1,4 @@
-"""Files: weights (.npz save/load), training checkpoints, PyTorch state dicts in and out, and an atomic writer.
+"""Files: weights (.npz save/load), training checkpoints, PyTorch weights in and out, ONNX export, an atomic writer.
 
 ``atomic_write`` is the one way cnnkit writes a file that must never be seen half-written (weights,
 training checkpoints): the data goes to a temporary file in the same directory, is flushed and fsync'ed, and
@@ -22,12 +22,16 @@ from typing import IO, Any
 
 import numpy as np
 
+from cnnkit.interop.weights import (  # noqa: F401  (ck.io.from_torch / to_torch / TORCH_ONLY_BUFFERS)
+    TORCH_ONLY_BUFFERS,
+    from_torch,
+    load_named,
+    to_torch,
+)
 from cnnkit.nn.base import Layer
 
 PathLike = str | os.PathLike
 
-TORCH_ONLY_BUFFERS = ("num_batches_tracked",)
-"""Buffer names PyTorch keeps that cnnkit layers do not need; dropped by from_torch unless the model has them."""
 
 CHECKPOINT_FORMAT = "cnnkit-checkpoint-1"
 """The ``format`` tag in a checkpoint's ``__meta__``; :func:`load_checkpoint` refuses any other."""
@@ -153,23 +157,14 @@ def load(model: Layer, path: PathLike, strict: bool = True) -> None:
         raise ValueError(f"{path} holds a single array, not a state dict (.npz) written by cnnkit.io.save")
     with data:
         state = {key: data[key] for key in data.files}
-    _load_into(model, state, strict, source=path)
+    load_named(model, state, strict, source=path)
 
 
-def from_torch(model: Layer, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-    """Copy a PyTorch ``state_dict`` of the same architecture (same keys) into ``model``.
+def export_onnx(model: Layer, path: PathLike, input_shape: tuple[int, ...], dtype: str = "float32") -> Any:
+    """Write ``model`` as an ONNX inference graph (needs the onnx extra): :func:`cnnkit.interop.onnx.export_onnx`."""
+    from cnnkit.interop.onnx import export_onnx as export
 
-    Tensors are converted with ``.detach().cpu().numpy()`` (plain arrays are accepted too). PyTorch-only
-    buffers such as ``num_batches_tracked`` are dropped unless the model has them. Mismatched keys raise a
-    KeyError that lists them; shapes must match exactly.
-    """
-    expected = set(model.state_dict())
-    state = {}
-    for key, value in state_dict.items():
-        if key.rsplit(".", 1)[-1] in TORCH_ONLY_BUFFERS and key not in expected:
-            continue
-        state[key] = _to_numpy(value)
-    _load_into(model, state, strict, source="the PyTorch state dict")
+    return export(model, path, input_shape, dtype)
 
 
 def to_torch_state_dict(model: Layer) -> dict[str, Any]:
@@ -180,22 +175,6 @@ def to_torch_state_dict(model: Layer) -> dict[str, Any]:
     import torch
 
     return {key: torch.from_numpy(value) for key, value in model.state_dict().items()}
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _load_into(model: Layer, state: dict[str, np.ndarray], strict: bool, source: str) -> None:
-    """model.load_state_dict with errors that name where the weights came from."""
-    try:
-        model.load_state_dict(state, strict=strict)
-    except KeyError as exc:
-        raise KeyError(f"{source}: {exc.args[0] if exc.args else exc}") from exc
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

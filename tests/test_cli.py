@@ -3,6 +3,7 @@ info, summary, train on IDX files, eval of the checkpoint, demo, bench wiring, a
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -49,6 +50,18 @@ def test_info_lists_backends():
     assert re.search(r"numpy\s+available\s+numpy \d", result.stdout)
     for name in ("numba", "cupy"):
         assert re.search(rf"\n  {name}\s+(available|unavailable  .+; install: )", result.stdout), result.stdout
+
+
+def test_info_fails_on_a_bogus_backend_variable_and_names_it():
+    env = {**os.environ, "CNNKIT_BACKEND": "bogus"}
+    result = subprocess.run([sys.executable, "-m", "cnnkit", "info"], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert_one_line_error(result, 2, r"CNNKIT_BACKEND='bogus' names no backend")
+
+
+def test_info_says_which_cupy_and_cuda_it_found():
+    result = run("info")
+    assert re.search(r"\nCuPy/CUDA: ", result.stdout), result.stdout
 
 
 def test_summary_lenet5():

@@ -59,7 +59,7 @@ def from_torch(source: Any, model: Layer, key_map: KeyMap = None, strict: bool =
     else:
         pairs = {key: _rename(key, key_map) for key in state}
     pairs = {t: c for t, c in pairs.items() if c in own or not _torch_only(t)}
-    _load_into(model, {c: state[t] for t, c in pairs.items()}, strict, "the PyTorch state dict")
+    load_named(model, {c: state[t] for t, c in pairs.items()}, strict, "the PyTorch state dict")
     return pairs
 
 
@@ -158,7 +158,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _load_into(model: Layer, state: dict[str, np.ndarray], strict: bool, source: str) -> None:
+def load_named(model: Layer, state: dict[str, np.ndarray], strict: bool, source: str) -> None:
     """model.load_state_dict with errors that name where the weights came from."""
     try:
         model.load_state_dict(state, strict=strict)
