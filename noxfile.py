@@ -7,7 +7,7 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-CPU_EXTRAS = ".[test,torch,numba,plot,progress,image]"
+CPU_EXTRAS = ".[test,torch,onnx,mpi,numba,plot,progress,image]"
 
 
 @nox.session
