@@ -7,12 +7,19 @@ waiting in a collective. The model's parameters and buffers start equal on every
 each step's gradients are averaged through one flat buffer per dtype and one in-place allreduce
 (:func:`allreduce_gradients`). With ``DataLoader(..., shard=comm)`` each rank takes its slice of every global
 batch, so N ranks at batch B are the optimisation of one process at batch N * B (batch norm aside: its batch
-statistics stay per rank).
+statistics stay per rank, unless :func:`cnnkit.nn.convert_sync_batchnorm` makes them global).
+
+``fit(..., comm=comm)`` uses the helpers at the end of this module: :meth:`Communicator.totals` (sums that are
+the same on every rank, so every stop decision is too), :func:`average_buffers`, :func:`after_resume` and
+:func:`global_partial`. ``cnnkit train`` calls :func:`init` when :func:`launched_size` says mpiexec started
+several ranks, and :func:`abort_job` after an error it handled on one rank.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import warnings
 from types import TracebackType
 from typing import Any
 
@@ -52,6 +59,14 @@ class Communicator:
         """Every rank's ``value`` (a small picklable object), in rank order."""
         return [value] if self._comm is None or self.size == 1 else self._comm.allgather(value)
 
+    def totals(self, *values: Any) -> tuple[float, ...]:
+        """Numbers (or backend scalars) summed over the ranks as float64, then rank 0's result broadcast, so every
+        rank holds bit for bit the same totals (and takes the same decisions from them)."""
+        buffer = np.array([float(v) for v in values], dtype=np.float64)
+        if self.size > 1:
+            self.broadcast_(self.allreduce_sum_(buffer))
+        return tuple(buffer.tolist())
+
     def sum(self, value: float) -> float:
         """A Python number summed over the ranks."""
         return float(self.allreduce_sum_(np.array([value], dtype=np.float64))[0])
@@ -65,17 +80,44 @@ class Communicator:
         return buffer
 
 
+_world: Communicator | None = None  # the communicator init() returned
+
+
 def init() -> Communicator:
     """The job's communicator: MPI.COMM_WORLD when mpi4py is installed, else a size-1 one. In a job of several
     ranks an uncaught exception on any rank aborts every rank (MPI_Abort), after printing its traceback."""
+    global _world
     try:
         from mpi4py import MPI
     except ImportError:
         return Communicator()
-    comm = Communicator(MPI.COMM_WORLD)
-    if comm.size > 1:
-        sys.excepthook = _abort_job_hook(sys.excepthook)
-    return comm
+    if _world is None:
+        _world = Communicator(MPI.COMM_WORLD)
+        if _world.size > 1:
+            sys.excepthook = _abort_job_hook(sys.excepthook)
+    return _world
+
+
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_size() -> int:
+    """How many ranks the launcher started (MPICH's, Open MPI's or MVAPICH's mpiexec, read from the environment
+    without importing MPI); 1 outside a job."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def abort_job(code: int = 1) -> None:
+    """End every rank of the job that :func:`init` joined (after an error this rank handled and reported, so the
+    others do not wait for it in a collective); nothing in a one-process run."""
+    if _world is not None and _world.size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _world._comm.Abort(code)
 
 
 def _abort_job_hook(previous: Any) -> Any:
@@ -114,6 +156,8 @@ def check_same_model(model: Layer, comm: Communicator) -> None:
 
 def broadcast_parameters(model: Layer, comm: Communicator, root: int = 0) -> None:
     """Root's parameters and buffers (batch-norm running statistics included) copied to every rank, in place."""
+    if comm.size == 1:
+        return
     check_same_model(model, comm)
     be = model.backend
     for _, array in _model_arrays(model):
@@ -151,3 +195,44 @@ def allreduce_gradients(model: Layer, comm: Communicator, count: int | None = No
         for p, n in zip(group, sizes):
             p.grad[...] = be.asarray(buffer[offset:offset + n].reshape(p.grad.shape))
             offset += n
+
+
+# ------------------------------------------------------------------------------------------------ fit's helpers
+def average_buffers(model: Layer, comm: Communicator) -> None:
+    """Average every floating-point buffer (batch norm's running statistics, per rank without sync batch norm)
+    over the ranks, so every rank evaluates and saves the same model; integer buffers (counters) are equal."""
+    if comm.size == 1:
+        return
+    be = model.backend
+    for _, array in model.named_buffers():
+        if np.dtype(array.dtype).kind != "f":
+            continue
+        host = np.ascontiguousarray(be.to_numpy(array), dtype=np.float64)
+        comm.broadcast_(comm.allreduce_sum_(host))
+        array[...] = be.asarray((host / comm.size).astype(array.dtype))
+
+
+def global_partial(state: dict[str, Any] | None, comm: Communicator) -> dict[str, Any] | None:
+    """A mid-epoch checkpoint's running sums (``EpochSums.to_state``) made the sums over all ranks; after a
+    resume rank 0 starts from them and the other ranks from zero (:func:`after_resume`)."""
+    if state is None or comm.size == 1:
+        return state
+    loss_sum, correct, n = comm.totals(state["loss_sum"], state["correct"], state["n"])
+    return {**state, "loss_sum": np.asarray(loss_sum, dtype=state["loss_sum"].dtype),
+            "correct": np.asarray(correct, dtype=state["correct"].dtype), "n": int(n)}
+
+
+def after_resume(model: Layer, comm: Communicator, sums: Any, saved_size: int, loader: Any, path: Any) -> None:
+    """What a resume on several ranks adds: rank 0's model broadcast, the epoch's running sums (global in the
+    checkpoint) kept by rank 0 only, and a warning when the checkpoint was written by another number of ranks."""
+    broadcast_parameters(model, comm)
+    if comm.rank != 0:
+        sums.loss_sum, sums.correct, sums.n = 0, 0, 0
+    if saved_size != comm.size and comm.rank == 0:
+        batch = getattr(loader, "batch_size", None)
+        change = ("" if batch is None else f" from {saved_size} x {batch} = {saved_size * batch} to "
+                  f"{comm.size} x {batch} = {comm.size * batch}")
+        warnings.warn(f"{path} was written by {saved_size} process(es), this run has {comm.size}: the global batch "
+                      f"changes{change} images per step at the same learning rate"
+                      + ("; the epoch in progress continues at its step count, now of the new batch"
+                         if sums.step else ""), stacklevel=3)

@@ -1,13 +1,15 @@
 """The record of a training run: one dict per epoch, why it stopped early, and its CSV/JSON files.
 
 :func:`cnnkit.train.fit` returns a :class:`History`; checkpoints store it (``to_dict``) so a resumed run carries its
-earlier epochs on, and :func:`cnnkit.plots.learning_curves` draws it.
+earlier epochs on, and :func:`cnnkit.plots.learning_curves` draws it. A run that diverged ends with
+:class:`TrainingDiverged` (``cnnkit.train`` re-exports it), which carries its history.
 """
 from __future__ import annotations
 
 import csv
 import io as _stdio
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,3 +73,29 @@ class History:
             with atomic_write(target, "w") as f:
                 f.write(text)
         return csv_path, json_path
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite. ``history`` holds the good epochs; on disk, the checkpoints
+    and history files are those of the last good epoch."""
+
+    def __init__(self, message: str, history: History | None = None):
+        super().__init__(message)
+        self.history = history if history is not None else History(stopped="diverged")
+
+
+@dataclass
+class DivergenceGuard:
+    """What :func:`cnnkit.train.fit` calls divergence: a non-finite loss, or one above ``factor`` x max(the
+    run's first loss, 1)."""
+
+    factor: float | None
+    start: float | None = None
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        where = f"in epoch {epoch} (by step {step}); lower the learning rate or check the input data"
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged: the loss is {loss} {where}")
+        if self.factor is not None and self.start is not None and loss > self.factor * max(self.start, 1.0):
+            raise TrainingDiverged(f"training diverged: the loss {loss:.4g} is over diverge_factor={self.factor:g} "
+                                   f"times max(its start {self.start:.4g}, 1) {where}")

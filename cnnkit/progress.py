@@ -11,11 +11,13 @@ from typing import Any
 
 class Reporter:
     """Progress: with ``progress``, a tqdm bar per epoch on an interactive stderr, else a printed line per log
-    interval (no tqdm, or output to a file); always one printed line per epoch."""
+    interval (no tqdm, or output to a file); always one printed line per epoch. ``quiet`` (the ranks but 0 of
+    a data-parallel run): nothing at all."""
 
-    def __init__(self, progress: bool, epochs: int):
-        self.epochs = epochs
+    def __init__(self, progress: bool, epochs: int, quiet: bool = False):
+        self.epochs, self.quiet = epochs, quiet
         self.tqdm: Any = None
+        progress = progress and not quiet
         if progress and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
@@ -50,6 +52,8 @@ class Reporter:
 
     def end(self, record: dict[str, Any]) -> None:
         """Print the epoch's line from its history record."""
+        if self.quiet:
+            return
         partial = f" (stopped at step {record['partial']})" if record.get("partial") else ""
         line = (f"epoch {record['epoch']}/{self.epochs}{partial}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_acc']:.4f}")

@@ -14,6 +14,8 @@ atomically), the records :class:`cnnkit.history.History`, the printed progress :
 A non-finite loss, or one that grows past ``diverge_factor`` (default 100) x max(its first value, 1), stops training
 with :class:`TrainingDiverged`; checkpoints and history files keep the last good epoch. ``max_steps`` may end a run
 mid-epoch: ``last.npz`` then holds the epoch's progress, and a resume continues at its next step, bit for bit.
+
+``comm`` (a :class:`cnnkit.distributed.Communicator`) trains data-parallel: see :class:`TrainConfig`.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from cnnkit import distributed
 from cnnkit import resume as resume_module
-from cnnkit.history import COLUMNS, History
+from cnnkit.history import COLUMNS, History, TrainingDiverged
+from cnnkit.history import DivergenceGuard as _Guard
 from cnnkit.io import CHECKPOINT_FORMAT, load_checkpoint, prepare_output_dir, save_checkpoint
 from cnnkit.losses import softmax_cross_entropy
 from cnnkit.nn.base import Layer
@@ -46,15 +50,6 @@ Array = Any
 LossFn = Callable[[Array, Array], tuple[Array, Array]]
 
 MONITORS = ("val_loss", "val_acc")
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite. ``history`` holds the good epochs; on disk, the checkpoints
-    and history files are those of the last good epoch."""
-
-    def __init__(self, message: str, history: History | None = None):
-        super().__init__(message)
-        self.history = history if history is not None else History(stopped="diverged")
 
 
 @dataclass
@@ -74,6 +69,10 @@ class TrainConfig:
     (a schedule restarts from the given lr at its restored epoch) instead of the checkpoint's.
     ``diverge_factor``: the run diverged when the running training loss exceeds ``diverge_factor`` x max(the
     run's first loss, 1) (kept across resumes); None checks only for NaN and infinity.
+    ``comm``: a :class:`cnnkit.distributed.Communicator` of several ranks trains data-parallel (give loaders with
+    ``shard=comm``): the model is broadcast from rank 0 after the start and after a resume, gradients averaged
+    (weighted by batch) before every step, losses, accuracies and validation summed over the ranks, so every stop
+    decision is the same on all; only rank 0 prints and writes files. ``lr`` is that of the global batch.
     """
 
     epochs: int = 1
@@ -90,6 +89,7 @@ class TrainConfig:
     log_every: int = 50
     keep_hyperparameters: bool = False
     diverge_factor: float | None = 100.0
+    comm: Any = None
 
     def __post_init__(self) -> None:
         positive_int(self.epochs, "epochs")
@@ -124,8 +124,10 @@ def eval_mode(model: Layer) -> Iterator[Layer]:
         model.train(was_training)
 
 
-def evaluate(model: Layer, loader: Iterable, loss: LossFn = softmax_cross_entropy) -> dict[str, float]:
-    """Mean loss, accuracy and sample count of ``model`` (in eval mode) over ``loader``."""
+def evaluate(model: Layer, loader: Iterable, loss: LossFn = softmax_cross_entropy,
+             comm: Any = None) -> dict[str, float]:
+    """Mean loss, accuracy and sample count of ``model`` (in eval mode) over ``loader``; with ``comm``, over
+    every rank's ``loader`` (e.g. sharded) together."""
     total_loss: Array = 0.0
     total_correct: Array = 0
     n = 0
@@ -135,9 +137,10 @@ def evaluate(model: Layer, loader: Iterable, loss: LossFn = softmax_cross_entrop
             total_loss = total_loss + batch_loss * y.shape[0]
             total_correct = total_correct + correct
             n += int(y.shape[0])
+    total_loss, total_correct, n = (comm or distributed.Communicator()).totals(total_loss, total_correct, n)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"loss": float(total_loss) / n, "accuracy": int(total_correct) / n, "n": n}
+    return {"loss": total_loss / n, "accuracy": total_correct / n, "n": int(n)}
 
 
 def predict(model: Layer, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
@@ -155,10 +158,11 @@ def predict(model: Layer, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ one epoch
-def _host_stats(loss_sum: Array, correct: Array, n: int, started: float) -> dict[str, float]:
-    """The one host synchronisation of a log interval: running loss, accuracy and throughput."""
+def _host_stats(sums: resume_module.EpochSums, comm: Any, started: float) -> dict[str, float]:
+    """The one host synchronisation of a log interval: running loss, accuracy and throughput (of all ranks)."""
     seconds = time.perf_counter() - started
-    return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "seconds": seconds,
+    loss_sum, correct, n = comm.totals(sums.loss_sum, sums.correct, sums.n)
+    return {"loss": loss_sum / n, "acc": correct / n, "seconds": seconds,
             "images_per_s": n / max(seconds, 1e-12)}
 
 
@@ -176,17 +180,19 @@ def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | Non
         if index < skip:  # drawn and dropped, so the shuffle and augmentation draws stay those of a straight run
             continue
         batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
-        if run.guard.start is None:
-            run.guard.start = float(batch_loss)  # the run's one extra host synchronisation
+        if run.guard.start is None:  # the run's one extra host synchronisation
+            loss_n, n = run.comm.totals(batch_loss * y.shape[0], y.shape[0])
+            run.guard.start = loss_n / n
         with model.input_grad_skipped():
             model.backward(dlogits)
+        distributed.allreduce_gradients(model, run.comm, count=int(y.shape[0]))
         optimizer.step()
         optimizer.zero_grad()
         sums.add(batch_loss * y.shape[0], batch_correct, int(y.shape[0]))
         taken += 1
         stats = None
         if sums.step % log_every == 0:
-            stats = _host_stats(sums.loss_sum, sums.correct, sums.n, started)
+            stats = _host_stats(sums, run.comm, started)
             run.guard.check(stats["loss"], epoch, sums.step)
         reporter.step(sums.step, batches, epoch, stats)
         if max_steps is not None and taken >= max_steps:
@@ -194,26 +200,10 @@ def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | Non
     if sums.step == 0:
         raise ValueError("fit: the training loader yielded no batches (is batch_size larger than the dataset "
                          "with drop_last=True?)")
-    stats = _host_stats(sums.loss_sum, sums.correct, sums.n, started)
+    stats = _host_stats(sums, run.comm, started)
     sums.seconds = stats["seconds"]
     run.guard.check(stats["loss"], epoch, sums.step)
     return stats, taken
-
-
-@dataclass
-class _Guard:
-    """Divergence: a non-finite loss, or one above ``factor`` x max(the run's first loss, 1)."""
-
-    factor: float | None
-    start: float | None = None
-
-    def check(self, loss: float, epoch: int, step: int) -> None:
-        where = f"in epoch {epoch} (by step {step}); lower the learning rate or check the input data"
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"training diverged: the loss is {loss} {where}")
-        if self.factor is not None and self.start is not None and loss > self.factor * max(self.start, 1.0):
-            raise TrainingDiverged(f"training diverged: the loss {loss:.4g} is over diverge_factor={self.factor:g} "
-                                   f"times max(its start {self.start:.4g}, 1) {where}")
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -240,6 +230,7 @@ class _Run:
     bad_epochs: int = 0
     sums: resume_module.EpochSums = field(default_factory=resume_module.EpochSums)  # the epoch in progress
     guard: _Guard = field(default_factory=lambda: _Guard(None))
+    comm: Any = field(default_factory=distributed.Communicator)
 
     def resume(self, path: str | Path) -> None:
         """Load the model, optimiser, schedule, randomness and early-stopping state of checkpoint ``path``."""
@@ -262,6 +253,7 @@ class _Run:
         self.steps, self.epoch = state["steps"], state["epoch"]
         self.sums = resume_module.EpochSums.from_state(state.get("partial"), self.model.backend)
         self.guard.start = state.get("start_loss")
+        distributed.after_resume(self.model, self.comm, self.sums, state.get("world_size", 1), self.train, path)
 
     def train_epoch(self, reporter: Reporter) -> dict[str, Any]:
         """Train the next epoch; its history record, without the validation metrics yet."""
@@ -285,8 +277,9 @@ class _Run:
 
     def evaluate(self, record: dict[str, Any]) -> None:
         """Fill ``record``'s validation metrics (when there is a validation loader)."""
+        distributed.average_buffers(self.model, self.comm)
         if self.val is not None:
-            result = evaluate(self.model, self.val, self.config.loss)
+            result = evaluate(self.model, self.val, self.config.loss, self.comm)
             record["val_loss"], record["val_acc"] = result["loss"], result["accuracy"]
 
     def finish_epoch(self, record: dict[str, Any]) -> bool:
@@ -310,10 +303,13 @@ class _Run:
 
     def save(self, improved: bool, partial: bool = False) -> None:
         """Write the checkpoints and history files the config asks for (after a partial epoch, only last.npz:
-        it holds the epoch's progress)."""
+        it holds the epoch's progress). Only rank 0 writes; then every rank waits for it."""
         config = self.config
+        state = None if config.checkpoint_dir is None else self.checkpoint_state()  # collective (partial sums)
+        if self.comm.rank != 0:
+            return self.comm.barrier()
         if config.checkpoint_dir is not None:
-            directory, state = Path(config.checkpoint_dir), self.checkpoint_state()
+            directory = Path(config.checkpoint_dir)
             save_checkpoint(directory / "last.npz", state)
             if improved:
                 save_checkpoint(directory / "best.npz", state)
@@ -322,6 +318,7 @@ class _Run:
             self.history.save(directory / "history")
         if config.history_path is not None:
             self.history.save(config.history_path)
+        self.comm.barrier()
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything :meth:`resume` needs to continue this run exactly."""
@@ -333,8 +330,9 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": None if self.schedule is None else self.schedule.state_dict(),
                 "random": random, "history": self.history.to_dict(), "metadata": self.config.metadata,
-                "partial": self.sums.to_state(self.model.backend) if self.sums.step else None,
-                "start_loss": self.guard.start}
+                "partial": distributed.global_partial(self.sums.to_state(self.model.backend) if self.sums.step
+                                                      else None, self.comm),
+                "start_loss": self.guard.start, "world_size": self.comm.size}
 
 
 def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int | None = None,
@@ -356,17 +354,19 @@ def fit(model: Layer, train: Iterable, val: Iterable | None = None, epochs: int 
     if optimizer is None:
         from cnnkit.optim import SGD
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
-    if config.checkpoint_dir is not None:
+    comm = config.comm or distributed.Communicator()
+    if config.checkpoint_dir is not None and comm.rank == 0:
         prepare_output_dir(config.checkpoint_dir, "checkpoint_dir")
-    if config.history_path is not None:
+    if config.history_path is not None and comm.rank == 0:
         prepare_output_dir(Path(config.history_path).parent, "the folder of history_path")
-    run = _Run(model, train, val, optimizer, schedule, config, guard=_Guard(config.diverge_factor))
+    distributed.broadcast_parameters(model, comm)
+    run = _Run(model, train, val, optimizer, schedule, config, guard=_Guard(config.diverge_factor), comm=comm)
     if config.resume is not None:
         run.resume(config.resume)
-        if run.epoch >= config.epochs:
+        if run.epoch >= config.epochs and comm.rank == 0:
             warnings.warn(f"nothing to do: {config.resume} already holds {run.epoch} finished epoch(s) and "
                           f"epochs={config.epochs} is the total; ask for more epochs to train on", stacklevel=2)
-    reporter = Reporter(config.progress, config.epochs)
+    reporter = Reporter(config.progress, config.epochs, quiet=comm.rank != 0)
     while run.epoch < config.epochs and run.history.stopped is None:
         if config.max_steps is not None and run.steps >= config.max_steps:
             run.history.stopped = "max_steps"

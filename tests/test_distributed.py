@@ -58,6 +58,52 @@ time.sleep(60)
 """
 
 
+_FIT = """
+import json, sys
+import numpy as np
+from cnnkit import distributed, models, nn, optim, train
+from cnnkit.data import DataLoader
+
+out, batch = sys.argv[1], int(sys.argv[2])
+comm = distributed.init()
+shard = comm if comm.size > 1 else None
+nn.init.manual_seed(0 if comm.rank == 0 else 1)  # rank 1 starts elsewhere: fit broadcasts rank 0's weights
+model = models.lenet5().to("numpy")
+rng = np.random.default_rng(5)
+images, labels = rng.random((201, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 201)
+val = rng.random((90, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 90)
+loader = DataLoader((images, labels), batch, shuffle=True, seed=3, shard=shard)
+val_loader = DataLoader(val, 20, shard=shard)
+opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+history = train.fit(model, loader, val_loader, optimizer=opt, epochs=3, max_steps=10, log_every=2,
+                    checkpoint_dir=f"{out}-ckpt-rank{comm.rank}", comm=comm if comm.size > 1 else None)
+np.savez(f"{out}-rank{comm.rank}.npz", **{k: np.asarray(v) for k, v in model.state_dict().items()})
+with open(f"{out}-history-rank{comm.rank}.json", "w") as f:
+    json.dump({"epochs": history.epochs, "partial": history.partial, "stopped": history.stopped}, f)
+"""
+
+
+_RESUME = """
+import sys
+import numpy as np
+from cnnkit import distributed, models, nn, optim, train
+from cnnkit.data import DataLoader
+
+out, ckpt, max_steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]) or None, sys.argv[4] == "resume"
+comm = distributed.init()
+nn.init.manual_seed(0)
+model = models.lenet5().to("numpy")
+rng = np.random.default_rng(5)
+images, labels = rng.random((201, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, 201)
+loader = DataLoader((images, labels), 32, shuffle=True, seed=3, shard=comm if comm.size > 1 else None)
+opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+history = train.fit(model, loader, optimizer=opt, epochs=3, max_steps=max_steps, checkpoint_dir=ckpt,
+                    resume=f"{ckpt}/last.npz" if resume else None, comm=comm, progress=False)
+np.savez(f"{out}-rank{comm.rank}.npz", **{k: np.asarray(v) for k, v in model.state_dict().items()})
+print("train_loss", history[-1]["train_loss"], flush=True)  # before MPI_Finalize: output after it may be lost
+"""
+
+
 def _mpiexec() -> str:
     path = Path(sys.executable).parent / "mpiexec"
     found = str(path) if path.exists() else shutil.which("mpiexec")
@@ -101,3 +147,61 @@ def test_ranks_with_different_models_get_a_clear_error(tmp_path):
     result = _run(_TRAIN, tmp_path, str(tmp_path / "bad"), "32", "--other-model")
     assert result.returncode != 0
     assert "built a different model from rank 0" in result.stderr, result.stderr[-3000:]
+
+
+def _records(path: Path) -> list[dict]:
+    import json
+
+    data = json.loads(path.read_text())
+    return data["epochs"] + [data["partial"]]
+
+
+def test_fit_on_two_ranks_at_32_equals_one_process_at_64(tmp_path):
+    """fit(comm=...): 10 steps (2 epochs of 4 and a partial third, the last global batch of each epoch split 5/4)
+    with momentum, weight decay and a sharded validation loader: the weights equal one process at batch 64, are
+    identical on both ranks (rank 1 started from other weights), the logged train and validation metrics are the
+    global ones, and only rank 0 printed and wrote checkpoint files."""
+    two = _run(_FIT, tmp_path, str(tmp_path / "two"), "32")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _run(_FIT, tmp_path, str(tmp_path / "one"), "64", ranks=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r0, r1, ref = (np.load(tmp_path / name) for name in ("two-rank0.npz", "two-rank1.npz", "one-rank0.npz"))
+    for key in ref.files:
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=f"{key} differs between the ranks")
+        np.testing.assert_allclose(r0[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    mine, theirs = _records(tmp_path / "two-history-rank0.json"), _records(tmp_path / "one-history-rank0.json")
+    assert [r.get("partial") for r in mine] == [None, None, "2/4"] == [r.get("partial") for r in theirs]
+    for a, b in zip(mine, theirs):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    timeless = [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in mine]
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+            for r in _records(tmp_path / "two-history-rank1.json")] == timeless
+    assert sorted(p.name for p in (tmp_path / "two-ckpt-rank0").iterdir()) == \
+        ["best.npz", "history.csv", "history.json", "last.npz"]
+    assert not (tmp_path / "two-ckpt-rank1").exists()
+    assert two.stdout.count("epoch 1/3:") == 1 and two.stdout.count("epoch 2/3:") == 1, two.stdout
+
+
+def test_a_two_rank_run_stopped_and_resumed_equals_a_straight_one(tmp_path):
+    """max_steps=6 stops mid-epoch 2 (step 2 of 4); the resume on 2 ranks finishes the run with the weights of an
+    uninterrupted 2-rank run, bit for bit, and the same logged loss; the checkpoint records the world size, and a
+    resume on 1 process says how the global batch changes."""
+    straight = _run(_RESUME, tmp_path, str(tmp_path / "straight"), str(tmp_path / "a"), "0", "new")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = _run(_RESUME, tmp_path, str(tmp_path / "first"), str(tmp_path / "b"), "6", "new")
+    assert first.returncode == 0, first.stderr[-3000:]
+    from cnnkit.io import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "b" / "last.npz")["world_size"] == 2
+    second = _run(_RESUME, tmp_path, str(tmp_path / "second"), str(tmp_path / "b"), "0", "resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = np.load(tmp_path / "straight-rank0.npz"), np.load(tmp_path / "second-rank0.npz")
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert float(second.stdout.split("train_loss")[1].split()[0]) == \
+        pytest.approx(float(straight.stdout.split("train_loss")[1].split()[0]), rel=1e-6)
+    alone = _run(_RESUME, tmp_path, str(tmp_path / "alone"), str(tmp_path / "b"), "0", "resume", ranks=1)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "written by 2 process(es), this run has 1: the global batch changes from 2 x 32 = 64 to 1 x 32 = 32" \
+        in alone.stderr, alone.stderr[-3000:]
