@@ -6,6 +6,7 @@ diverged run ...). Errors are one line on stderr, ``cnnkit: error: ...``; ``--de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -109,20 +110,48 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainConfig:
+def _train_config(args: argparse.Namespace, metadata: dict[str, Any], comm: Any = None) -> TrainConfig:
     """The :class:`cnnkit.train.TrainConfig` of ``cnnkit train``: the best checkpoint by validation accuracy."""
     from cnnkit.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, checkpoint_dir=args.out, early_stopping=args.early_stopping,
                        monitor="val_acc", resume=args.resume, progress=not args.no_progress,
-                       max_steps=args.max_steps, metadata=metadata, keep_hyperparameters=True)
+                       max_steps=args.max_steps, metadata=metadata, keep_hyperparameters=True, comm=comm)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a named model on a named dataset; checkpoints and history go to --out."""
+    """Train a named model on a named dataset; checkpoints and history go to --out. Under 'mpiexec -n N'
+    (the mpi extra) it trains data-parallel on N processes: each takes its share of every global batch of
+    N x --batch-size, --lr is the learning rate of that global batch (linear scaling: N times one process's
+    rate, best with a warm-up), and only rank 0 prints and writes files."""
+    from cnnkit.distributed import join_launched_job
+
+    comm = join_launched_job()
+    with contextlib.redirect_stdout(None if comm is not None and comm.rank else sys.stdout):  # print() skips None
+        return _train(args, comm)
+
+
+def _train_loaders(args: argparse.Namespace, sets: tuple[Any, Any, Any], model: Any, stats: tuple[Any, Any],
+                   comm: Any) -> tuple[Any, Any, Any]:
+    """The train, validation and test loaders of ``cnnkit train`` (under mpiexec each rank's share of the train
+    and validation sets, and the whole test set)."""
+    from cnnkit import data
+
+    train_set, val_set, test_set = sets
+    loaders = {"backend": args.backend, "dtype": args.dtype}
+    train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, drop_last=False,
+                                   transform=data.prepare(train_set, model.input_shape, *stats, args.augment),
+                                   shard=comm, **loaders)
+    plain = data.prepare(train_set, model.input_shape, *stats)
+    val_loader = None if val_set is None else data.DataLoader(val_set, args.eval_batch_size, transform=plain,
+                                                              shard=comm, **loaders)
+    return train_loader, val_loader, data.DataLoader(test_set, args.eval_batch_size, transform=plain, **loaders)
+
+
+def _train(args: argparse.Namespace, comm: Any) -> int:
     from cnnkit import data, io, nn, optim, preflight, train
 
-    preflight.check_train_options(args)
+    preflight.check_train_options(args, write_check=comm is None or comm.rank == 0)
     nn.init.manual_seed(args.seed)
     train_set = _load(args.dataset, "train", args.data_root)
     test_set = _load(args.dataset, "test", args.data_root)
@@ -131,14 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_set = None
     if args.val_fraction > 0:
         train_set, val_set = data.split(train_set, (1 - args.val_fraction, args.val_fraction), seed=args.seed)
-    loaders = {"backend": args.backend, "dtype": args.dtype}
-    train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, drop_last=False,
-                                   transform=data.prepare(train_set, model.input_shape, mean, std, args.augment),
-                                   **loaders)
-    plain = data.prepare(train_set, model.input_shape, mean, std)
-    val_loader = None if val_set is None else data.DataLoader(val_set, args.eval_batch_size, transform=plain,
-                                                              **loaders)
-    test_loader = data.DataLoader(test_set, args.eval_batch_size, transform=plain, **loaders)
+    train_loader, val_loader, test_loader = _train_loaders(args, (train_set, val_set, test_set), model, (mean, std),
+                                                           comm)
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
                           weight_decay=args.weight_decay)
     schedule = _schedule(args.schedule, optimizer, args.epochs)
@@ -149,20 +172,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {args.model} ({model.num_parameters():,} parameters) on {train_set.name} "
           f"({train_set.source or 'in memory'}): "
           f"{len(train_set)} train, {0 if val_set is None else len(val_set)} val, {len(test_set)} test images; "
-          f"backend {args.backend}, {args.dtype}")
+          f"backend {args.backend}, {args.dtype}"
+          + ("" if comm is None else f"; {comm.size} processes x batch {args.batch_size} = global batch "
+             f"{comm.size * args.batch_size}"))
     started = time.perf_counter()
     history = train.fit(model, train_loader, val_loader, optimizer=optimizer, schedule=schedule,
-                        config=_train_config(args, metadata))
+                        config=_train_config(args, metadata, comm))
     elapsed = time.perf_counter() - started
     best = None if args.out is None else Path(args.out) / "best.npz"
     if best is not None and best.is_file():
         best_state = io.load_checkpoint(best)
         model.load_state_dict(best_state["model"])
         print(f"best checkpoint (val accuracy {best_state['best']:.4f}): {best}")
-    result = train.evaluate(model, test_loader)
+    result = train.evaluate(model, test_loader)  # the whole test split, on every rank
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} ({result['n']} images); "
           f"training time {elapsed:.1f} s" + (f" (stopped early: {history.stopped})" if history.stopped else ""))
-    if args.plots:
+    if args.plots and (comm is None or comm.rank == 0):
         _write_plots(model, history, test_loader, test_set, Path(args.out))
     return 0
 
@@ -297,9 +322,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     _data_options(p, required=True)
     _backend_options(p, default="numpy")
     p.add_argument("--epochs", type=_positive(int), default=10, help="epochs (default 10)")
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="training batch size (default 64)")
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="training batch size (default 64); "
+                   "under 'mpiexec -n N', of each process: the global batch is N x this")
     p.add_argument("--eval-batch-size", type=_positive(int), default=500, help="evaluation batch size (default 500)")
-    p.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default 0.05; under "
+                   "mpiexec, of the global batch)")
     p.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay (default 0)")
@@ -343,6 +370,16 @@ def _warning_line(message: Any, category: type, filename: str, lineno: int, file
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnkit`` console script; returns the exit status."""
+    from cnnkit.distributed import abort_job
+
+    status = _main(argv)
+    sys.stdout.flush()  # under mpiexec, output left after MPI_Finalize (at exit) may be lost
+    if status != 0:
+        abort_job(status)  # the other ranks of an mpiexec job would wait for this one
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():

@@ -111,6 +111,19 @@ def launched_size() -> int:
     return 1
 
 
+def join_launched_job() -> Communicator | None:
+    """The communicator of the mpiexec job of several ranks that started this process (:func:`init`), else None;
+    a RuntimeError when mpiexec started several but MPI here does not see them (no mpi4py, or another MPI's)."""
+    started = launched_size()
+    if started == 1:
+        return None
+    comm = init()
+    if comm.size != started:
+        raise RuntimeError(f"mpiexec started {started} processes but this one runs alone (mpi4py is not installed, "
+                           "or it was built for another MPI): pip install 'cnnkit[mpi]' in this environment")
+    return comm
+
+
 def abort_job(code: int = 1) -> None:
     """End every rank of the job that :func:`init` joined (after an error this rank handled and reported, so the
     others do not wait for it in a collective); nothing in a one-process run."""

@@ -39,14 +39,15 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def check_train_options(args: argparse.Namespace) -> None:
+def check_train_options(args: argparse.Namespace, write_check: bool = True) -> None:
     """Everything ``cnnkit train`` can check before loading data and training: option combinations, optional
-    modules, a writable --out, and on --resume the checkpoint's settings against these (changes are printed)."""
+    modules, a writable --out (with ``write_check``: rank 0 of an mpiexec job only), and on --resume the
+    checkpoint's settings against these (changes are printed)."""
     if args.plots:
         if args.out is None:
             raise UsageError("--plots needs --out DIR to write the figures to")
         need_module("matplotlib", "plot", "--plots")
-    if args.out is not None:
+    if args.out is not None and write_check:
         writable_dir(args.out, "--out")
     if args.resume is not None:
         meta = load_checkpoint(args.resume).get("metadata") or {}

@@ -205,3 +205,30 @@ def test_a_two_rank_run_stopped_and_resumed_equals_a_straight_one(tmp_path):
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "written by 2 process(es), this run has 1: the global batch changes from 2 x 32 = 64 to 1 x 32 = 32" \
         in alone.stderr, alone.stderr[-3000:]
+
+
+def test_cnnkit_train_under_mpiexec_trains_on_both_ranks_and_only_rank_0_writes(tmp_path):
+    """``mpiexec -n 2 python -m cnnkit train ...`` joins the job by itself: sharded loaders, one set of output
+    lines (rank 0's), the checkpoint of a 2-process run, and the help says how the batch and lr are meant."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "cnnkit", "train", "lenet5", "--dataset",
+           "fashion-mnist-sample", "--epochs", "2", "--max-steps", "6", "--batch-size", "32", "--eval-batch-size",
+           "250", "--out", str(out), "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("training lenet5") for line in lines) == 1, result.stdout
+    assert "2 processes x batch 32 = global batch 64" in result.stdout
+    assert sum(line.startswith("epoch 1/2 (stopped at step 6/") for line in lines) == 1, result.stdout
+    assert sum(line.startswith("test: ") for line in lines) == 1, result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "history.json", "last.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    from cnnkit.io import load_checkpoint
+
+    state = load_checkpoint(out / "last.npz")
+    assert state["world_size"] == 2 and state["steps"] == 6
+    from cnnkit import cli
+
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "mpiexec -n N" in text and "the global batch is N x this" in text and "of the global batch" in text
