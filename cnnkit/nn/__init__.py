@@ -19,13 +19,13 @@ from cnnkit.nn.activation import (
 from cnnkit.nn.base import Layer, Parameter, Sequential, ShapeError
 from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.linear import Dropout, Flatten, Linear
-from cnnkit.nn.norm import BatchNorm2d
+from cnnkit.nn.norm import BatchNorm2d, SyncBatchNorm2d, convert_sync_batchnorm
 from cnnkit.nn.pooling import AvgPool2d, FeaturePool, GlobalAvgPool2d, LPPool2d, MaxPool2d, Subsampling
 from cnnkit.nn.residual import Residual, ZeroPadShortcut
 
 __all__ = [
     "Layer", "Parameter", "Sequential", "ShapeError", "Residual", "ZeroPadShortcut", "init",
-    "Conv2d", "Linear", "Flatten", "Dropout", "BatchNorm2d",
+    "Conv2d", "Linear", "Flatten", "Dropout", "BatchNorm2d", "SyncBatchNorm2d", "convert_sync_batchnorm",
     "MaxPool2d", "AvgPool2d", "LPPool2d", "FeaturePool", "GlobalAvgPool2d", "Subsampling",
     "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ScaledTanh", "Softmax", "LogSoftmax",
 ]

@@ -1,4 +1,6 @@
-"""BatchNorm2d: per-channel batch normalisation of NCHW with running statistics (PyTorch semantics)."""
+"""BatchNorm2d: per-channel batch normalisation of NCHW with running statistics (PyTorch semantics);
+SyncBatchNorm2d and :func:`convert_sync_batchnorm`: its data-parallel form, with the statistics of the global
+batch of every rank."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +12,8 @@ from cnnkit.nn import init
 from cnnkit.nn.base import Layer
 
 Array = Any
+
+_AXES = (0, 2, 3)  # everything but the channel axis of NCHW
 
 
 class BatchNorm2d(Layer):
@@ -74,3 +78,75 @@ class BatchNorm2d(Layer):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+def _channels(v: Array) -> Array:
+    return v[None, :, None, None]
+
+
+class SyncBatchNorm2d(BatchNorm2d):
+    """A BatchNorm2d whose training statistics are those of the global batch of every rank of ``comm`` (a
+    :class:`cnnkit.distributed.Communicator`), as PyTorch's SyncBatchNorm: the forward allreduces each channel's
+    sum, sum of squares and count; the backward allreduces the sums of dy and dy * x_hat (weighted by each
+    rank's batch size, the weighting of ``allreduce_gradients(..., count=)``) for dx, while the weight and bias
+    gradients stay this rank's contributions, which ``allreduce_gradients`` then combines. So N ranks at batch B
+    train as one process at batch N * B. Eval mode, and a communicator of one rank, are plain BatchNorm2d.
+    Made by :func:`convert_sync_batchnorm`."""
+
+    comm: Any = None
+    _sync = False
+
+    def _allreduce(self, values: np.ndarray) -> np.ndarray:
+        """Summed over the ranks, then rank 0's result broadcast (so every rank holds the same numbers)."""
+        return self.comm.broadcast_(self.comm.allreduce_sum_(np.ascontiguousarray(values, dtype=np.float64)))
+
+    def forward(self, x: Array) -> Array:
+        self._sync = self.training and self.comm is not None and self.comm.size > 1
+        if not self._sync or x.ndim != 4 or x.shape[1] != self.num_features:
+            return super().forward(x)
+        be, c = self.backend, self.num_features
+        local = be.to_numpy(be.xp.stack([x.sum(axis=_AXES, dtype=np.float64),
+                                         (x * x).sum(axis=_AXES, dtype=np.float64)]))
+        totals = self._allreduce(np.concatenate([local.ravel(), [x.size // c]]))
+        m = totals[-1]
+        mean = totals[:c] / m
+        var = np.maximum(totals[c:2 * c] / m - mean * mean, 0.0)
+        if m < 2:
+            raise ValueError(f"batch norm in training mode needs more than one value per channel over all ranks "
+                             f"(x has shape {tuple(x.shape)})")
+        dtype, momentum = x.dtype, self.momentum
+        self.running_mean *= 1 - momentum
+        self.running_mean += be.asarray((momentum * mean).astype(dtype))
+        self.running_var *= 1 - momentum
+        self.running_var += be.asarray((momentum * var * (m / (m - 1))).astype(dtype))
+        self.num_batches_tracked += 1
+        inv_std = be.asarray((1 / np.sqrt(var + self.eps)).astype(dtype))
+        x_hat = (x - _channels(be.asarray(mean.astype(dtype)))) * _channels(inv_std)
+        gamma, beta = self._gamma_beta()
+        self._saved = (x_hat, inv_std, m, x.shape[0])
+        return x_hat * _channels(gamma) + _channels(beta)
+
+    def backward(self, dy: Array) -> Array:
+        if not self._sync:
+            return super().backward(dy)
+        x_hat, inv_std, m, n = init.saved(self, self._saved)
+        be, c = self.backend, self.num_features
+        dgamma, dbeta = (dy * x_hat).sum(axis=_AXES), dy.sum(axis=_AXES)
+        local = np.concatenate([be.to_numpy(dgamma), be.to_numpy(dbeta)]).astype(np.float64) * n
+        totals = be.asarray((self._allreduce(local) / (n * m)).astype(dy.dtype))  # in this rank's loss scale
+        gamma = self._gamma_beta()[0]
+        dx = _channels(gamma * inv_std) * (dy - _channels(totals[c:]) - x_hat * _channels(totals[:c]))
+        if self.affine:
+            self.accumulate(self.weight, dgamma)
+            self.accumulate(self.bias, dbeta)
+        return dx
+
+
+def convert_sync_batchnorm(model: Layer, comm: Any) -> Layer:
+    """Make every BatchNorm2d of ``model`` a :class:`SyncBatchNorm2d` over ``comm``, in place (parameters,
+    buffers and state-dict keys unchanged); returns ``model``. Call it on every rank, before training."""
+    for _, layer in model.modules():
+        if isinstance(layer, BatchNorm2d):
+            layer.__class__ = SyncBatchNorm2d
+            layer.comm = comm
+    return model
