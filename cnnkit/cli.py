@@ -208,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.confusion is not None:
         preflight.need_module("matplotlib", "plot", "--confusion")
-        preflight.writable_dir(Path(args.confusion).resolve().parent, "the folder of --confusion")
+        io.prepare_output_dir(Path(args.confusion).resolve().parent, "the folder of --confusion")
     state = io.load_checkpoint(args.checkpoint)
     meta = state.get("metadata")
     if not meta or "model" not in meta:

@@ -59,17 +59,14 @@ class Communicator:
         """Every rank's ``value`` (a small picklable object), in rank order."""
         return [value] if self._comm is None or self.size == 1 else self._comm.allgather(value)
 
-    def totals(self, *values: Any) -> tuple[float, ...]:
-        """Numbers (or backend scalars) summed over the ranks as float64, then rank 0's result broadcast, so every
-        rank holds bit for bit the same totals (and takes the same decisions from them)."""
-        buffer = np.array([float(v) for v in values], dtype=np.float64)
-        if self.size > 1:
-            self.broadcast_(self.allreduce_sum_(buffer))
-        return tuple(buffer.tolist())
+    def agreed_sum_(self, buffer: np.ndarray) -> np.ndarray:
+        """Sum a contiguous host array over the ranks in place, then broadcast rank 0's result, so every rank
+        holds bit for bit the same sums (and takes the same decisions from them)."""
+        return self.broadcast_(self.allreduce_sum_(buffer))
 
-    def sum(self, value: float) -> float:
-        """A Python number summed over the ranks."""
-        return float(self.allreduce_sum_(np.array([value], dtype=np.float64))[0])
+    def totals(self, *values: Any) -> tuple[float, ...]:
+        """Numbers (or backend scalars) summed over the ranks as float64, the same on every rank (agreed_sum_)."""
+        return tuple(self.agreed_sum_(np.array([float(v) for v in values], dtype=np.float64)).tolist())
 
     def flat_buffer(self, model: Layer, dtype: np.dtype, size: int) -> np.ndarray:
         """The preallocated host buffer of ``size`` elements for ``model``'s gradients of ``dtype``."""

@@ -168,13 +168,9 @@ def export_onnx(model: Layer, path: PathLike, input_shape: tuple[int, ...], dtyp
 
 
 def to_torch_state_dict(model: Layer) -> dict[str, Any]:
-    """``model.state_dict()`` as CPU torch tensors, for ``torch_model.load_state_dict`` of the same architecture.
-
-    torch is imported only here (it is an optional dependency).
-    """
-    import torch
-
-    return {key: torch.from_numpy(value) for key, value in model.state_dict().items()}
+    """``model.state_dict()`` as CPU torch tensors, for ``torch_model.load_state_dict`` of the same architecture
+    (``to_torch(model)``: kept under its older name)."""
+    return to_torch(model)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -1,8 +1,8 @@
 """Checks a command makes before its work starts, so that a wrong option never throws finished work away.
 
 :class:`UsageError` is a wrong combination of options (the CLI exits with status 2 for it); :func:`need_module`
-says which extra installs a missing optional module; :func:`writable_dir` proves an output folder writable
-(:func:`cnnkit.io.prepare_output_dir`).
+says which extra installs a missing optional module; output folders are proven writable by
+:func:`cnnkit.io.prepare_output_dir`.
 """
 from __future__ import annotations
 
@@ -25,11 +25,6 @@ def need_module(module: str, extra: str, option: str) -> None:
         raise UsageError(f"{option} needs {module}, which is not installed (pip install 'cnnkit[{extra}]')")
 
 
-def writable_dir(path: str | Path, option: str) -> Path:
-    """Create folder ``path`` and prove it writable; the error names ``option``."""
-    return prepare_output_dir(path, option)
-
-
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The options of ``cnnkit train`` that its checkpoints record (see :mod:`cnnkit.resume`)."""
     values = {name: getattr(args, name) for name in (*resume.FIXED, *resume.CHANGEABLE)}
@@ -48,7 +43,7 @@ def check_train_options(args: argparse.Namespace, write_check: bool = True) -> N
             raise UsageError("--plots needs --out DIR to write the figures to")
         need_module("matplotlib", "plot", "--plots")
     if args.out is not None and write_check:
-        writable_dir(args.out, "--out")
+        prepare_output_dir(args.out, "--out")
     if args.resume is not None:
         meta = load_checkpoint(args.resume).get("metadata") or {}
         for line in resume.check_settings(args.resume, meta.get("settings", meta), train_settings(args)):

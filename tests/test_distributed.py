@@ -282,17 +282,14 @@ def test_sync_batchnorm_resnet20_on_two_ranks_at_16_equals_one_process_at_32(tmp
     assert _max_relative_difference(local, ref) > 1e-4 > 1e-8 > _max_relative_difference(r0, ref)
 
 
-class _EchoComm:
-    """A stand-in communicator of 'two' ranks whose collectives return this rank's numbers: a SyncBatchNorm2d
-    over it must compute exactly what a BatchNorm2d computes on the same batch."""
+def _echo_comm():
+    """A stand-in communicator of 'two' ranks whose collectives return this rank's numbers (no MPI behind it): a
+    SyncBatchNorm2d over it must compute exactly what a BatchNorm2d computes on the same batch."""
+    from cnnkit.distributed import Communicator
 
-    size, rank = 2, 0
-
-    def allreduce_sum_(self, buffer):
-        return buffer
-
-    def broadcast_(self, buffer, root=0):
-        return buffer
+    comm = Communicator()
+    comm.size = 2
+    return comm
 
 
 def test_sync_batchnorm_layer_over_one_batch_is_batchnorm():
@@ -303,7 +300,7 @@ def test_sync_batchnorm_layer_over_one_batch_is_batchnorm():
     nn.init.manual_seed(0)
     plain = nn.BatchNorm2d(4, dtype="float64")
     nn.init.manual_seed(0)
-    sync = nn.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(4, dtype="float64")), _EchoComm())[0]
+    sync = nn.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(4, dtype="float64")), _echo_comm())[0]
     assert isinstance(sync, nn.SyncBatchNorm2d) and sorted(sync.state_dict()) == sorted(plain.state_dict())
     plain.bias.data[...] = sync.bias.data[...] = rng.standard_normal(4)
     np.testing.assert_allclose(sync(x), plain(x), rtol=1e-12, atol=1e-12)

@@ -138,6 +138,12 @@ def compiler() -> str:
 
 
 @functools.cache
+def _version(cxx: str) -> str:
+    """``cxx --version``, once per process (part of the build cache key)."""
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+
+
+@functools.cache
 def compiler_problem(cxx: str) -> str | None:
     """None when ``cxx`` compiles a C++20 shared library with std::atomic_ref, else why not."""
     if shutil.which(cxx) is None:
@@ -166,8 +172,7 @@ def build(name: str, text: str, sanitize: str = "", debug: bool = False) -> tupl
         raise CompileError(f"{name}: no extern \"C\" __global__ kernel found")
     full = prepare(text) + "\n" + _trampolines(kernels)
     flags = (*FLAGS, *(DEBUG_FLAGS if debug else ()), *SANITIZE_FLAGS[sanitize], "-include", str(SHIM))
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([full, SHIM.read_text(), cxx, version, *flags]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([full, SHIM.read_text(), cxx, _version(cxx), *flags]).encode()).hexdigest()[:20]
     out = cache_dir() / f"{name}-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,8 @@ There are two ways to get a twin, for two purposes:
   The parity tests use them as oracles: a twin derived from our model would copy a mistake in
   ``cnnkit.models``, a hand-written one does not. tests/test_bench.py checks that both ways give the same tree.
 
-Weights move with :func:`cnnkit.io.from_torch` and :func:`cnnkit.io.to_torch_state_dict`. They stay in
-``cnnkit.io`` because they need no PyTorch import of their own (any object with ``.detach()`` converts) and
-share ``io.load``'s key and shape checks.
+Weights move with :func:`cnnkit.io.from_torch` and :func:`cnnkit.io.to_torch` (:mod:`cnnkit.interop.weights`),
+which need no PyTorch import for reading (any object with ``.detach()`` converts).
 
 This module imports torch at import time; ``import cnnkit`` never imports it.
 """

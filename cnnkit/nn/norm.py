@@ -96,10 +96,6 @@ class SyncBatchNorm2d(BatchNorm2d):
     comm: Any = None
     _sync = False
 
-    def _allreduce(self, values: np.ndarray) -> np.ndarray:
-        """Summed over the ranks, then rank 0's result broadcast (so every rank holds the same numbers)."""
-        return self.comm.broadcast_(self.comm.allreduce_sum_(np.ascontiguousarray(values, dtype=np.float64)))
-
     def forward(self, x: Array) -> Array:
         self._sync = self.training and self.comm is not None and self.comm.size > 1
         if not self._sync or x.ndim != 4 or x.shape[1] != self.num_features:
@@ -107,7 +103,7 @@ class SyncBatchNorm2d(BatchNorm2d):
         be, c = self.backend, self.num_features
         local = be.to_numpy(be.xp.stack([x.sum(axis=_AXES, dtype=np.float64),
                                          (x * x).sum(axis=_AXES, dtype=np.float64)]))
-        totals = self._allreduce(np.concatenate([local.ravel(), [x.size // c]]))
+        totals = self.comm.agreed_sum_(np.concatenate([local.ravel(), [x.size // c]]).astype(np.float64))
         m = totals[-1]
         mean = totals[:c] / m
         var = np.maximum(totals[c:2 * c] / m - mean * mean, 0.0)
@@ -133,7 +129,7 @@ class SyncBatchNorm2d(BatchNorm2d):
         be, c = self.backend, self.num_features
         dgamma, dbeta = (dy * x_hat).sum(axis=_AXES), dy.sum(axis=_AXES)
         local = np.concatenate([be.to_numpy(dgamma), be.to_numpy(dbeta)]).astype(np.float64) * n
-        totals = be.asarray((self._allreduce(local) / (n * m)).astype(dy.dtype))  # in this rank's loss scale
+        totals = be.asarray((self.comm.agreed_sum_(local) / (n * m)).astype(dy.dtype))  # in this rank's loss scale
         gamma = self._gamma_beta()[0]
         dx = _channels(gamma * inv_std) * (dy - _channels(totals[c:]) - x_hat * _channels(totals[:c]))
         if self.affine:
