@@ -230,8 +230,11 @@ def log_softmax_backward(dy, y):
 
 
 @_op(lambda ops, make: (((2, 3, 8, 8), 0.5, 7, make(1).dtype), {}))
-def dropout_mask(shape, p, seed, dtype):
-    """Inverted dropout: each element is 0 with probability p, else 1 / (1 - p). Same seed -> same mask."""
+def dropout_mask(shape, p, seed, dtype, offset=0):
+    """Inverted dropout: each element is 0 with probability p, else 1 / (1 - p). Same seed -> same mask.
+    ``offset`` (an int >= 0): the mask's first element is element ``offset`` of the seed's sequence, so the mask
+    of shape (n, ...) at offset r * prod(...) equals rows r to r + n of a bigger mask of the same seed (a rank's
+    share of a data-parallel batch)."""
 
 
 @_op(lambda ops, make: ((make(2, 3, 8, 8), make(3), make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5), {}))

@@ -20,6 +20,7 @@ from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padd
     check_like,
     conv_padding,
     deprecated_alias,
+    dropout_args,
     is_int,
     lp_norm_type,
     negative_slope_value,
@@ -345,21 +346,17 @@ def batch_norm_backward(dy: Array, saved: Any, weight: Array, *,
     return be.batch_norm_backward(dy, saved, weight)
 
 
-def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float32", *,
+def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float32", offset: int = 0, *,
                  backend: str | Backend | None = None) -> Array:
-    """Inverted-dropout mask: 0 with probability p, else 1/(1-p); the same seed gives the same mask."""
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p); the same seed gives the same mask. ``offset``
+    (an int >= 0) starts it at that element of the seed's sequence: the slice of a bigger mask (a rank's rows
+    of a data-parallel batch, see the op contract)."""
     be = _be(backend)
-    p = number(p, "p")
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
-    if not is_int(seed):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    if not isinstance(shape, (tuple, list)) or not all(is_int(v) and v >= 0 for v in shape):
-        raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    shape, p, seed, offset = dropout_args(shape, p, seed, offset)
     dtype = be.xp.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return be.dropout_mask(tuple(int(v) for v in shape), p, int(seed), dtype)
+    return be.dropout_mask(shape, p, seed, dtype, offset)
 
 
 def linear(x: Array, weight: Array, bias: Array | None = None, *,

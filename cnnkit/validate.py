@@ -107,6 +107,18 @@ def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: t
     return (ph, ph, pw, pw)
 
 
+def dropout_args(shape: Any, p: Any, seed: Any, offset: Any) -> tuple[tuple[int, ...], float, int, int]:
+    """dropout_mask's (shape, p, seed, offset), checked: a tuple of ints >= 0, p in [0, 1), an int, an int >= 0."""
+    p = number(p, "p")
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    if not is_int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(shape, (tuple, list)) or not all(is_int(v) and v >= 0 for v in shape):
+        raise ValueError(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    return tuple(int(v) for v in shape), p, int(seed), nonneg_int(offset, "offset")
+
+
 def activation_name(activation: str | None) -> str | None:
     """None or one of the contract's activations."""
     if activation is not None and activation not in ACTIVATIONS:

@@ -738,12 +738,13 @@ BATCH_NORM_CASES: list[BatchNormCase] = unique(
 # ----------------------------------------------------------------------------------------------- dropout
 @dataclass(frozen=True)
 class DropoutCase:
-    """dropout_mask(shape, p, seed)."""
+    """dropout_mask(shape, p, seed, offset=offset): ``offset`` elements into the seed's sequence."""
 
     id: str
     shape: Shape
     p: float
     seed: int
+    offset: int = 0
 
     @property
     def shapes(self) -> list[Shape]:
@@ -751,8 +752,9 @@ class DropoutCase:
 
 
 DROPOUT_CASES: list[DropoutCase] = unique(
-    [DropoutCase("x3x4x5-p0.3", (3, 4, 5), 0.3, 7)]
-    + [DropoutCase(f"x2x8x16x16-p{p:g}", (2, 8, 16, 16), p, 1234) for p in (0.0, 0.25, 0.5, 0.9)])
+    [DropoutCase("x3x4x5-p0.3", (3, 4, 5), 0.3, 7), DropoutCase("x3x4x5-p0.3-at37", (3, 4, 5), 0.3, 7, 37)]
+    + [DropoutCase(f"x2x8x16x16-p{p:g}", (2, 8, 16, 16), p, 1234) for p in (0.0, 0.25, 0.5, 0.9)]
+    + [DropoutCase("x2x8x16x16-p0.5-row3", (2, 8, 16, 16), 0.5, 1234, 3 * 8 * 16 * 16)])
 
 
 ALL_CASES: dict[str, list] = {

@@ -85,9 +85,9 @@ def test_cross_entropy_bad_label_gives_nan_not_a_sync(be):
 
 
 # ----------------------------------------------------------------------------------------------- dropout
-def _hash_mask(shape, p, seed):
-    """norm.cu's counter-based hash, re-done on the host with numpy uint64 arithmetic (wrapping)."""
-    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+def _hash_mask(shape, p, seed, offset=0):
+    """dropout.cu's counter-based hash, re-done on the host with numpy uint64 arithmetic (wrapping)."""
+    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64) + np.uint64(offset)
     with np.errstate(over="ignore"):
         z = np.uint64(seed % 2 ** 64) + i * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -100,5 +100,12 @@ def _hash_mask(shape, p, seed):
 @pytest.mark.parametrize("case", DROPOUT_CASES, ids=ids(DROPOUT_CASES))
 def test_dropout_mask_is_the_counter_hash(be, case):
     """The mask is a pure function of (seed, flat index): the same on any device and launch shape."""
-    mask = F.dropout_mask(case.shape, case.p, case.seed, backend=be)
-    np.testing.assert_array_equal(be.to_numpy(mask), _hash_mask(case.shape, case.p, case.seed))
+    mask = F.dropout_mask(case.shape, case.p, case.seed, offset=case.offset, backend=be)
+    np.testing.assert_array_equal(be.to_numpy(mask), _hash_mask(case.shape, case.p, case.seed, case.offset))
+
+
+def test_dropout_mask_offset_beyond_32_bits(be):
+    """The element offset is 64-bit in the kernel (a data-parallel rank's rows may start past 2^32 elements)."""
+    offset = 2 ** 33 + 5
+    mask = F.dropout_mask((4, 33), 0.5, 99, offset=offset, backend=be)
+    np.testing.assert_array_equal(be.to_numpy(mask), _hash_mask((4, 33), 0.5, 99, offset))

@@ -263,6 +263,8 @@ def test_batch_norm_checks():
     (dict(seed=None), TypeError, r"seed must be an int"),
     (dict(shape=(2, -3)), ValueError, r"shape must be a tuple of non-negative ints"),
     (dict(dtype="int32"), TypeError, r"dtype must be float32 or float64"),
+    (dict(offset=-1), ValueError, r"offset must be a non-negative int"),
+    (dict(offset=2.0), ValueError, r"offset must be a non-negative int"),
 ])
 def test_dropout_bad_arguments(kwargs, exc, match):
     args = dict(shape=(2, 3), p=0.5, seed=0) | kwargs

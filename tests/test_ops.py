@@ -264,7 +264,7 @@ def test_batch_norm(target, case):
 def test_dropout_mask(target, case):
     """Inverted dropout: values 0 or 1 / (1 - p), the kept fraction within five binomial standard deviations of
     1 - p, the same mask for the same seed and another for another seed."""
-    mask = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, backend=target.be)
+    mask = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, case.offset, backend=target.be)
     host = target.host(mask, "mask")
     assert host.shape == case.shape
     keep = np.asarray(1 / (1 - case.p), dtype=target.dtype)
@@ -272,8 +272,21 @@ def test_dropout_mask(target, case):
     n = host.size
     dropped = np.count_nonzero(host == 0) / n
     assert abs(dropped - case.p) <= 5 * math.sqrt(case.p * (1 - case.p) / n), f"dropped {dropped}, p {case.p}"
-    again = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, backend=target.be)
+    again = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, case.offset, backend=target.be)
     np.testing.assert_array_equal(target.host(again, "mask"), host)
     if case.p > 0:
-        other = F.dropout_mask(case.shape, case.p, case.seed + 1, target.dtype, backend=target.be)
+        other = F.dropout_mask(case.shape, case.p, case.seed + 1, target.dtype, case.offset, backend=target.be)
         assert not np.array_equal(target.host(other, "mask"), host), "another seed must give another mask"
+
+
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=ids(DROPOUT_CASES))
+def test_dropout_mask_at_an_offset_is_a_slice_of_a_bigger_mask(target, case):
+    """The mask at ``offset`` is elements offset.. of the seed's mask from 0 (so a data-parallel rank's mask is
+    its rows of the mask of the global batch); ``offset`` moves the mask, not only its start."""
+    n = math.prod(case.shape)
+    big = target.host(F.dropout_mask((case.offset + n,), case.p, case.seed, target.dtype, backend=target.be), "big")
+    part = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, case.offset, backend=target.be)
+    np.testing.assert_array_equal(target.host(part, "mask"), big[case.offset:].reshape(case.shape))
+    if case.p > 0:
+        moved = F.dropout_mask(case.shape, case.p, case.seed, target.dtype, case.offset + 1, backend=target.be)
+        assert not np.array_equal(target.host(moved, "mask"), target.host(part, "mask"))
