@@ -7,25 +7,31 @@ waiting in a collective. The model's parameters and buffers start equal on every
 each step's gradients are averaged through one flat buffer per dtype and one in-place allreduce
 (:func:`allreduce_gradients`). With ``DataLoader(..., shard=comm)`` each rank takes its slice of every global
 batch, so N ranks at batch B are the optimisation of one process at batch N * B (batch norm aside: its batch
-statistics stay per rank, unless :func:`cnnkit.nn.convert_sync_batchnorm` makes them global).
+statistics stay per rank, unless :func:`cnnkit.nn.convert_sync_batchnorm` makes them global). Every sample
+counts: a rank whose share of a last, small global batch is empty skips its forward but joins every collective
+(:func:`data_parallel_step`), and Dropout masks are each rank's rows of the global batch's mask.
 
-``fit(..., comm=comm)`` uses the helpers at the end of this module: :meth:`Communicator.totals` (sums that are
-the same on every rank, so every stop decision is too), :func:`average_buffers`, :func:`after_resume` and
-:func:`global_partial`. ``cnnkit train`` calls :func:`init` when :func:`launched_size` says mpiexec started
-several ranks, and :func:`abort_job` after an error it handled on one rank.
+``fit(..., comm=comm)`` uses the helpers at the end of this module: :func:`global_batch` and
+:func:`data_parallel_step` around each step, :meth:`Communicator.totals` (sums that are the same on every rank, so
+every stop decision is too), :func:`average_buffers`, :func:`after_resume` and :func:`global_partial`.
+``cnnkit train`` calls :func:`init` when :func:`launched_size` says mpiexec started several ranks, and
+:func:`abort_job` after an error it handled on one rank.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from cnnkit.nn.base import Layer
+from cnnkit.nn.base import Layer, Parameter
+from cnnkit.nn.linear import Dropout
 
 
 class Communicator:
@@ -36,6 +42,7 @@ class Communicator:
         self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
         self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
         self._buffers: dict[tuple[int, str], np.ndarray] = {}
+        self._groups: dict[tuple[int, ...], Communicator | None] = {}
 
     def barrier(self) -> None:
         if self._comm is not None:
@@ -67,6 +74,19 @@ class Communicator:
     def totals(self, *values: Any) -> tuple[float, ...]:
         """Numbers (or backend scalars) summed over the ranks as float64, the same on every rank (agreed_sum_)."""
         return tuple(self.agreed_sum_(np.array([float(v) for v in values], dtype=np.float64)).tolist())
+
+    def group(self, ranks: tuple[int, ...]) -> Communicator | None:
+        """The communicator of ``ranks`` (in rank order; None on a rank outside them), made once per set of ranks.
+        Collective the first time: every rank asks for the same ``ranks``."""
+        if len(ranks) == self.size:
+            return self
+        if ranks not in self._groups:
+            from mpi4py import MPI
+
+            inside = self.rank in ranks
+            sub = self._comm.Split(0 if inside else MPI.UNDEFINED, self.rank)
+            self._groups[ranks] = Communicator(sub) if inside else None
+        return self._groups[ranks]
 
     def flat_buffer(self, model: Layer, dtype: np.dtype, size: int) -> np.ndarray:
         """The preallocated host buffer of ``size`` elements for ``model``'s gradients of ``dtype``."""
@@ -179,35 +199,137 @@ def broadcast_parameters(model: Layer, comm: Communicator, root: int = 0) -> Non
             array[...] = be.asarray(host)
 
 
+def _trainable_parameters(model: Layer) -> list[Parameter]:
+    """The parameters of every trainable layer, in a fixed order: the same list on every rank, whichever
+    gradients exist (a frozen layer's stay None on every rank)."""
+    found = {id(v): v for _, layer in model.modules() if layer.trainable
+             for v in vars(layer).values() if isinstance(v, Parameter)}
+    return list(found.values())
+
+
 def allreduce_gradients(model: Layer, comm: Communicator, count: int | None = None) -> None:
-    """Average every ``.grad`` over the ranks through one flat host buffer per dtype and one in-place allreduce.
+    """Average the gradients of every trainable parameter over the ranks through one flat host buffer per dtype
+    and one in-place allreduce.
 
     With ``count`` (this rank's batch size) the average is weighted by it, so ranks with unequal batches (the
-    last, partial global batch) give exactly the gradient of one process over the whole global batch."""
+    last, partial global batch) give exactly the gradient of one process over the whole global batch. A rank
+    without a gradient for a parameter (count 0: its share of the global batch was empty and it ran no backward)
+    sends zeros, so the buffer has the same layout on every rank; a parameter no rank has a gradient for keeps
+    ``grad`` None (the optimiser skips it, as in one process)."""
     if comm.size == 1:
         return
-    params = [p for _, p in model.named_parameters() if p.grad is not None]
-    be = model.backend
-    for dtype in sorted({np.dtype(p.grad.dtype).str for p in params}):
-        group = [p for p in params if np.dtype(p.grad.dtype).str == dtype]
-        sizes = [p.grad.size for p in group]
-        buffer = comm.flat_buffer(model, np.dtype(dtype), sum(sizes) + 1)
-        weight = 1.0 if count is None else float(count)
-        offset = 0
-        for p, n in zip(group, sizes):
-            buffer[offset:offset + n] = be.to_numpy(p.grad).ravel()
-            offset += n
-        buffer[:-1] *= weight
-        buffer[-1] = weight
+    params = _trainable_parameters(model)
+    for dtype in sorted({np.dtype(p.data.dtype).str for p in params}):
+        group = [p for p in params if np.dtype(p.data.dtype).str == dtype]
+        sizes = [p.data.size for p in group]
+        buffer = comm.flat_buffer(model, np.dtype(dtype), sum(sizes) + len(group) + 1)
+        _pack(model, group, sizes, buffer, 1.0 if count is None else float(count))
         comm.allreduce_sum_(buffer)
-        buffer[:-1] /= buffer[-1]
-        offset = 0
-        for p, n in zip(group, sizes):
-            p.grad[...] = be.asarray(buffer[offset:offset + n].reshape(p.grad.shape))
-            offset += n
+        if buffer[-1] == 0:
+            raise ValueError("allreduce_gradients: count is 0 on every rank; at least one rank must have samples")
+        _unpack(model, group, sizes, buffer)
+
+
+def _pack(model: Layer, group: list[Parameter], sizes: list[int], buffer: np.ndarray, weight: float) -> None:
+    """``buffer`` = [weight * every gradient (zeros for None), one has-a-gradient flag per parameter, weight]."""
+    be, offset, total = model.backend, 0, sum(sizes)
+    for i, (p, n) in enumerate(zip(group, sizes)):
+        buffer[total + i] = p.grad is not None
+        buffer[offset:offset + n] = 0 if p.grad is None else be.to_numpy(p.grad).ravel()
+        offset += n
+    buffer[:total] *= weight
+    buffer[-1] = weight
+
+
+def _unpack(model: Layer, group: list[Parameter], sizes: list[int], buffer: np.ndarray) -> None:
+    """The summed buffer divided by the summed weight, written into the gradients (allocated where a rank had
+    none) of the parameters some rank had a gradient for."""
+    be, offset, total = model.backend, 0, sum(sizes)
+    buffer[:total] /= buffer[-1]
+    for i, (p, n) in enumerate(zip(group, sizes)):
+        if buffer[total + i]:
+            value = be.asarray(buffer[offset:offset + n].reshape(p.data.shape))
+            if p.grad is None:
+                p.grad = value.copy()
+            else:
+                p.grad[...] = value
+        offset += n
 
 
 # ------------------------------------------------------------------------------------------------ fit's helpers
+class GlobalBatch(NamedTuple):
+    """Where a rank's batch sits in the global batch of a data-parallel step: rank r holds ``sizes[r]`` rows, in
+    rank order, so this rank's are rows ``offset`` to ``offset + rows`` of ``sum(sizes)``. A rank may hold none
+    (a last global batch smaller than the number of ranks). ``DataLoader.global_batch`` is the one of the batch
+    it yielded last."""
+
+    sizes: tuple[int, ...]
+    rank: int = 0
+
+    @property
+    def offset(self) -> int:
+        return sum(self.sizes[:self.rank])
+
+    @property
+    def rows(self) -> int:
+        return self.sizes[self.rank]
+
+
+def global_batch(loader: Any, comm: Communicator, rows: int) -> GlobalBatch:
+    """The :class:`GlobalBatch` of the batch of ``rows`` samples that ``loader`` just yielded: the loader's
+    ``global_batch`` when it is sharded over ``comm`` (DataLoader), else every rank's count, gathered (one
+    collective per step; the ranks' batches are then taken to be consecutive in rank order)."""
+    batch = getattr(loader, "global_batch", None)
+    if isinstance(batch, GlobalBatch) and len(batch.sizes) == comm.size and batch.rows == rows:
+        return batch
+    return GlobalBatch(tuple(comm.allgather(rows)), comm.rank)
+
+
+@contextlib.contextmanager
+def data_parallel_step(model: Layer, comm: Communicator, batch: GlobalBatch) -> Iterator[None]:
+    """Around this rank's forward and backward of one training step (which it runs only if ``batch.rows``);
+    ends with the gradients averaged (:func:`allreduce_gradients`, weighted by ``batch.rows``), ready for the
+    optimiser's step, which is then the same on every rank.
+
+    Each Dropout layer draws this rank's rows of the mask of the whole global batch (``batch_offset``), and a
+    rank without rows counts the forward it skips, so masks stay in step. When some rank holds no rows, the
+    layers with collectives of their own (SyncBatchNorm2d's ``comm``) run them among the ranks that do, and
+    afterwards their buffers (statistics of the global batch) and every integer buffer (batch counters) are the
+    first such rank's on every rank."""
+    dropouts = [layer for _, layer in model.modules() if isinstance(layer, Dropout)]
+    for layer in dropouts:
+        layer.batch_offset = batch.offset
+        if not batch.rows:
+            layer.skip()
+    holders = {name: layer for name, layer in model.modules()
+               if isinstance(getattr(layer, "comm", None), Communicator)}
+    working = tuple(r for r, n in enumerate(batch.sizes) if n)
+    uneven = comm.size > 1 and len(working) < comm.size
+    own = {name: layer.comm for name, layer in holders.items()}
+    try:
+        if uneven:
+            sub = comm.group(working)
+            for layer in holders.values():
+                layer.comm = sub
+        yield
+    finally:
+        for name, layer in holders.items():
+            layer.comm = own[name]
+        for layer in dropouts:
+            layer.batch_offset = 0
+    allreduce_gradients(model, comm, count=batch.rows)
+    if uneven:
+        _share_buffers(model, comm, set(holders), root=working[0])
+
+
+def _share_buffers(model: Layer, comm: Communicator, layers: set[str], root: int) -> None:
+    """``root``'s buffers of the named ``layers`` and its integer buffers of every layer, on every rank."""
+    be = model.backend
+    for name, array in model.named_buffers():
+        if name.rpartition(".")[0] in layers or np.dtype(array.dtype).kind in "iu":
+            array[...] = be.asarray(comm.broadcast_(np.ascontiguousarray(be.to_numpy(array)), root))
+
+
 def average_buffers(model: Layer, comm: Communicator) -> None:
     """Average every floating-point buffer (batch norm's running statistics, per rank without sync batch norm)
     over the ranks, so every rank evaluates and saves the same model; integer buffers (counters) are equal."""

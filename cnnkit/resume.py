@@ -10,6 +10,7 @@ checkpoint's state was loaded (``TrainConfig(keep_hyperparameters=True)``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,14 @@ class EpochSums:
         """One step's summed loss, correct predictions and sample count (kept as backend arrays)."""
         self.loss_sum, self.correct = self.loss_sum + loss_sum, self.correct + correct
         self.n, self.step = self.n + n, self.step + 1
+
+    def host_stats(self, comm: Any, started: float) -> dict[str, float]:
+        """The one host synchronisation of a log interval: running loss, accuracy and throughput (of all the
+        ranks of ``comm``) since ``started`` (a ``time.perf_counter()``)."""
+        seconds = time.perf_counter() - started
+        loss_sum, correct, n = comm.totals(self.loss_sum, self.correct, self.n)
+        return {"loss": loss_sum / n, "acc": correct / n, "seconds": seconds,
+                "images_per_s": n / max(seconds, 1e-12)}
 
     def to_state(self, backend: Any) -> dict[str, Any]:
         """As stored in a checkpoint (the sums as host arrays, so a resume adds on exactly)."""

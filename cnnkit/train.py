@@ -72,7 +72,9 @@ class TrainConfig:
     ``comm``: a :class:`cnnkit.distributed.Communicator` of several ranks trains data-parallel (give loaders with
     ``shard=comm``): the model is broadcast from rank 0 after the start and after a resume, gradients averaged
     (weighted by batch) before every step, losses, accuracies and validation summed over the ranks, so every stop
-    decision is the same on all; only rank 0 prints and writes files. ``lr`` is that of the global batch.
+    decision is the same on all; only rank 0 prints and writes files. ``lr`` is that of the global batch. A rank
+    whose share of a global batch is empty runs no forward but joins the step, and Dropout layers draw each
+    rank's rows of the global batch's mask (:func:`cnnkit.distributed.data_parallel_step`).
     """
 
     epochs: int = 1
@@ -133,6 +135,8 @@ def evaluate(model: Layer, loader: Iterable, loss: LossFn = softmax_cross_entrop
     n = 0
     with eval_mode(model):
         for x, y in loader:
+            if not y.shape[0]:  # a rank's empty share of a sharded global batch
+                continue
             batch_loss, _, correct = _batch_stats(model, loss, x, y)
             total_loss = total_loss + batch_loss * y.shape[0]
             total_correct = total_correct + correct
@@ -158,14 +162,6 @@ def predict(model: Layer, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ one epoch
-def _host_stats(sums: resume_module.EpochSums, comm: Any, started: float) -> dict[str, float]:
-    """The one host synchronisation of a log interval: running loss, accuracy and throughput (of all ranks)."""
-    seconds = time.perf_counter() - started
-    loss_sum, correct, n = comm.totals(sums.loss_sum, sums.correct, sums.n)
-    return {"loss": loss_sum / n, "acc": correct / n, "seconds": seconds,
-            "images_per_s": n / max(seconds, 1e-12)}
-
-
 def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | None) -> tuple[dict[str, float], int]:
     """Continue epoch ``epoch`` from ``run.sums`` (a fresh epoch, or one a checkpoint stopped in) for at most
     ``max_steps`` steps; the epoch's train metrics so far and the steps taken now."""
@@ -179,20 +175,23 @@ def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | Non
     for index, (x, y) in enumerate(loader):
         if index < skip:  # drawn and dropped, so the shuffle and augmentation draws stay those of a straight run
             continue
-        batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
+        n, loss_n, batch_correct = int(y.shape[0]), 0.0, 0  # an empty share of a global batch: no forward
+        with distributed.data_parallel_step(model, run.comm, distributed.global_batch(loader, run.comm, n)):
+            if n:
+                batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
+                loss_n = batch_loss * n
+                with model.input_grad_skipped():
+                    model.backward(dlogits)
         if run.guard.start is None:  # the run's one extra host synchronisation
-            loss_n, n = run.comm.totals(batch_loss * y.shape[0], y.shape[0])
-            run.guard.start = loss_n / n
-        with model.input_grad_skipped():
-            model.backward(dlogits)
-        distributed.allreduce_gradients(model, run.comm, count=int(y.shape[0]))
+            total_loss, total_n = run.comm.totals(loss_n, n)
+            run.guard.start = total_loss / total_n
         optimizer.step()
         optimizer.zero_grad()
-        sums.add(batch_loss * y.shape[0], batch_correct, int(y.shape[0]))
+        sums.add(loss_n, batch_correct, n)
         taken += 1
         stats = None
         if sums.step % log_every == 0:
-            stats = _host_stats(sums, run.comm, started)
+            stats = sums.host_stats(run.comm, started)
             run.guard.check(stats["loss"], epoch, sums.step)
         reporter.step(sums.step, batches, epoch, stats)
         if max_steps is not None and taken >= max_steps:
@@ -200,7 +199,7 @@ def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | Non
     if sums.step == 0:
         raise ValueError("fit: the training loader yielded no batches (is batch_size larger than the dataset "
                          "with drop_last=True?)")
-    stats = _host_stats(sums, run.comm, started)
+    stats = sums.host_stats(run.comm, started)
     sums.seconds = stats["seconds"]
     run.guard.check(stats["loss"], epoch, sums.step)
     return stats, taken

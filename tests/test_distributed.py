@@ -126,6 +126,43 @@ np.savez(f"{out}-rank{comm.rank}.npz", **{k: np.asarray(v) for k, v in model.sta
 """
 
 
+_EVERY_SAMPLE = """
+import json, sys
+import numpy as np
+from cnnkit import distributed, nn, optim, train
+from cnnkit.data import DataLoader
+
+out, batch = sys.argv[1], int(sys.argv[2])
+comm = distributed.init()
+shard = comm if comm.size > 1 else None
+
+
+def build(kind):
+    nn.init.manual_seed(0)
+    norm = [nn.BatchNorm2d(4)] if kind == "syncbn" else []
+    drop = kind == "dropout"
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), *norm, nn.ReLU(), *([nn.Dropout(0.3, seed=1)] * drop),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 16), nn.ReLU(),
+                          *([nn.Dropout(0.5, seed=2)] * drop), nn.Linear(16, 10)).to("numpy", "float64")
+    return nn.convert_sync_batchnorm(model, comm) if kind == "syncbn" else model
+
+
+rng = np.random.default_rng(5)
+data = rng.standard_normal((65, 1, 8, 8)), rng.integers(0, 10, 65)  # 2 x 32 + 1: the last global batch is 1
+val = rng.standard_normal((33, 1, 8, 8)), rng.integers(0, 10, 33)
+for kind in ("plain", "dropout", "syncbn"):
+    model = build(kind)
+    loader = DataLoader(data, batch, shuffle=True, seed=3, dtype="float64", shard=shard)
+    val_loader = DataLoader(val, batch, dtype="float64", shard=shard)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    history = train.fit(model, loader, val_loader, optimizer=opt, epochs=2, comm=comm, progress=False)
+    result = train.evaluate(model, val_loader, comm=comm)
+    np.savez(f"{out}-{kind}-rank{comm.rank}.npz", **{k: np.asarray(v) for k, v in model.state_dict().items()})
+    with open(f"{out}-{kind}-rank{comm.rank}.json", "w") as f:
+        json.dump({"epochs": history.epochs, "evaluate": result, "steps": len(loader)}, f)
+"""
+
+
 def _mpiexec() -> str:
     path = Path(sys.executable).parent / "mpiexec"
     found = str(path) if path.exists() else shutil.which("mpiexec")
@@ -282,13 +319,13 @@ def test_sync_batchnorm_resnet20_on_two_ranks_at_16_equals_one_process_at_32(tmp
     assert _max_relative_difference(local, ref) > 1e-4 > 1e-8 > _max_relative_difference(r0, ref)
 
 
-def _echo_comm():
+def _echo_comm(rank: int = 0):
     """A stand-in communicator of 'two' ranks whose collectives return this rank's numbers (no MPI behind it): a
     SyncBatchNorm2d over it must compute exactly what a BatchNorm2d computes on the same batch."""
     from cnnkit.distributed import Communicator
 
     comm = Communicator()
-    comm.size = 2
+    comm.size, comm.rank = 2, rank
     return comm
 
 
@@ -311,3 +348,81 @@ def test_sync_batchnorm_layer_over_one_batch_is_batchnorm():
     sync.eval()
     plain.eval()
     np.testing.assert_array_equal(sync(x), plain(x))
+
+
+@pytest.fixture(scope="module")
+def every_sample(tmp_path_factory):
+    """_EVERY_SAMPLE's three models (no dropout, dropout, sync batch norm), 2 epochs over 65 samples (the last
+    global batch of each epoch is 1 sample: rank 1's share is empty) and a validation set of 33 (the same), on 2
+    ranks at batch 16 and on 1 process at batch 32; the folder of their files."""
+    tmp_path = tmp_path_factory.mktemp("every_sample")
+    for name, ranks, batch in (("two", 2, "16"), ("one", 1, "32")):
+        result = _run(_EVERY_SAMPLE, tmp_path, str(tmp_path / name), batch, ranks=ranks)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path
+
+
+def _load_run(folder: Path, name: str, kind: str, rank: int = 0) -> tuple[np.lib.npyio.NpzFile, dict]:
+    import json
+
+    return (np.load(folder / f"{name}-{kind}-rank{rank}.npz"),
+            json.loads((folder / f"{name}-{kind}-rank{rank}.json").read_text()))
+
+
+def _same_as_one_process(folder: Path, kind: str) -> None:
+    """Rank 0's and rank 1's weights and buffers are identical and equal one process's (float64, to rounding),
+    and so are the logged training and validation metrics."""
+    (r0, two), (r1, _), (ref, one) = (_load_run(folder, *args) for args in
+                                      (("two", kind), ("two", kind, 1), ("one", kind)))
+    assert sorted(r0.files) == sorted(ref.files)
+    for key in ref.files:
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=f"{key} differs between the ranks")
+        np.testing.assert_allclose(r0[key], ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    for a, b in zip(two["epochs"], one["epochs"], strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9), key
+
+
+def test_sharded_training_and_evaluation_count_every_sample(every_sample):
+    """65 samples at 2 x 16: 3 steps per epoch on each rank (the third 1 sample on rank 0, none on rank 1, which
+    runs no forward but joins the gradient average with count 0) give one process's weights at batch 32; a
+    sharded evaluate counts all 33 validation samples (rank 1's second batch is empty)."""
+    _same_as_one_process(every_sample, "plain")
+    two, one = _load_run(every_sample, "two", "plain")[1], _load_run(every_sample, "one", "plain")[1]
+    assert two["steps"] == one["steps"] == 3
+    assert two["evaluate"]["n"] == one["evaluate"]["n"] == 33
+    assert two["evaluate"]["loss"] == pytest.approx(one["evaluate"]["loss"], rel=1e-9)
+
+
+def test_dropout_on_two_ranks_at_16_equals_one_process_at_32(every_sample):
+    """Each rank's Dropout masks are its rows of the masks one process draws for the global batch (a 4-D one
+    after the conv, a 2-D one after the hidden layer), also after a step where rank 1 had no samples and skipped
+    its forward: 6 SGD steps with momentum give one process's weights."""
+    _same_as_one_process(every_sample, "dropout")
+
+
+def test_sync_batchnorm_with_an_empty_rank_equals_one_process(every_sample):
+    """With sync batch norm, a step where rank 1 has no samples runs the statistics' collectives among the ranks
+    that have some, and rank 1 takes rank 0's running statistics and batch counter after: weights, running
+    statistics and num_batches_tracked equal one process's."""
+    _same_as_one_process(every_sample, "syncbn")
+
+
+def test_drop_last_drops_the_partial_global_batch_on_every_rank():
+    """drop_last=True drops a partial last global batch on every rank, as one process at the global batch does;
+    without it every rank has the same number of batches, empty ones included, and together they hold every
+    sample once."""
+    from cnnkit.data import DataLoader
+
+    data = np.zeros((65, 1, 2, 2), np.float32), np.arange(65)
+    ranks = [_echo_comm(rank) for rank in (0, 1)]
+    assert [len(DataLoader(data, 16, drop_last=True, shard=c)) for c in ranks] == [2, 2]
+    assert len(DataLoader(data, 32, drop_last=True)) == 2
+    seen = []
+    for comm in ranks:
+        loader = DataLoader(data, 16, shuffle=True, shard=comm)
+        batches = [(y, loader.global_batch) for _, y in loader]
+        assert [b.sizes for _, b in batches] == [(16, 16), (16, 16), (1, 0)]
+        assert [(b.offset, b.rows) for _, b in batches][-1] == ((0, 1) if comm.rank == 0 else (1, 0))
+        seen += [int(v) for y, _ in batches for v in y]
+    assert sorted(seen) == list(range(65))

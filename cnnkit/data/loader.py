@@ -15,6 +15,7 @@ from cnnkit.backend import get_backend
 from cnnkit.backends import Backend
 from cnnkit.data.dataset import Dataset
 from cnnkit.data.transforms import Transform
+from cnnkit.distributed import GlobalBatch
 from cnnkit.validate import nonneg_int
 
 _DTYPES = ("float32", "float64")
@@ -46,8 +47,13 @@ class DataLoader:
 
     ``shard=comm`` (a :class:`cnnkit.distributed.Communicator`): every rank draws the same permutation and takes
     its slice (``numpy.array_split`` in rank order) of each global batch of ``batch_size * comm.size``, so every
-    rank runs the same number of steps and N ranks see what one process at batch N * batch_size sees; a last
-    global batch with fewer samples than ranks is dropped. Augmentation draws from ``(seed, epoch, rank)``.
+    rank runs the same number of steps and N ranks see what one process at batch N * batch_size sees, every
+    sample included: in a last global batch with fewer samples than ranks, the last ranks' batches are empty
+    (x of shape (0, C, H, W), y of shape (0,)), and they still take part in each step's collectives (``fit``
+    and ``evaluate`` skip their forward). ``drop_last`` drops a partial last global batch on every rank, as one
+    process at batch N * batch_size does. Augmentation draws from ``(seed, epoch, rank)``. ``global_batch`` (a
+    :class:`cnnkit.distributed.GlobalBatch`) says where the batch yielded last sits in its global batch (fit
+    gives Dropout layers its offset).
     """
 
     def __init__(self, data: Dataset | Sequence[np.ndarray], batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -70,12 +76,13 @@ class DataLoader:
         self.epoch = 0
         self.shard = shard
         self._ranks = 1 if shard is None else int(shard.size)
+        self._rank = 0 if shard is None else int(shard.rank)
+        self.global_batch: GlobalBatch | None = None
 
     def __len__(self) -> int:
         """Number of batches per epoch (of this rank, when sharded: the same on every rank)."""
-        n, b = len(self.labels), self.batch_size * self._ranks
-        full, rest = divmod(n, b)
-        return full + (0 if self.drop_last or rest < self._ranks else 1)
+        full, rest = divmod(len(self.labels), self.batch_size * self._ranks)
+        return full + (0 if self.drop_last or rest == 0 else 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (its shuffle order and augmentation draws)."""
@@ -91,15 +98,15 @@ class DataLoader:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         width = self.batch_size * self._ranks
         if self.shard is not None:
-            rng = np.random.default_rng((self.seed, epoch, int(self.shard.rank)))
+            rng = np.random.default_rng((self.seed, epoch, self._rank))
         for b in range(len(self)):
-            idx = order[b * width:(b + 1) * width]
-            if self.shard is not None:
-                idx = np.array_split(idx, self._ranks)[self.shard.rank]
+            parts = np.array_split(order[b * width:(b + 1) * width], self._ranks)
+            idx = parts[self._rank]
+            self.global_batch = GlobalBatch(tuple(len(part) for part in parts), self._rank)
             x = self.images[idx].astype(self.dtype)
             if self.images.dtype == np.uint8:
                 x *= self.dtype.type(1 / 255)
-            if self.transform is not None:
+            if self.transform is not None and len(idx):
                 x = self.transform(x, rng)
             yield be.asarray(np.ascontiguousarray(x, dtype=self.dtype)), be.asarray(self.labels[idx])
 

@@ -1,6 +1,7 @@
 """Linear (fully connected), Flatten and Dropout: plain array algebra, the same on every backend."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,11 @@ class Dropout(Layer):
     Reproducible: the k-th training forward of a layer uses the mask of seed SeedSequence([seed, k]), so two
     layers built with the same ``seed`` drop the same elements, and a different ``seed`` per layer decorrelates
     them. ``reset_counter()`` replays the sequence from the start.
+
+    Data-parallel: ``batch_offset`` is the row of the global batch at which this rank's batch starts; the mask
+    is then this rank's rows of the mask one process draws for the whole global batch (``dropout_mask``'s
+    ``offset``), so N ranks drop what one process drops, not the same pattern on every rank. ``fit`` sets it
+    around each step (:func:`cnnkit.distributed.data_parallel_step`); it is 0 otherwise.
     """
 
     def __init__(self, p: float = 0.5, seed: int = 0):
@@ -79,18 +85,32 @@ class Dropout(Layer):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.p, self.seed = float(p), seed
         self.calls = 0
+        self.batch_offset = 0
         self._saved: tuple[Array | None] | None = None
 
     def reset_counter(self) -> None:
         self.calls = 0
 
-    def forward(self, x: Array) -> Array:
+    def _next_seed(self) -> int | None:
+        """The seed of this forward's mask (None when it draws none: eval mode or p = 0), counting the call."""
         if not self.training or self.p == 0:
-            self._saved = (None,)
-            return x
+            return None
         seed = int(np.random.SeedSequence([self.seed, self.calls]).generate_state(1)[0])
         self.calls += 1
-        mask = F.dropout_mask(x.shape, self.p, seed, x.dtype, backend=self.backend)
+        return seed
+
+    def skip(self) -> None:
+        """Count a training forward this rank does not run (its share of a data-parallel global batch is empty),
+        so that its next masks stay those of the other ranks."""
+        self._next_seed()
+
+    def forward(self, x: Array) -> Array:
+        seed = self._next_seed()
+        if seed is None:
+            self._saved = (None,)
+            return x
+        offset = self.batch_offset * math.prod(x.shape[1:])
+        mask = F.dropout_mask(x.shape, self.p, seed, x.dtype, offset, backend=self.backend)
         self._saved = (mask,)
         return x * mask
 
