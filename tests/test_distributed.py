@@ -426,3 +426,80 @@ def test_drop_last_drops_the_partial_global_batch_on_every_rank():
         assert [(b.offset, b.rows) for _, b in batches][-1] == ((0, 1) if comm.rank == 0 else (1, 0))
         seen += [int(v) for y, _ in batches for v in y]
     assert sorted(seen) == list(range(65))
+
+
+@pytest.mark.parametrize("name", [pytest.param("cudasim", marks=pytest.mark.cudasim),
+                                  pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_sync_batchnorm_and_the_collectives_on_a_cuda_backend(name):
+    """SyncBatchNorm2d and the gradient / parameter collectives copy through the backend (to_numpy / asarray),
+    so they work where arrays are not NumPy's: over the echo communicator the layer is float64 BatchNorm2d to
+    float32 rounding, its results stay arrays of the backend, and allreduce_gradients (count-weighted) and
+    broadcast_parameters give every array back unchanged, on the device."""
+    from op_cases import backend_under_test
+    from tolerances import assert_close_f32
+
+    from cnnkit import distributed, nn
+
+    be = backend_under_test(name)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((4, 3, 5, 5)) * 2 + 1, rng.standard_normal((4, 3, 5, 5))
+    ref = nn.BatchNorm2d(3, dtype="float64")
+    sync = nn.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), _echo_comm()).to(name)
+    layer = sync[0]
+    y, dx = layer(be.asarray(x, dtype=np.float32)), layer.backward(be.asarray(dy, dtype=np.float32))
+    y_ref, dx_ref = ref(x), ref.backward(dy)
+    ref.eval()
+    layer.eval()  # plain BatchNorm2d: the simulator's (or the GPU's) kernel, with the synced running statistics
+    for what, ours, theirs in (("y", y, y_ref), ("dx", dx, dx_ref), ("dweight", layer.weight.grad, ref.weight.grad),
+                               ("dbias", layer.bias.grad, ref.bias.grad),
+                               ("running_mean", layer.running_mean, ref.running_mean),
+                               ("running_var", layer.running_var, ref.running_var),
+                               ("eval y", layer(be.asarray(x, dtype=np.float32)), ref(x))):
+        assert be.is_native(ours), f"{what} is not a {name} array"
+        assert_close_f32(be.to_numpy(ours), theirs, what)
+    before = {k: np.asarray(v) for k, v in sync.state_dict().items()}
+    grads = [be.to_numpy(p.grad).copy() for p in sync.parameters()]
+    distributed.allreduce_gradients(sync, _echo_comm(), count=4)
+    distributed.broadcast_parameters(sync, _echo_comm())
+    for p, g in zip(sync.parameters(), grads):
+        assert be.is_native(p.grad) and be.is_native(p.data)
+        np.testing.assert_array_equal(be.to_numpy(p.grad), g)
+    for key, value in sync.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_allreduce_gradients_layout_ignores_which_grads_exist():
+    """Every trainable parameter has its place in the flat buffer whether or not this rank has a gradient for it:
+    a frozen layer's parameters keep grad None, and a rank that had no samples (count 0) is refused only when no
+    rank had any (the echo communicator's sum is this rank's)."""
+    from cnnkit import distributed, nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to("numpy", "float64")
+    model[0].trainable = False
+    x = np.random.default_rng(1).standard_normal((5, 3))
+    model(x)
+    model.backward(np.ones((5, 2)))
+    assert distributed._trainable_parameters(model) == [model[2].weight, model[2].bias]
+    expected = model[2].weight.grad.copy()
+    distributed.allreduce_gradients(model, _echo_comm(), count=5)
+    np.testing.assert_allclose(model[2].weight.grad, expected, rtol=1e-15)
+    assert model[0].weight.grad is None and model[0].bias.grad is None
+    model.zero_grad()
+    with pytest.raises(ValueError, match="count is 0 on every rank"):
+        distributed.allreduce_gradients(model, _echo_comm(), count=0)
+
+
+def test_dropout_at_a_batch_offset_draws_those_rows_of_the_global_mask():
+    """A Dropout layer at batch_offset r over a batch of n rows gives rows r..r+n of what the same layer draws
+    for the whole batch at its next call (4-D and 2-D inputs)."""
+    from cnnkit import nn
+
+    for shape in ((6, 3, 4, 4), (6, 10)):
+        x = np.ones(shape)
+        whole, part = nn.Dropout(0.5, seed=4), nn.Dropout(0.5, seed=4)
+        part.batch_offset = 2
+        np.testing.assert_array_equal(part(x[2:5]), whole(x)[2:5])
+        part.skip()
+        whole(x)
+        part.batch_offset = 0
+        np.testing.assert_array_equal(part(x[:3]), whole(x)[:3])
