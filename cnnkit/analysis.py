@@ -202,8 +202,9 @@ def _recording(model: Layer, calls: list) -> Iterator[None]:
             if id(layer) in seen:  # a layer shared at two places is patched once
                 continue
             seen.add(id(layer))
-            if hasattr(layer, "fuse_activation"):
-                patch(layer, "fuse_activation", None)
+            for fusion in ("fuse_activation", "fold_batchnorm"):
+                if hasattr(layer, fusion):
+                    patch(layer, fusion, None)
             if not list(layer.children()):
                 patch(layer, "forward", wrap(name or type(layer).__name__, layer))
         yield

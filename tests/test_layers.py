@@ -215,6 +215,78 @@ def test_sequential_with_fusion_gradients():
     gradcheck_layer(model, _rng("seq").standard_normal((2, 1, 8, 8)), "sequential")
 
 
+FOLD_CASES = {  # (conv kwargs, batch-norm affine, activation after the norm)
+    "bias-relu": ({"bias": True}, True, nn.ReLU),
+    "no-bias-relu": ({"bias": False}, True, nn.ReLU),
+    "no-affine-tanh": ({"bias": True}, False, nn.Tanh),
+    "grouped-strided-none": ({"groups": 2, "stride": 2}, True, None),
+    "leaky-0.2-not-fusable": ({"bias": False}, True, lambda: nn.LeakyReLU(0.2)),
+}
+
+
+def _fold_model(case: str, backend: str = "numpy", dtype: str = "float64") -> nn.Sequential:
+    """conv -> batch norm (-> activation) with running statistics away from 0 and 1, in eval mode."""
+    conv_kwargs, affine, act = FOLD_CASES[case]
+    rng = _rng("fold", case)
+    nn.init.manual_seed(0)  # the same weights on every backend
+    norm = nn.BatchNorm2d(4, affine=affine)
+    layers = [nn.Conv2d(2, 4, 3, padding=1, **conv_kwargs), norm] + ([act()] if act else [])
+    model = nn.Sequential(*layers).to(backend, dtype=dtype)
+    norm.running_mean[...] = norm.backend.asarray(rng.standard_normal(4), dtype=dtype)
+    norm.running_var[...] = norm.backend.asarray(rng.uniform(0.5, 2.0, 4), dtype=dtype)
+    if affine:
+        norm.weight.data[...] = norm.backend.asarray(rng.uniform(-2, 2, 4), dtype=dtype)
+        norm.bias.data[...] = norm.backend.asarray(rng.standard_normal(4), dtype=dtype)
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", sorted(FOLD_CASES))
+def test_eval_batchnorm_folding_matches_unfused(case, monkeypatch):
+    model = _fold_model(case)
+    conv, norm = model[0], model[1]
+    folded = []
+    monkeypatch.setattr(conv, "fold_batchnorm", lambda x, bn, kind, _f=conv.fold_batchnorm:
+                        folded.append(kind) or _f(x, bn, kind))
+    rng = _rng("fold-input", case)
+    x = rng.standard_normal((3, 2, 7, 7))
+    y = model(x)
+    act = model[2] if len(model) == 3 else None
+    assert folded == [None if act is None else act.fusable_kind]
+    dy = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+
+    h = norm.forward(conv.forward(x))               # the same layers one after the other, never folded
+    y_ref = h if act is None else act.forward(h)
+    model.zero_grad()
+    dx_ref = conv.backward(norm.backward(dy if act is None else act.backward(dy)))
+    assert_close_f64(y, y_ref, "forward")
+    assert_close_f64(dx, dx_ref, "dx")
+    for name, p in model.named_parameters():
+        assert_close_f64(grads[name], p.grad, name)
+
+
+def test_batchnorm_is_not_folded_in_training():
+    model = _fold_model("bias-relu").train()
+    model[0].fold_batchnorm = lambda *args: pytest.fail("folded in training mode")
+    model(_rng("fold-train").standard_normal((2, 2, 5, 5)))
+
+
+@pytest.mark.parametrize("backend", ["numba", pytest.param("cudasim", marks=pytest.mark.cudasim)])
+@pytest.mark.parametrize("case", ["bias-relu", "grouped-strided-none"])
+def test_eval_batchnorm_folding_float32_on_backend(backend, case):
+    from cnnkit.backend import backend as get_backend
+    from cnnkit.backend import unavailable_reason
+
+    if unavailable_reason(backend) is not None:
+        pytest.fail(f"backend {backend} cannot run here: {unavailable_reason(backend)}")
+    be = get_backend(backend)
+    x = _rng("fold32", case).standard_normal((2, 2, 6, 6))
+    y = _fold_model(case, backend, "float32")(be.asarray(x.astype(np.float32)))
+    assert_close_f32(be.to_numpy(y), _fold_model(case)(x), f"{backend} folded forward")
+
+
 # ------------------------------------------------------------------------------------------ linear, flatten, dropout
 def test_linear_gradients():
     gradcheck_layer(nn.Linear(5, 3, dtype="float64"), _rng("linear").standard_normal((4, 5)), "linear")

@@ -243,12 +243,16 @@ class Sequential(Layer):
 
     When a layer can take a following activation into its own kernel (``fuse_activation``), Sequential runs
     the pair as one fused call (conv + bias + activation in one pass) and hands the output to the
-    activation layer for its backward, so results and gradients are the same as unfused.
+    activation layer for its backward, so results and gradients are the same as unfused. In eval mode a conv
+    followed by batch norm (``fold_batchnorm``), and the activation after it, run as one conv with the
+    normalisation folded into its weights; a backward after such a forward first re-runs the group unfused
+    from its saved input, so gradients in eval mode (e.g. saliency maps) are those of the unfused layers.
     """
 
     def __init__(self, *layers: Layer):
         super().__init__()
         self.layers = list(layers)
+        self._folded: dict[int, tuple[int, Array]] = {}  # eval-mode folded groups: last index -> (first, input)
 
     def children(self) -> Iterator[tuple[str, Layer]]:
         for i, layer in enumerate(self.layers):
@@ -272,24 +276,36 @@ class Sequential(Layer):
         shapes: list[tuple[int, ...]] = []
         i = 0
         try:
+            self._folded = {}
             while i < len(self.layers):
-                layer = self.layers[i]
-                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-                fused = getattr(layer, "fuse_activation", None)
-                kind = getattr(nxt, "fusable_kind", None)
-                if fused is not None and kind is not None:
-                    x = fused(x, kind)
-                    nxt.set_output(x)
-                    shapes += [tuple(x.shape)] * 2
-                    i += 2
-                else:
-                    x = layer.forward(x)
-                    shapes.append(tuple(x.shape))
-                    i += 1
+                y, taken = self._fused(i, x)
+                if taken == 0:
+                    y, taken = self.layers[i].forward(x), 1
+                shapes += [tuple(y.shape)] * taken
+                x, i = y, i + taken
         except ValueError as exc:
             raise self._shape_error(exc, i, shapes[-1] if shapes else tuple(x.shape)) from exc
         self._out_shapes = shapes
         return x
+
+    def _fused(self, i: int, x: Array) -> tuple[Array | None, int]:
+        """Layers i, i+1 (, i+2) as one fused call when they form a fusable pattern: (output, layers taken),
+        or (None, 0) when they do not."""
+        layer, after = self.layers[i], self.layers[i + 1:i + 3]
+        fold = getattr(layer, "fold_batchnorm", None)
+        if fold is not None and after and not after[0].training and hasattr(after[0], "eval_affine"):
+            act = after[1] if len(after) > 1 and getattr(after[1], "fusable_kind", None) is not None else None
+            y = fold(x, after[0], None if act is None else act.fusable_kind)
+            taken = 2 if act is None else 3
+            self._folded[i + taken - 1] = (i, x)
+        elif getattr(layer, "fuse_activation", None) is not None and after and \
+                getattr(after[0], "fusable_kind", None) is not None:
+            y, act, taken = layer.fuse_activation(x, after[0].fusable_kind), after[0], 2
+        else:
+            return None, 0
+        if act is not None:
+            act.set_output(y)
+        return y, taken
 
     def _shape_error(self, exc: ValueError, index: int, got: tuple[int, ...]) -> ShapeError:
         error = exc if isinstance(exc, ShapeError) else ShapeError(self.layers[index], got, str(exc))
@@ -310,6 +326,10 @@ class Sequential(Layer):
                 raise ValueError(f"backward of layer {i} ({type(layer).__name__}({layer.extra_repr()})): the "
                                  f"gradient has shape {tuple(dy.shape)} but the layer's forward output had shape "
                                  f"{expected} (same batch size and shape as the last forward needed)")
+            if i in self._folded:  # a folded eval-mode group: run it unfused, so every layer saves its state
+                start, x = self._folded.pop(i)
+                for layer in self.layers[start:i + 1]:
+                    x = layer.forward(x)
             dy = self.layers[i].backward(dy)
         return dy
 

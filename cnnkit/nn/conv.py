@@ -101,6 +101,17 @@ class Conv2d(Layer):
         """Forward with activation ``kind`` applied in the conv kernel's epilogue (used by Sequential)."""
         return self._conv(x, kind)
 
+    def fold_batchnorm(self, x: Array, norm: Layer, activation: str | None) -> Array:
+        """Eval-mode forward of this conv followed by batch norm ``norm`` (and ``activation``) as one conv:
+        the running statistics folded into the weights and bias (used by Sequential). The folded kernel is
+        recomputed on every call, which costs microseconds for ResNet-sized weights and cannot go stale."""
+        scale, shift = norm.eval_affine()
+        weight = self.effective_weight() * scale[:, None, None, None]
+        bias = shift if self.bias is None else self.bias.data * scale + shift
+        self._x = x
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                        activation=activation, backend=self.backend)
+
     def backward(self, dy: Array) -> Array | None:
         """dy is the gradient of the pre-activation output (a fused activation's backward has already run).
         Returns dx, or None when ``requires_input_grad`` is off (see Layer.input_grad_skipped)."""

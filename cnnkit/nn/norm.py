@@ -68,6 +68,14 @@ class BatchNorm2d(Layer):
         self._saved = saved
         return y
 
+    def eval_affine(self) -> tuple[Array, Array]:
+        """(scale, shift) per channel such that eval mode computes y = x * scale + shift: scale = gamma /
+        sqrt(running_var + eps), shift = beta - running_mean * scale (what a preceding conv folds in)."""
+        gamma, beta = self._gamma_beta()
+        xp = self.backend.xp
+        scale = gamma / xp.sqrt(self.running_var + xp.asarray(self.eps, dtype=self.running_var.dtype))
+        return scale, beta - self.running_mean * scale
+
     def backward(self, dy: Array) -> Array:
         saved = init.saved(self, self._saved)
         dx, dgamma, dbeta = F.batch_norm_backward(dy, saved, self._gamma_beta()[0], backend=self.backend)
