@@ -503,3 +503,42 @@ def test_dropout_at_a_batch_offset_draws_those_rows_of_the_global_mask():
         whole(x)
         part.batch_offset = 0
         np.testing.assert_array_equal(part(x[:3]), whole(x)[:3])
+
+
+def test_bench_distributed_times_the_step_at_one_and_two_ranks(tmp_path):
+    """``cnnkit bench --distributed`` (tiny settings): one row per rank count with the step, the allreduce (none
+    at one rank) and its share, and images/s of all ranks, printed and in bench_distributed.json."""
+    import json
+
+    cmd = [sys.executable, "-m", "cnnkit", "bench", "--distributed", "--models", "lenet5", "--batch", "4",
+           "--backends", "numpy", "--rounds", "1", "--warmup", "0", "--min-time", "0", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "bench_distributed.json").read_text())
+    rows = data["results"]
+    assert [(r["model"], r["batch"], r["backend"], r["ranks"]) for r in rows] == \
+        [("lenet5", 4, "numpy", 1), ("lenet5", 4, "numpy", 2)]
+    one, two = rows
+    assert one["allreduce_ms"] == 0 and 0 < two["allreduce_ms"] < two["step_ms"]
+    for r in rows:
+        assert r["step_ms"] > 0
+        assert r["allreduce_pct"] == pytest.approx(100 * r["allreduce_ms"] / r["step_ms"])
+        assert r["images_per_s"] == pytest.approx(r["ranks"] * 4 / (r["step_ms"] / 1e3))
+    assert data["machine"]["threads_per_rank"] == 1 and data["config"]["ranks"] == [1, 2]
+    assert "allreduce ms" in result.stdout and "bench_distributed.json" in result.stdout
+
+
+def test_bench_distributed_says_what_to_install(monkeypatch, tmp_path, capsys):
+    """Without mpi4py, or without an mpiexec next to the interpreter or on PATH: exit 2 and the pip command."""
+    from cnnkit import bench
+    from cnnkit.bench import distributed as bench_distributed
+
+    args = ["--distributed", "--models", "lenet5", "--backends", "numpy", "--out", str(tmp_path)]
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    assert bench.main(args) == 2
+    assert "needs mpi4py, which is not installed: pip install 'cnnkit[mpi]'" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"needs mpiexec, found neither next to .* nor on PATH: pip install"):
+        bench_distributed.mpiexec_path()

@@ -14,6 +14,7 @@ One job per module:
 - :mod:`~cnnkit.bench.cases`: one (model, batch, mode) on every engine, as result rows.
 - :mod:`~cnnkit.bench.report`: the text table, the chart, machine and version information.
 - :mod:`~cnnkit.bench.cli`: the command-line options and the run.
+- :mod:`~cnnkit.bench.distributed`: ``--distributed``, the data-parallel step under mpiexec at 1, 2, ... ranks.
 
 PyTorch is optional and imported only when a run asks for it; importing this package never imports torch.
 """

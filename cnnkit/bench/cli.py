@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true", help="do not run PyTorch")
     parser.add_argument("--no-compile", action="store_true", help="run PyTorch eager only (skip torch.compile)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="instead: the data-parallel training step under mpiexec at each of --ranks, --batch per "
+                             "rank, one thread per rank: step and gradient-allreduce times (bench_distributed.json)")
+    parser.add_argument("--ranks", type=_csv(int), default=[1, 2],
+                        help="with --distributed: comma-separated numbers of ranks to launch, default 1,2")
 
 
 def select_backends(spec: str, device: str) -> list[str]:
@@ -105,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cnnkit bench: error: {exc}", file=sys.stderr)
         return 2
+    if args.distributed:
+        from cnnkit.bench.distributed import run_distributed
+
+        return run_distributed(args, backends)
     if not args.no_torch:
         import_torch_first()
     threads = cpu_threads(backends)
