@@ -86,7 +86,8 @@ def test_unavailable_backends_and_oversized_cpu_runs_are_skipped_not_failed():
 
 
 def test_op_shapes_are_the_shapes_the_models_run(monkeypatch):
-    """The per-op lists are exactly LeNet-5's and ResNet-20's calls (recorded from one forward of each)."""
+    """The per-op lists are exactly LeNet-5's and ResNet-20's calls (recorded from one training forward of each:
+    eval mode folds batch norm into the convs)."""
     convs, pools, norms = set(), set(), set()
     real = {name: getattr(F, name) for name in ("conv2d", "avg_pool2d", "batch_norm")}
 
@@ -111,7 +112,7 @@ def test_op_shapes_are_the_shapes_the_models_run(monkeypatch):
         monkeypatch.setattr(F, name, fake)
     for name in ("lenet5", "resnet20"):
         model = models.create(name)
-        model.eval()(np.zeros((1, *model.input_shape), np.float32))
+        model.train()(np.zeros((2, *model.input_shape), np.float32))
     assert convs == set(BENCH_OPS.CONV_SHAPES.values())
     assert pools == set(BENCH_OPS.POOL_SHAPES.values())
     assert norms == set(BENCH_OPS.BN_SHAPES.values())
@@ -181,14 +182,35 @@ def test_bench_against_torch_end_to_end(tmp_path, capsys, monkeypatch):
         total = flops(models.create("lenet5"), batch_size=2)[-1]
         expected = total["forward"] + (total["backward"] if mode == "train" else 0)
         assert ours["gflop_per_step"] * 1e9 == pytest.approx(expected)
-        peak = data["machine"]["gemm_peak_gflops"]
-        assert ours["pct_peak"] == pytest.approx(100 * ours["gflop_per_step"] / (ours["ms"] / 1e3) / peak)
+        assert ours["gflop_per_s"] == pytest.approx(ours["gflop_per_step"] / (ours["ms"] / 1e3))
+        peak = data["machine"]["fma_peak_gflops"]
+        assert data["machine"]["peak_gflops"] == peak and data["machine"]["peak_kind"] == "FMA"
+        assert ours["pct_peak"] == pytest.approx(100 * ours["gflop_per_s"] / peak)
         assert rows[mode, "torch.compile"]["ms"] is None
         assert "no C++ compiler" in rows[mode, "torch.compile"]["note"]
     assert data["machine"]["gemm_peak_gflops"] > 0 and data["machine"]["torch"] == torch.__version__
+    assert data["machine"]["fma_peak_gflops"] > 0 and "FMA peak" in out and "GFLOP/s" in out
     assert "ms/step" in out and "lenet5" in out and "torch.compile failed here" in out
     assert (tmp_path / "bench.png").stat().st_size > 0
 
+
+
+def test_fma_peak_is_plausible_and_scales_with_threads():
+    from cnnkit.bench.peak import fma_peak_gflops, vector_lanes
+
+    assert vector_lanes("+avx2,+avx512f,+fma") == 16 and vector_lanes("+avx,+avx2,-avx512f") == 8
+    assert vector_lanes("+neon") == 4
+    one = fma_peak_gflops(1, repeats=3)
+    assert 1.0 < one < 2000.0   # at least one FMA lane at 0.5 GHz, at most 64 lanes at 8 GHz x 2 units
+    assert fma_peak_gflops(2, repeats=3) > 0.5 * one   # two threads do not run slower than half of one
+
+
+def test_peak_falls_back_to_gemm_without_llvmlite(monkeypatch):
+    from cnnkit.bench import report
+
+    monkeypatch.setattr(report, "fma_peak_gflops", lambda threads: None)
+    peaks = report.measured_peaks("cpu", 1)
+    assert peaks["peak_kind"] == "GEMM" and peaks["peak_gflops"] == peaks["gemm_peak_gflops"] > 0
 
 def test_bench_with_torch_hidden(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError

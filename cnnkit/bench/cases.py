@@ -32,18 +32,18 @@ def _row(e: Engine, eager: Engine | None, model_name: str, batch: int, mode: str
          flop: float) -> dict[str, Any]:
     """The result row of engine ``e``; speeds are None when it did not run, ``vs_torch`` when eager did not."""
     row = {"model": model_name, "batch": batch, "mode": mode, "engine": e.name, "device": device,
-           "note": e.note, "ms": None, "images_per_s": None, "vs_torch": None, "pct_peak": None,
+           "note": e.note, "ms": None, "images_per_s": None, "vs_torch": None, "gflop_per_s": None, "pct_peak": None,
            "gflop_per_step": flop / 1e9, "round_ms": [t * 1e3 for t in e.times]}
     if e.times:
         sec = statistics.median(e.times)
-        row.update(ms=sec * 1e3, images_per_s=batch / sec)
+        row.update(ms=sec * 1e3, images_per_s=batch / sec, gflop_per_s=flop / 1e9 / sec)
         if eager is not None:
             row["vs_torch"] = statistics.median(eager.times) / sec
     return row
 
 
-def add_peak_fraction(rows: list[dict], gemm_peak_gflops: float) -> None:
-    """Set each timed row's ``pct_peak``: its GEMM FLOPs per second as a percentage of the measured peak."""
+def add_peak_fraction(rows: list[dict], peak_gflops: float) -> None:
+    """Set each timed row's ``pct_peak``: its FLOPs per second as a percentage of the measured peak."""
     for row in rows:
         if row["ms"] is not None:
-            row["pct_peak"] = 100.0 * row["gflop_per_step"] / (row["ms"] / 1e3) / gemm_peak_gflops
+            row["pct_peak"] = 100.0 * row["gflop_per_s"] / peak_gflops

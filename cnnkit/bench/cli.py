@@ -12,9 +12,9 @@ from cnnkit import backends as _contract
 from cnnkit.backend import unavailable_reason
 from cnnkit.bench.cases import add_peak_fraction, run_case
 from cnnkit.bench.pytorch import import_torch_first
-from cnnkit.bench.report import engine_versions, format_table, machine_info, write_chart
+from cnnkit.bench.report import engine_versions, format_table, machine_info, measured_peaks, write_chart
 from cnnkit.bench.steps import MODES
-from cnnkit.bench.timing import cpu_threads, gemm_peak_gflops
+from cnnkit.bench.timing import cpu_threads
 from cnnkit.validate import at_least
 
 
@@ -117,17 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_torch:
         import_torch_first()
     threads = cpu_threads(backends)
-    machine = machine_info(args.device, threads)  # the GEMM peak first, before the cases heat the machine
+    machine = machine_info(args.device, threads)  # the peaks first, before the cases heat the machine
     rows = []
     for model_name in args.models:
         for batch in args.batch:
             for mode in args.mode:
                 rows += run_case(model_name, batch, mode, backends, args.device, not args.no_torch,
                                  not args.no_compile, args.rounds, args.warmup, args.min_time, threads)
-    # A shared machine can be busy at either end: the peak is the best rate seen, before or after the cases.
-    machine.update(engine_versions(), gemm_peak_gflops=max(machine["gemm_peak_gflops"], gemm_peak_gflops(args.device)),
-                   gemm_peak_how=machine["gemm_peak_how"] + ", before and after the cases")
-    add_peak_fraction(rows, machine["gemm_peak_gflops"])
+    machine.update(engine_versions(), **measured_peaks(args.device, threads, before=machine))
+    add_peak_fraction(rows, machine["peak_gflops"])
     print(format_table(rows, machine))
     _write(args, machine, rows)
     return 0

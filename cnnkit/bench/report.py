@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from cnnkit.bench.peak import fma_peak_gflops
 from cnnkit.bench.timing import GEMM_SIZE, gemm_peak_gflops
 
 COLUMNS = (("model", "{}"), ("batch", "{}"), ("mode", "{}"), ("engine", "{}"), ("ms", "{:.3f}"),
-           ("images_per_s", "{:.1f}"), ("vs_torch", "{:.2f}x"), ("pct_peak", "{:.2f}%"))
+           ("images_per_s", "{:.1f}"), ("vs_torch", "{:.2f}x"), ("gflop_per_s", "{:.1f}"), ("pct_peak", "{:.1f}%"))
 """Result-row key and format of each table column."""
-HEADERS = ("model", "batch", "mode", "engine", "ms/step", "images/s", "vs torch", "% GEMM peak")
+HEADERS = ("model", "batch", "mode", "engine", "ms/step", "images/s", "vs torch", "GFLOP/s", "% peak")
 
 
 def format_table(rows: list[dict], machine: dict) -> str:
@@ -21,11 +22,13 @@ def format_table(rows: list[dict], machine: dict) -> str:
     cells = [HEADERS] + [tuple("-" if row[key] is None else fmt.format(row[key]) for key, fmt in COLUMNS)
                          for row in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
-    lines = [f"device: {machine['device']} ({machine['processor']}), {machine['threads']} CPU threads, "
-             f"measured float32 GEMM peak {machine['gemm_peak_gflops']:.1f} GFLOP/s",
+    fma = machine.get("fma_peak_gflops")
+    lines = [f"device: {machine['device']} ({machine['processor']}), {machine['threads']} CPU threads, measured "
+             + ("" if fma is None else f"float32 FMA peak {fma:.1f} GFLOP/s, ")
+             + f"float32 GEMM {machine['gemm_peak_gflops']:.1f} GFLOP/s",
              "vs torch: PyTorch eager time / this engine's time (above 1 = faster than PyTorch eager)",
-             "% GEMM peak: the model's conv/linear FLOPs per second over that matmul rate (a faster GEMM than "
-             "the measured one, or a machine busier during the peak test, can exceed 100%)"]
+             "GFLOP/s: the model's conv/linear FLOPs (cnnkit.analysis.flops) per second; % peak: of the "
+             f"measured {machine['peak_kind']} peak (a machine busier during the peak test can exceed 100%)"]
     for i, c in enumerate(cells):
         padded = [v.ljust(w) if j < 4 else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths, strict=True))]
         lines.append("  ".join(padded))
@@ -63,16 +66,32 @@ def write_chart(rows: list[dict], machine: dict, path: Path) -> str | None:
     return None
 
 
+def measured_peaks(device: str, threads: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The machine's measured float32 rates: the GEMM peak and, on CPU, the FMA peak (:mod:`cnnkit.bench.peak`);
+    ``peak_gflops`` is the FMA one when measured, else the GEMM one. With ``before`` (an earlier result) each is
+    the best of both: a shared machine can be busy at either end of a run."""
+    gemm = gemm_peak_gflops(device)
+    fma = fma_peak_gflops(threads) if device == "cpu" else None
+    if before is not None:
+        gemm = max(gemm, before["gemm_peak_gflops"])
+        fma = None if fma is None else max(fma, before["fma_peak_gflops"] or 0.0)
+    return {"gemm_peak_gflops": gemm, "fma_peak_gflops": fma, "peak_gflops": gemm if fma is None else fma,
+            "peak_kind": "GEMM" if fma is None else "FMA",
+            "gemm_peak_how": f"best of 5 float32 {GEMM_SIZE[device]}^2 matmuls with "
+                             f"{'cupy' if device == 'gpu' else 'numpy'}" + ("" if before is None else ", before and "
+                                                                              "after the cases"),
+            "fma_peak_how": None if fma is None else f"independent vector FMAs on {threads} threads at once "
+                                                     "(cnnkit.bench.peak)"}
+
+
 def machine_info(device: str, threads: int) -> dict[str, Any]:
-    """Where the numbers come from: host, versions, threads and the measured GEMM peak."""
+    """Where the numbers come from: host, versions, threads and the measured peaks."""
     import cnnkit
 
     info: dict[str, Any] = {"device": device, "processor": _cpu_name(),
                             "platform": platform.platform(), "python": platform.python_version(),
                             "numpy": np.__version__, "cnnkit": cnnkit.__version__, "threads": threads,
-                            "gemm_peak_gflops": gemm_peak_gflops(device),
-                            "gemm_peak_how": f"best of 5 float32 {GEMM_SIZE[device]}^2 matmuls with "
-                                             f"{'cupy' if device == 'gpu' else 'numpy'}"}
+                            **measured_peaks(device, threads)}
     if device == "gpu":
         import cupy
         name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
