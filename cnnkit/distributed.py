@@ -296,21 +296,23 @@ def data_parallel_step(model: Layer, comm: Communicator, batch: GlobalBatch) -> 
     layers with collectives of their own (SyncBatchNorm2d's ``comm``) run them among the ranks that do, and
     afterwards their buffers (statistics of the global batch) and every integer buffer (batch counters) are the
     first such rank's on every rank."""
-    dropouts = [layer for _, layer in model.modules() if isinstance(layer, Dropout)]
+    if comm.size == 1:  # one process: its batch is the global batch, with nothing to place or to average
+        yield
+        return
+    modules = list(model.modules())
+    dropouts = [layer for _, layer in modules if isinstance(layer, Dropout)]
     for layer in dropouts:
         layer.batch_offset = batch.offset
         if not batch.rows:
             layer.skip()
-    holders = {name: layer for name, layer in model.modules()
-               if isinstance(getattr(layer, "comm", None), Communicator)}
     working = tuple(r for r, n in enumerate(batch.sizes) if n)
-    uneven = comm.size > 1 and len(working) < comm.size
+    uneven = len(working) < comm.size
+    holders = {name: layer for name, layer in modules
+               if uneven and isinstance(getattr(layer, "comm", None), Communicator)}
     own = {name: layer.comm for name, layer in holders.items()}
     try:
-        if uneven:
-            sub = comm.group(working)
-            for layer in holders.values():
-                layer.comm = sub
+        for layer in holders.values():
+            layer.comm = comm.group(working)
         yield
     finally:
         for name, layer in holders.items():
