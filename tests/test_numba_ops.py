@@ -237,7 +237,8 @@ def test_float32_tanh_dense_grid(kind):
 # ----------------------------------------------------------------------------------------------- dropout
 @pytest.mark.parametrize("case", DROPOUT_CASES, ids=ids(DROPOUT_CASES))
 def test_dropout_mask_is_the_numpy_one(case):
-    """Both CPU backends draw the same mask for a seed (so models with dropout train identically on them)."""
+    """Both CPU backends draw the same mask for a seed and offset (so models with dropout train identically on
+    them)."""
     for dtype in DTYPES:
-        np.testing.assert_array_equal(F.dropout_mask(case.shape, case.p, case.seed, dtype, backend=NB),
-                                      F.dropout_mask(case.shape, case.p, case.seed, dtype, backend=NP))
+        np.testing.assert_array_equal(F.dropout_mask(case.shape, case.p, case.seed, dtype, case.offset, backend=NB),
+                                      F.dropout_mask(case.shape, case.p, case.seed, dtype, case.offset, backend=NP))
