@@ -218,6 +218,30 @@ def test_results_do_not_depend_on_the_thread_count(path, stride):
         np.testing.assert_array_equal(a, b)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, kd, t", [(8, 1, 32), (16, 37, 64), (13, 20, 70), (7, 9, 40), (24, 5, 31), (9, 3, 100)])
+def test_gemm_register_tiles_and_edges(m, kd, t, dtype):
+    """The matmul every path shares: whole register tiles (simd.fma_tile) plus the block loops on the rows and
+    columns left over, with shifted operand rows and a nonzero c, against the formula in float64."""
+    from cnnkit.backends.numba.conv import _loops, simd
+
+    rng = np.random.default_rng(m * 1000 + kd * 10 + t)
+    a, b = rng.standard_normal((m + 3, kd + 5)), rng.standard_normal((kd + 2, t + 9))
+    arow, aoff = rng.permutation(m + 3)[:m].astype(np.int64), rng.integers(0, 6, m).astype(np.int64)
+    brow, boff = rng.integers(0, kd + 2, kd).astype(np.int64), rng.integers(0, 10, kd).astype(np.int64)
+    c = rng.standard_normal((m, t))
+    ref = c + np.array([[sum(a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j] for q in range(kd))
+                         for j in range(t)] for i in range(m)])
+    got = c.astype(dtype)
+    _loops.gemm(a.astype(dtype), arow, aoff, b.astype(dtype), brow, boff, got, m, kd, t)
+    _check(got, ref, dtype, "gemm")
+    assert numba.njit(lambda a, b, c: simd.tile_fits(a, b, c))(a.astype(dtype), b.astype(dtype), got)
+    if m >= simd.TILE_ROWS and t >= simd.tile_columns(np.dtype(dtype).itemsize):  # the tile ran: same as blocks
+        blocks = c.astype(dtype)
+        _loops.gemm_blocks(a.astype(dtype), arow, aoff, b.astype(dtype), brow, boff, blocks, 0, m, kd, 0, t)
+        _check(got, blocks.astype(np.float64), dtype, "gemm vs blocks")
+
 # ----------------------------------------------------------------------------------------------- activations
 @pytest.mark.parametrize("kind", ["tanh", "scaled_tanh"])
 def test_float32_tanh_dense_grid(kind):

@@ -15,6 +15,7 @@ from numba import njit, prange
 from cnnkit.backends import conv_output_size
 
 from ..activation import act_run
+from .simd import TILE_ROWS, fma_tile, tile_fits, tile_width
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
@@ -42,25 +43,42 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     """c[i, j] += sum over q < kd of a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j], for i < m, j < t.
 
     The row/offset vectors let an operand row be a shifted window of a padded image row (the implicit-GEMM
-    convolution) or an ordinary matrix row (identity rows, zero offsets). 4x4 register blocks, then one 2x4
-    block, then single rows. All indices are unsigned and no views are taken: that spares Numba's
-    negative-index wraparound (which blocks vectorisation) and the reference counting of views (which costs
-    more than a short block)."""
+    convolution) or an ordinary matrix row (identity rows, zero offsets). Whole register tiles
+    (:func:`simd.fma_tile`, TILE_ROWS rows by tile_width(c) columns) where they fit, the rest in 4x4 blocks, then
+    one 2x4 block, then single rows (:func:`gemm_blocks`)."""
     i = 0
-    while i + 4 <= m:
-        _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t)
-        i += 4
-    if i + 2 <= m:  # a 2x4 block: m = 6 (LeNet-5's C1 outputs, C3's inputs) would leave two single rows
-        _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t)
-        i += 2
-    for row in range(i, m):
-        _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, t)
+    if tile_fits(a, b, c) and kd > 0:
+        width = tile_width(c)
+        wide = t - t % width
+        while i + TILE_ROWS <= m:
+            for j in range(0, wide, width):
+                fma_tile(c, a, arow, aoff, b, brow, boff, i, j, kd)
+            gemm_blocks(a, arow, aoff, b, brow, boff, c, i, i + TILE_ROWS, kd, wide, t)
+            i += TILE_ROWS
+    gemm_blocks(a, arow, aoff, b, brow, boff, c, i, m, kd, 0, t)
 
 
 @njit(cache=True, fastmath=FMA, error_model="numpy")
-def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t):
-    """Rows i .. i+3 of :func:`gemm`: 4x4 blocks (four rows of c, four of b), then the remaining rows of b."""
-    tu = np.uint64(t)
+def gemm_blocks(a, arow, aoff, b, brow, boff, c, i0, i1, kd, j0, t):
+    """:func:`gemm` for rows i0 <= i < i1 and columns j0 <= j < t in loops LLVM vectorises: 4x4 register blocks,
+    then one 2x4 block, then single rows. All indices are unsigned and no views are taken: that spares Numba's
+    negative-index wraparound (which blocks vectorisation) and the reference counting of views (which costs
+    more than a short block)."""
+    i = i0
+    while i + 4 <= i1:
+        _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, j0, t)
+        i += 4
+    if i + 2 <= i1:  # a 2x4 block: m = 6 (LeNet-5's C1 outputs, C3's inputs) would leave two single rows
+        _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, j0, t)
+        i += 2
+    for row in range(i, i1):
+        _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, j0, t)
+
+
+@njit(cache=True, fastmath=FMA, error_model="numpy")
+def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, j0, t):
+    """Rows i .. i+3 of :func:`gemm_blocks`: 4x4 blocks (four rows of c, four of b), then the remaining rows of b."""
+    ju, tu = np.uint64(j0), np.uint64(t)
     i0, i1, i2, i3 = np.uint64(i), np.uint64(i + 1), np.uint64(i + 2), np.uint64(i + 3)
     a0, a1, a2, a3 = np.uint64(arow[i]), np.uint64(arow[i + 1]), np.uint64(arow[i + 2]), np.uint64(arow[i + 3])
     o0, o1, o2, o3 = np.uint64(aoff[i]), np.uint64(aoff[i + 1]), np.uint64(aoff[i + 2]), np.uint64(aoff[i + 3])
@@ -73,7 +91,7 @@ def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t):
         w10, w11, w12, w13 = a[a1, o1 + u], a[a1, o1 + u + 1], a[a1, o1 + u + 2], a[a1, o1 + u + 3]
         w20, w21, w22, w23 = a[a2, o2 + u], a[a2, o2 + u + 1], a[a2, o2 + u + 2], a[a2, o2 + u + 3]
         w30, w31, w32, w33 = a[a3, o3 + u], a[a3, o3 + u + 1], a[a3, o3 + u + 2], a[a3, o3 + u + 3]
-        for j in range(tu):
+        for j in range(ju, tu):
             x0, x1, x2, x3 = b[r0, f0 + j], b[r1, f1 + j], b[r2, f2 + j], b[r3, f3 + j]
             c[i0, j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
             c[i1, j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
@@ -83,7 +101,7 @@ def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t):
     for rest in range(q, kd):
         r0, f0, u = np.uint64(brow[rest]), np.uint64(boff[rest]), np.uint64(rest)
         w00, w10, w20, w30 = a[a0, o0 + u], a[a1, o1 + u], a[a2, o2 + u], a[a3, o3 + u]
-        for j in range(tu):
+        for j in range(ju, tu):
             x0 = b[r0, f0 + j]
             c[i0, j] += w00 * x0
             c[i1, j] += w10 * x0
@@ -92,9 +110,9 @@ def _gemm_rows4(a, arow, aoff, b, brow, boff, c, i, kd, t):
 
 
 @njit(cache=True, fastmath=FMA, error_model="numpy")
-def _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t):
-    """Rows i and i+1 of :func:`gemm`: 2x4 blocks, then the remaining rows of b."""
-    tu = np.uint64(t)
+def _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, j0, t):
+    """Rows i and i+1 of :func:`gemm_blocks`: 2x4 blocks, then the remaining rows of b."""
+    ju, tu = np.uint64(j0), np.uint64(t)
     i0, i1 = np.uint64(i), np.uint64(i + 1)
     a0, a1, o0, o1 = np.uint64(arow[i]), np.uint64(arow[i + 1]), np.uint64(aoff[i]), np.uint64(aoff[i + 1])
     q = 0
@@ -104,7 +122,7 @@ def _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t):
         u = np.uint64(q)
         w00, w01, w02, w03 = a[a0, o0 + u], a[a0, o0 + u + 1], a[a0, o0 + u + 2], a[a0, o0 + u + 3]
         w10, w11, w12, w13 = a[a1, o1 + u], a[a1, o1 + u + 1], a[a1, o1 + u + 2], a[a1, o1 + u + 3]
-        for j in range(tu):
+        for j in range(ju, tu):
             x0, x1, x2, x3 = b[r0, f0 + j], b[r1, f1 + j], b[r2, f2 + j], b[r3, f3 + j]
             c[i0, j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
             c[i1, j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
@@ -112,16 +130,16 @@ def _gemm_rows2(a, arow, aoff, b, brow, boff, c, i, kd, t):
     for rest in range(q, kd):
         r0, f0, u = np.uint64(brow[rest]), np.uint64(boff[rest]), np.uint64(rest)
         w00, w10 = a[a0, o0 + u], a[a1, o1 + u]
-        for j in range(tu):
+        for j in range(ju, tu):
             x0 = b[r0, f0 + j]
             c[i0, j] += w00 * x0
             c[i1, j] += w10 * x0
 
 
 @njit(cache=True, fastmath=FMA, error_model="numpy")
-def _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, t):
-    """Row ``row`` of :func:`gemm`: four rows of b at a time, then the remaining ones."""
-    tu = np.uint64(t)
+def _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, j0, t):
+    """Row ``row`` of :func:`gemm_blocks`: four rows of b at a time, then the remaining ones."""
+    ju, tu = np.uint64(j0), np.uint64(t)
     i0, a0, o0 = np.uint64(row), np.uint64(arow[row]), np.uint64(aoff[row])
     q = 0
     while q + 4 <= kd:
@@ -129,12 +147,12 @@ def _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, t):
         f0, f1, f2, f3 = np.uint64(boff[q]), np.uint64(boff[q + 1]), np.uint64(boff[q + 2]), np.uint64(boff[q + 3])
         u = np.uint64(q)
         w00, w01, w02, w03 = a[a0, o0 + u], a[a0, o0 + u + 1], a[a0, o0 + u + 2], a[a0, o0 + u + 3]
-        for j in range(tu):
+        for j in range(ju, tu):
             c[i0, j] += w00 * b[r0, f0 + j] + w01 * b[r1, f1 + j] + w02 * b[r2, f2 + j] + w03 * b[r3, f3 + j]
         q += 4
     for rest in range(q, kd):
         r0, f0, w00 = np.uint64(brow[rest]), np.uint64(boff[rest]), a[a0, o0 + np.uint64(rest)]
-        for j in range(tu):
+        for j in range(ju, tu):
             c[i0, j] += w00 * b[r0, f0 + j]
 
 

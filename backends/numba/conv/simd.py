@@ -1,0 +1,139 @@
+"""The register tile of the conv matmul, Numba: c[i0:i0+MR, j0:j0+NR] += the rows i of ``a`` (shifted, as in
+:func:`_loops.gemm`) times the shifted rows of ``b``, its MR x NR accumulators held in vector registers through
+the whole reduction.
+
+LLVM's loop vectorizer cannot keep a matmul's accumulators in registers across the reduction (they stay in
+memory: a load and a store of c per few FMAs) and picks 256-bit vectors on AVX-512 machines. So the tile is a
+Numba intrinsic that writes the LLVM IR itself: explicit vectors as wide as the machine's (64 bytes with
+AVX-512, else 32; LLVM splits them where the machine's are narrower), MR x NV accumulators as SSA values, and
+each reduction step one load per B vector, one broadcast per A row and MR x NV FMAs. The summation order is
+fixed (q ascending, FMA per step, then added to c): results do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array
+
+
+def _vector_bytes() -> int:
+    """64 when the CPU numba compiles for has AVX-512 (numba's NUMBA_CPU_FEATURES if set, else the host's)."""
+    import llvmlite.binding as llvm
+
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4   # MR x 2 accumulators + 2 B vectors + a broadcast fit the registers
+TILE_VECTORS = 2                              # NV: vectors per tile row
+
+
+def tile_columns(itemsize: int) -> int:
+    """NR, the tile's width in elements of ``itemsize`` bytes."""
+    return TILE_VECTORS * VECTOR_BYTES // itemsize
+
+
+def tile_width(c):
+    """NR for array ``c``'s dtype, a compile-time constant inside Numba code."""
+    return tile_columns(c.dtype.itemsize)
+
+
+@overload(tile_width)
+def _tile_width(c):
+    width = tile_columns(np.dtype(c.dtype.name).itemsize)
+    return lambda c: width
+
+
+def tile_fits(a, b, c) -> bool:
+    """Whether the tile can run on these arrays: C-contiguous, 2-D and of one float dtype (compile-time)."""
+    return False
+
+
+@overload(tile_fits)
+def _tile_fits(a, b, c):
+    fits = all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype
+               for x in (a, b, c)) and c.dtype in (types.float32, types.float64)
+    return lambda a, b, c: fits
+
+
+def _row_stride(builder, array, itemsize: int):
+    """The element stride between rows of a 2-D C-contiguous array struct."""
+    return builder.sdiv(builder.extract_value(array.strides, 0), ir.Constant(ir.IntType(64), itemsize))
+
+
+@intrinsic
+def fma_tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
+    """c[i0 + i, j0 + j] += sum over q < kd of a[arow[i0 + i], aoff[i0 + i] + q] * b[brow[q], boff[q] + j0 + j]
+    for i < TILE_ROWS, j < tile_width(c); needs kd >= 1 and arrays for which tile_fits holds."""
+    index = types.Array(types.int64, 1, "C")
+    if not all(x == index for x in (arow, aoff, brow, boff)) or not all(
+            isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype for x in (a, b, c)):
+        raise numba.core.errors.TypingError("fma_tile needs 2-D C-contiguous a, b, c of one dtype and int64 "
+                                            "C-contiguous row and offset vectors")
+    sig = types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        c_, a_, arow_, aoff_, b_, brow_, boff_ = (make_array(t)(context, builder, v)
+                                                   for t, v in zip(signature.args[:7], args[:7]))
+        i0_, j0_, kd_ = args[7:]
+        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        i64 = ir.IntType(64)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fma.v{lanes}f{8 * itemsize}")
+        lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
+        a_rows = []
+        for i in range(TILE_ROWS):
+            row = builder.add(i0_, ir.Constant(i64, i))
+            start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
+                                builder.load(builder.gep(aoff_.data, [row])))
+            a_rows.append(builder.gep(a_.data, [start]))
+        entry = builder.block
+        loop, done = builder.append_basic_block("tile_loop"), builder.append_basic_block("tile_done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        q = builder.phi(i64)
+        acc = [builder.phi(vec) for _ in range(TILE_ROWS * TILE_VECTORS)]
+        b_start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [q])), ldb),
+                                          builder.load(builder.gep(boff_.data, [q]))), j0_)
+        b_vecs = [_load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
+                        itemsize) for v in range(TILE_VECTORS)]
+        summed = []
+        for i in range(TILE_ROWS):
+            scalar = builder.load(builder.gep(a_rows[i], [q]))
+            spread = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                                                   ir.Constant(ir.IntType(32), 0)),
+                                            ir.Constant(vec, ir.Undefined),
+                                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+            summed += [builder.call(fma, [spread, b_vecs[v], acc[i * TILE_VECTORS + v]]) for v in range(TILE_VECTORS)]
+        q_next = builder.add(q, ir.Constant(i64, 1))
+        q.add_incoming(ir.Constant(i64, 0), entry)
+        q.add_incoming(q_next, loop)
+        for phi, value in zip(acc, summed):
+            phi.add_incoming(ir.Constant(vec, [0.0] * lanes), entry)
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", q_next, kd_), loop, done)
+        builder.position_at_end(done)
+        for i in range(TILE_ROWS):
+            row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
+            for v in range(TILE_VECTORS):
+                ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * lanes))])
+                old = _load(builder, ptr, vec, itemsize)
+                builder.store(builder.fadd(old, summed[i * TILE_VECTORS + v]),
+                              builder.bitcast(ptr, vec.as_pointer())).align = itemsize
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _load(builder, ptr, vec, itemsize: int):
+    """An unaligned vector load at element pointer ``ptr``."""
+    value = builder.load(builder.bitcast(ptr, vec.as_pointer()))
+    value.align = itemsize
+    return value
