@@ -113,8 +113,8 @@ AUTOMATIC_PATHS = {
     "kernel-1x1": ("shifted", "shifted", "shifted"),
     "batch1-odd-sizes-tanh": ("shifted", "shifted", "shifted"),
     "pad-beyond-kernel": ("shifted", "shifted", "packed"),             # dx: padding past the kernel's reach
-    "im2row-288-per-output-relu": ("im2row", "shifted", "shifted"),    # 288 weights per output
-    "im2row-groups-dil1x2-tanh": ("im2row", "packed", "packed"),       # wide padding: packed backward
+    "im2row-288-per-output-relu": ("im2row", "im2row", "shifted"),     # 288 weights per output
+    "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "packed"),       # wide padding: packed dx
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("shifted", "shifted", "im2row"),          # 8x8-like planes: dx gathers rows
 }
@@ -154,6 +154,11 @@ def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
+    resnet20 = {(16, 32, 1): ("shifted",) * 3, (32, 16, 1): ("shifted", "im2row", "shifted"),  # (C = K, size, s)
+                (64, 8, 1): ("im2row",) * 3, (32, 16, 2): ("im2row",) * 3, (64, 8, 2): ("im2row",) * 3}
+    for (k, size, s), paths in resnet20.items():
+        c, h = (k // s, size * s)
+        assert nb_conv.plan((128, c, h, h), (k, c, 3, 3), (s, s), (1, 1, 1, 1), (1, 1), 1) == paths, (k, size, s)
     with pytest.raises(ValueError, match="stride 1"):
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1, path="shifted")
     with pytest.raises(ValueError, match="path"):
@@ -220,10 +225,11 @@ def test_results_do_not_depend_on_the_thread_count(path, stride):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m, kd, t", [(8, 1, 32), (16, 37, 64), (13, 20, 70), (7, 9, 40), (24, 5, 31), (9, 3, 100)])
+@pytest.mark.parametrize("m, kd, t", [(8, 1, 48), (16, 37, 64), (13, 20, 70), (7, 9, 40), (24, 5, 31), (9, 3, 100),
+                                     (6, 25, 131), (4, 2, 16)])
 def test_gemm_register_tiles_and_edges(m, kd, t, dtype):
-    """The matmul every path shares: whole register tiles (simd.fma_tile) plus the block loops on the rows and
-    columns left over, with shifted operand rows and a nonzero c, against the formula in float64."""
+    """The matmul every path shares: the register tiles of simd.py (full, short, narrow) plus the block loops on
+    the rows and columns left over, with shifted operand rows and a nonzero c, against the formula in float64."""
     from cnnkit.backends.numba.conv import _loops, simd
 
     rng = np.random.default_rng(m * 1000 + kd * 10 + t)
@@ -237,7 +243,7 @@ def test_gemm_register_tiles_and_edges(m, kd, t, dtype):
     _loops.gemm(a.astype(dtype), arow, aoff, b.astype(dtype), brow, boff, got, m, kd, t)
     _check(got, ref, dtype, "gemm")
     assert numba.njit(lambda a, b, c: simd.tile_fits(a, b, c))(a.astype(dtype), b.astype(dtype), got)
-    if m >= simd.TILE_ROWS and t >= simd.tile_columns(np.dtype(dtype).itemsize):  # the tile ran: same as blocks
+    if m >= simd.SHORT and t >= simd.VECTOR_BYTES // np.dtype(dtype).itemsize:  # tiles ran: same as the blocks
         blocks = c.astype(dtype)
         _loops.gemm_blocks(a.astype(dtype), arow, aoff, b.astype(dtype), brow, boff, blocks, 0, m, kd, 0, t)
         _check(got, blocks.astype(np.float64), dtype, "gemm vs blocks")

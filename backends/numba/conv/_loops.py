@@ -15,7 +15,17 @@ from numba import njit, prange
 from cnnkit.backends import conv_output_size
 
 from ..activation import act_run
-from .simd import TILE_ROWS, fma_tile, tile_fits, tile_width
+from .simd import (
+    SHORT,
+    TALL,
+    WIDE,
+    fma_tile,
+    fma_tile_narrow,
+    fma_tile_short,
+    fma_tile_short_narrow,
+    lanes,
+    tile_fits,
+)
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
@@ -43,19 +53,28 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     """c[i, j] += sum over q < kd of a[arow[i], aoff[i] + q] * b[brow[q], boff[q] + j], for i < m, j < t.
 
     The row/offset vectors let an operand row be a shifted window of a padded image row (the implicit-GEMM
-    convolution) or an ordinary matrix row (identity rows, zero offsets). Whole register tiles
-    (:func:`simd.fma_tile`, TILE_ROWS rows by tile_width(c) columns) where they fit, the rest in 4x4 blocks, then
-    one 2x4 block, then single rows (:func:`gemm_blocks`)."""
-    i = 0
+    convolution) or an ordinary matrix row (identity rows, zero offsets). Register tiles (simd.py) where they
+    fit, column panel by column panel so a panel of b stays in cache for every row tile: TALL x WIDE tiles, a
+    SHORT one for the rows left over, NARROW ones for the columns left over; the rest in the block loops of
+    :func:`gemm_blocks`."""
+    done = 0
     if tile_fits(a, b, c) and kd > 0:
-        width = tile_width(c)
-        wide = t - t % width
-        while i + TILE_ROWS <= m:
-            for j in range(0, wide, width):
+        lane = lanes(c)
+        wide, narrow = t - t % (WIDE * lane), t - t % lane
+        tall, short = m - m % TALL, m - m % SHORT
+        for j in range(0, wide, WIDE * lane):
+            for i in range(0, tall, TALL):
                 fma_tile(c, a, arow, aoff, b, brow, boff, i, j, kd)
-            gemm_blocks(a, arow, aoff, b, brow, boff, c, i, i + TILE_ROWS, kd, wide, t)
-            i += TILE_ROWS
-    gemm_blocks(a, arow, aoff, b, brow, boff, c, i, m, kd, 0, t)
+            if short > tall:
+                fma_tile_short(c, a, arow, aoff, b, brow, boff, tall, j, kd)
+        for j in range(wide, narrow, lane):
+            for i in range(0, tall, TALL):
+                fma_tile_narrow(c, a, arow, aoff, b, brow, boff, i, j, kd)
+            if short > tall:
+                fma_tile_short_narrow(c, a, arow, aoff, b, brow, boff, tall, j, kd)
+        gemm_blocks(a, arow, aoff, b, brow, boff, c, 0, short, kd, narrow, t)
+        done = short
+    gemm_blocks(a, arow, aoff, b, brow, boff, c, done, m, kd, 0, t)
 
 
 @njit(cache=True, fastmath=FMA, error_model="numpy")

@@ -13,11 +13,12 @@ Paths (one module each, all parallel over the output they write):
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
-(direct weight gradient when Kg < 8); stride 1: the weight gradient is shifted unless the padded width exceeds
-MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row from ROW_MIN (256) weights per
-output, else as the weight gradient; the input gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes
-are over DATA_ROW_WASTE (1.4) times the input (the 8x8 layers, where the shifted grid is mostly padding), else
-shifted when the weight gradient is and the padded width is at most 1.5 times the input width, else packed.
+(direct weight gradient when Kg < 8); stride 1: the weight gradient is im2row from ROW_MIN (256) weights per
+output, else shifted unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed);
+the forward is im2row from ROW_MIN weights per output when the padded planes are over ROW_WASTE (1.4) times the
+output (the 8x8 layers, where the shifted grid is mostly padding), else as a narrow weight gradient; the input
+gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes are over ROW_WASTE times the input, else
+shifted when the padded width is at most 1.5 times both the output and the input width, else packed.
 ``path=`` forces one (the tests run every path on every shape).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
@@ -53,7 +54,7 @@ WEIGHT_GEMM_MIN = 8    # ... and below which a strided backward-weight does
 MAX_WIDE_WASTE = 1.5
 ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
 ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
-DATA_ROW_WASTE = 1.4   # ... and the input gradient when the padded planes exceed the input by this factor
+ROW_WASTE = 1.4        # ... when the padded planes exceed the output (forward) or input (dx) by this factor
 PATHS = ("direct", "shifted", "packed", "im2row")
 
 
@@ -78,13 +79,14 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
         return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
     padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
-    weight = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
-    forward = "im2row" if reduction >= ROW_MIN else weight
-    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > DATA_ROW_WASTE * x_shape[2] * x_shape[3]
+    narrow = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
+    weight = "im2row" if reduction >= ROW_MIN else narrow
+    forward = "im2row" if reduction >= ROW_MIN and padded_h * padded_w > ROW_WASTE * out_h * out_w else narrow
+    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > ROW_WASTE * x_shape[2] * x_shape[3]
             and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
     else:
-        data = "shifted" if weight == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+        data = "shifted" if narrow == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
     return forward, weight, data
 
 

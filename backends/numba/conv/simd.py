@@ -1,13 +1,13 @@
-"""The register tile of the conv matmul, Numba: c[i0:i0+MR, j0:j0+NR] += the rows i of ``a`` (shifted, as in
-:func:`_loops.gemm`) times the shifted rows of ``b``, its MR x NR accumulators held in vector registers through
-the whole reduction.
+"""The register tiles of the conv matmul, Numba: c[i0:i0+rows, j0:j0+cols] += the rows of ``a`` (shifted, as in
+:func:`_loops.gemm`) times the shifted rows of ``b``, the rows x cols accumulators held in vector registers
+through the whole reduction.
 
 LLVM's loop vectorizer cannot keep a matmul's accumulators in registers across the reduction (they stay in
-memory: a load and a store of c per few FMAs) and picks 256-bit vectors on AVX-512 machines. So the tile is a
+memory: a load and a store of c per few FMAs) and picks 256-bit vectors on AVX-512 machines. So each tile is a
 Numba intrinsic that writes the LLVM IR itself: explicit vectors as wide as the machine's (64 bytes with
-AVX-512, else 32; LLVM splits them where the machine's are narrower), MR x NV accumulators as SSA values, and
-each reduction step one load per B vector, one broadcast per A row and MR x NV FMAs. The summation order is
-fixed (q ascending, FMA per step, then added to c): results do not depend on the thread count.
+AVX-512, else 32; LLVM splits them where the machine's are narrower), the accumulators as SSA values, and each
+reduction step one load per b vector, one broadcast per a row and rows x vectors FMAs. The summation order is
+fixed (q ascending, an FMA per step, then added to c): results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -29,24 +29,20 @@ def _vector_bytes() -> int:
 
 
 VECTOR_BYTES = _vector_bytes()
-TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4   # MR x 2 accumulators + 2 B vectors + a broadcast fit the registers
-TILE_VECTORS = 2                              # NV: vectors per tile row
+TALL = 8 if VECTOR_BYTES == 64 else 4   # rows of a full tile: TALL x WIDE accumulators, WIDE B vectors and a
+SHORT = TALL // 2                       # broadcast fit the 32 (16) vector registers; SHORT: the rows left over
+WIDE, NARROW = 3, 1                     # vectors per tile row: full tiles, then the columns left over
 
 
-def tile_columns(itemsize: int) -> int:
-    """NR, the tile's width in elements of ``itemsize`` bytes."""
-    return TILE_VECTORS * VECTOR_BYTES // itemsize
+def lanes(c):
+    """Elements of ``c``'s dtype per vector, a compile-time constant inside Numba code."""
+    return VECTOR_BYTES // c.dtype.itemsize
 
 
-def tile_width(c):
-    """NR for array ``c``'s dtype, a compile-time constant inside Numba code."""
-    return tile_columns(c.dtype.itemsize)
-
-
-@overload(tile_width)
-def _tile_width(c):
-    width = tile_columns(np.dtype(c.dtype.name).itemsize)
-    return lambda c: width
+@overload(lanes)
+def _lanes(c):
+    count = VECTOR_BYTES // np.dtype(c.dtype.name).itemsize
+    return lambda c: count
 
 
 def tile_fits(a, b, c) -> bool:
@@ -66,17 +62,30 @@ def _row_stride(builder, array, itemsize: int):
     return builder.sdiv(builder.extract_value(array.strides, 0), ir.Constant(ir.IntType(64), itemsize))
 
 
-@intrinsic
-def fma_tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
-    """c[i0 + i, j0 + j] += sum over q < kd of a[arow[i0 + i], aoff[i0 + i] + q] * b[brow[q], boff[q] + j0 + j]
-    for i < TILE_ROWS, j < tile_width(c); needs kd >= 1 and arrays for which tile_fits holds."""
+def _tile(rows: int, vectors: int):
+    """The tile intrinsic of ``rows`` rows by ``vectors`` vectors:
+
+    ``tile(c, a, arow, aoff, b, brow, boff, i0, j0, kd)``: c[i0 + i, j0 + j] += sum over q < kd of
+    a[arow[i0 + i], aoff[i0 + i] + q] * b[brow[q], boff[q] + j0 + j] for i < rows, j < vectors * lanes(c);
+    needs kd >= 1 and arrays for which tile_fits holds."""
+
+    def tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
+        return _signature(c, a, arow, aoff, b, brow, boff), _codegen(rows, vectors)
+    tile.__name__ = tile.__qualname__ = f"fma_tile_{rows}x{vectors}"
+    return intrinsic(tile)
+
+
+def _signature(c, a, arow, aoff, b, brow, boff):
     index = types.Array(types.int64, 1, "C")
     if not all(x == index for x in (arow, aoff, brow, boff)) or not all(
             isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype for x in (a, b, c)):
         raise numba.core.errors.TypingError("fma_tile needs 2-D C-contiguous a, b, c of one dtype and int64 "
                                             "C-contiguous row and offset vectors")
-    sig = types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp)
+    return types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp)
 
+
+def _codegen(rows: int, vectors: int):
+    """The LLVM IR of a tile: rows x vectors accumulators as loop phis, stored (added to c) after the loop."""
     def codegen(context, builder, signature, args):
         c_, a_, arow_, aoff_, b_, brow_, boff_ = (make_array(t)(context, builder, v)
                                                    for t, v in zip(signature.args[:7], args[:7]))
@@ -89,7 +98,7 @@ def fma_tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
                                              f"llvm.fma.v{lanes}f{8 * itemsize}")
         lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
         a_rows = []
-        for i in range(TILE_ROWS):
+        for i in range(rows):
             row = builder.add(i0_, ir.Constant(i64, i))
             start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
                                 builder.load(builder.gep(aoff_.data, [row])))
@@ -99,19 +108,19 @@ def fma_tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
         builder.branch(loop)
         builder.position_at_end(loop)
         q = builder.phi(i64)
-        acc = [builder.phi(vec) for _ in range(TILE_ROWS * TILE_VECTORS)]
+        acc = [builder.phi(vec) for _ in range(rows * vectors)]
         b_start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [q])), ldb),
                                           builder.load(builder.gep(boff_.data, [q]))), j0_)
         b_vecs = [_load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
-                        itemsize) for v in range(TILE_VECTORS)]
+                        itemsize) for v in range(vectors)]
         summed = []
-        for i in range(TILE_ROWS):
+        for i in range(rows):
             scalar = builder.load(builder.gep(a_rows[i], [q]))
             spread = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
                                                                    ir.Constant(ir.IntType(32), 0)),
                                             ir.Constant(vec, ir.Undefined),
                                             ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-            summed += [builder.call(fma, [spread, b_vecs[v], acc[i * TILE_VECTORS + v]]) for v in range(TILE_VECTORS)]
+            summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
         q_next = builder.add(q, ir.Constant(i64, 1))
         q.add_incoming(ir.Constant(i64, 0), entry)
         q.add_incoming(q_next, loop)
@@ -120,16 +129,15 @@ def fma_tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
             phi.add_incoming(value, loop)
         builder.cbranch(builder.icmp_signed("<", q_next, kd_), loop, done)
         builder.position_at_end(done)
-        for i in range(TILE_ROWS):
+        for i in range(rows):
             row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
-            for v in range(TILE_VECTORS):
+            for v in range(vectors):
                 ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * lanes))])
                 old = _load(builder, ptr, vec, itemsize)
-                builder.store(builder.fadd(old, summed[i * TILE_VECTORS + v]),
+                builder.store(builder.fadd(old, summed[i * vectors + v]),
                               builder.bitcast(ptr, vec.as_pointer())).align = itemsize
         return context.get_dummy_value()
-
-    return sig, codegen
+    return codegen
 
 
 def _load(builder, ptr, vec, itemsize: int):
@@ -137,3 +145,9 @@ def _load(builder, ptr, vec, itemsize: int):
     value = builder.load(builder.bitcast(ptr, vec.as_pointer()))
     value.align = itemsize
     return value
+
+
+fma_tile = _tile(TALL, WIDE)
+fma_tile_short = _tile(SHORT, WIDE)
+fma_tile_narrow = _tile(TALL, NARROW)
+fma_tile_short_narrow = _tile(SHORT, NARROW)
