@@ -3,10 +3,10 @@ is one long dot product; for convs with many weights per output.
 
 The input is first laid out channel-last and zero-padded, (N, G, Hp, Wp, Cg), so the window of output pixel
 (oh, ow) on kernel row r is one contiguous run of S*Cg values (Cg per tap when the width is dilated). A tile
-of 64 pixels gathers those runs into rows (pixel, (r, s, c)) that stay in L2, and the weights are rows
-(k, (r, s, c)); y[k, pixel] = dot(w row, pixel row) is computed in 4x4 blocks of 16 vector accumulators
-(``_loops.dots4x4``). With many input channels the rows are long (ResNet's 32- and 64-channel 3x3 layers:
-288 and 576), so the dots run near the FMA peak where the shifted path's short tiles do not.
+of 64 pixels gathers those runs into rows (pixel, (r, s, c)) that stay in L2; the tile's outputs are those
+rows times the weights as columns ((r, s, c), k), the register-tiled GEMM of ``_loops.gemm``, transposed to
+channel-major planes in the epilogue. With many input channels the reduction is long (ResNet's 32- and
+64-channel 3x3 layers: 288 and 576), and no work is spent on padding, which is most of a padded 8x8 plane.
 
 The stride-1 input gradient is the same correlation of dy, padded by dil*(R-1) - pad on each side, with the
 weights flipped and transposed (:func:`data_grad`). Other input gradients compute each output pixel's row of
@@ -19,9 +19,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import act_run, code
-from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, dots4x4, gemm
+from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, gemm
 
-ROW_TILE = 64             # pixels per task tile (a multiple of 4: whole dot blocks; see bench/NOTES.md)
+ROW_TILE = 64             # pixels per task tile (a multiple of 8: whole register tiles; see bench/NOTES.md)
 WEIGHT_CHUNKS = 8         # at most this many partial weight gradients
 
 
@@ -63,33 +63,30 @@ def _window_rows(img, buf, p0, t, ow_, wp, cg, s_, sh, sw, dil_h, dil_w, scatter
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _im2row_conv(xh, wr, b, out, r_, s_, sh, sw, dil_h, dil_w, tp, kind, slope):
-    """out[n, g*Kg + k, oh, ow] = act(b[g*Kg + k] + dot(wr[g, k], row(n, g, oh, ow))), the row being the window
-    of pixel (oh, ow) in the channel-last padded input xh, ordered (r, s, c) as wr's columns."""
+def _im2row_conv(xh, wc, b, out, r_, s_, sh, sw, dil_h, dil_w, tp, kind, slope):
+    """out[n, g*Kg + k, oh, ow] = act(b[g*Kg + k] + dot(row(n, g, oh, ow), wc[g, :, k])), the row being the window
+    of pixel (oh, ow) in the channel-last padded input xh, ordered (r, s, c) as wc's rows: per tile, the
+    gathered rows times the weight columns (a GEMM), transposed to channel-major in the epilogue."""
     n_, groups, hp, wp, cg = xh.shape
-    kg, rows = wr.shape[1], wr.shape[2]
+    rows, kg = wc.shape[1], wc.shape[2]
     k_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
     p_ = oh_ * ow_
     xf = xh.reshape(n_, groups, hp * wp * cg)
     out_flat = out.reshape(-1)
     tiles = (p_ + tp - 1) // tp
-    zero = out.dtype.type(0)
     for task in prange(n_ * groups * tiles):
         n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
         p0 = tile * tp
         t = min(tp, p_ - p0)
-        src, weights = xf[n, g], wr[g]
         gathered = np.empty((t, rows), dtype=out.dtype)
-        _window_rows(src, gathered, p0, t, ow_, wp, cg, s_, sh, sw, dil_h, dil_w, False)
+        _window_rows(xf[n, g], gathered, p0, t, ow_, wp, cg, s_, sh, sw, dil_h, dil_w, False)
+        by_pixel = np.zeros((t, kg), dtype=out.dtype)
+        gemm(gathered, np.arange(t), np.zeros(t, dtype=np.int64), wc[g], np.arange(rows),
+             np.zeros(rows, dtype=np.int64), by_pixel, t, rows, kg)
         acc = np.empty((kg, t), dtype=out.dtype)
-        for kb in range(0, kg, 4):  # a short block repeats its last row or pixel and keeps only the real ones
-            k1, k2, k3 = min(kb + 1, kg - 1), min(kb + 2, kg - 1), min(kb + 3, kg - 1)
-            for jb in range(0, t, 4):
-                j1, j2, j3 = min(jb + 1, t - 1), min(jb + 2, t - 1), min(jb + 3, t - 1)
-                sums = dots4x4(weights, kb, k1, k2, k3, gathered, jb, j1, j2, j3, 0, 0, 0, 0, 0, rows, zero)
-                for i in range(min(4, kg - kb)):
-                    for jj in range(min(4, t - jb)):
-                        acc[kb + i, jb + jj] = sums[i * 4 + jj]
+        for j in range(t):
+            for k in range(kg):
+                acc[k, j] = by_pixel[j, k]
         flat = acc.reshape(-1)
         for k in range(kg):  # epilogue: bias + activation, one contiguous run of the output plane per channel
             kk = g * kg + k
@@ -157,8 +154,8 @@ def _channel_first(xh, x, top, left):
 
 
 def _tile(pixels: int, images: int) -> int:
-    """Pixels per task tile: ROW_TILE (a multiple of 4: whole dot blocks), or fewer for MIN_TASKS tasks."""
-    return max(1, min(ROW_TILE, max(4, cdiv(cdiv(pixels * images, MIN_TASKS), 4) * 4), pixels))
+    """Pixels per task tile: ROW_TILE (a multiple of 8: whole register tiles), or fewer for MIN_TASKS tasks."""
+    return max(1, min(ROW_TILE, max(8, cdiv(cdiv(pixels * images, MIN_TASKS), 8) * 8), pixels))
 
 
 def _channel_last_copy(x: np.ndarray, groups: int, padding: Pads) -> np.ndarray:
@@ -182,7 +179,8 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     """y (N, K, OH, OW) = act(cross_correlate(x, w) + b) by gathered rows (module docstring); ``kind`` is the
     activation's code (activation.code)."""
     xh, n = _channel_last_copy(x, groups, padding), x.shape[0]
-    _im2row_conv(xh, _weight_rows(w, groups), b, y, w.shape[2], w.shape[3], *stride, *dilation,
+    columns = np.ascontiguousarray(_weight_rows(w, groups).transpose(0, 2, 1))
+    _im2row_conv(xh, columns, b, y, w.shape[2], w.shape[3], *stride, *dilation,
                  _tile(y.shape[2] * y.shape[3], n * groups), kind, slope)
 
 
