@@ -33,6 +33,7 @@ Pads = tuple[int, int, int, int]
 FMA = {"contract"}
 MIN_TILE = 32          # pixels per tile at least: long enough to vectorise
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
+PANEL_DEPTH = 128      # gemm: rows of b per panel (128 x 3 vectors of 64 bytes: 24 KiB, half of a 48 KiB L1)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -54,24 +55,28 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
 
     The row/offset vectors let an operand row be a shifted window of a padded image row (the implicit-GEMM
     convolution) or an ordinary matrix row (identity rows, zero offsets). Register tiles (simd.py) where they
-    fit, column panel by column panel so a panel of b stays in cache for every row tile: TALL x WIDE tiles, a
-    SHORT one for the rows left over, NARROW ones for the columns left over; the rest in the block loops of
-    :func:`gemm_blocks`."""
+    fit, panel by panel of b (WIDE vectors wide, PANEL_DEPTH rows deep: it stays in L1 for every row tile):
+    TALL x WIDE tiles, a SHORT one for the rows left over, NARROW ones for the columns left over; the rest in
+    the block loops of :func:`gemm_blocks`."""
     done = 0
     if tile_fits(a, b, c) and kd > 0:
         lane = lanes(c)
         wide, narrow = t - t % (WIDE * lane), t - t % lane
         tall, short = m - m % TALL, m - m % SHORT
-        for j in range(0, wide, WIDE * lane):
-            for i in range(0, tall, TALL):
-                fma_tile(c, a, arow, aoff, b, brow, boff, i, j, kd)
-            if short > tall:
-                fma_tile_short(c, a, arow, aoff, b, brow, boff, tall, j, kd)
-        for j in range(wide, narrow, lane):
-            for i in range(0, tall, TALL):
-                fma_tile_narrow(c, a, arow, aoff, b, brow, boff, i, j, kd)
-            if short > tall:
-                fma_tile_short_narrow(c, a, arow, aoff, b, brow, boff, tall, j, kd)
+        for j in range(0, narrow, WIDE * lane):
+            for q0 in range(0, kd, PANEL_DEPTH):
+                q1 = min(q0 + PANEL_DEPTH, kd)
+                if j < wide:
+                    for i in range(0, tall, TALL):
+                        fma_tile(c, a, arow, aoff, b, brow, boff, i, j, q0, q1)
+                    if short > tall:
+                        fma_tile_short(c, a, arow, aoff, b, brow, boff, tall, j, q0, q1)
+                else:
+                    for jn in range(j, narrow, lane):
+                        for i in range(0, tall, TALL):
+                            fma_tile_narrow(c, a, arow, aoff, b, brow, boff, i, jn, q0, q1)
+                        if short > tall:
+                            fma_tile_short_narrow(c, a, arow, aoff, b, brow, boff, tall, jn, q0, q1)
         gemm_blocks(a, arow, aoff, b, brow, boff, c, 0, short, kd, narrow, t)
         done = short
     gemm_blocks(a, arow, aoff, b, brow, boff, c, done, m, kd, 0, t)

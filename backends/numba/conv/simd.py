@@ -65,11 +65,11 @@ def _row_stride(builder, array, itemsize: int):
 def _tile(rows: int, vectors: int):
     """The tile intrinsic of ``rows`` rows by ``vectors`` vectors:
 
-    ``tile(c, a, arow, aoff, b, brow, boff, i0, j0, kd)``: c[i0 + i, j0 + j] += sum over q < kd of
+    ``tile(c, a, arow, aoff, b, brow, boff, i0, j0, q0, q1)``: c[i0 + i, j0 + j] += sum over q0 <= q < q1 of
     a[arow[i0 + i], aoff[i0 + i] + q] * b[brow[q], boff[q] + j0 + j] for i < rows, j < vectors * lanes(c);
-    needs kd >= 1 and arrays for which tile_fits holds."""
+    needs q1 > q0 and arrays for which tile_fits holds."""
 
-    def tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, kd):
+    def tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, q0, q1):
         return _signature(c, a, arow, aoff, b, brow, boff), _codegen(rows, vectors)
     tile.__name__ = tile.__qualname__ = f"fma_tile_{rows}x{vectors}"
     return intrinsic(tile)
@@ -81,7 +81,7 @@ def _signature(c, a, arow, aoff, b, brow, boff):
             isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype for x in (a, b, c)):
         raise numba.core.errors.TypingError("fma_tile needs 2-D C-contiguous a, b, c of one dtype and int64 "
                                             "C-contiguous row and offset vectors")
-    return types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp)
+    return types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp, types.intp)
 
 
 def _codegen(rows: int, vectors: int):
@@ -89,7 +89,7 @@ def _codegen(rows: int, vectors: int):
     def codegen(context, builder, signature, args):
         c_, a_, arow_, aoff_, b_, brow_, boff_ = (make_array(t)(context, builder, v)
                                                    for t, v in zip(signature.args[:7], args[:7]))
-        i0_, j0_, kd_ = args[7:]
+        i0_, j0_, q0_, q1_ = args[7:]
         itemsize = np.dtype(signature.args[0].dtype.name).itemsize
         lanes = VECTOR_BYTES // itemsize
         vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
@@ -122,12 +122,12 @@ def _codegen(rows: int, vectors: int):
                                             ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
             summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
         q_next = builder.add(q, ir.Constant(i64, 1))
-        q.add_incoming(ir.Constant(i64, 0), entry)
+        q.add_incoming(q0_, entry)
         q.add_incoming(q_next, loop)
         for phi, value in zip(acc, summed):
             phi.add_incoming(ir.Constant(vec, [0.0] * lanes), entry)
             phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", q_next, kd_), loop, done)
+        builder.cbranch(builder.icmp_signed("<", q_next, q1_), loop, done)
         builder.position_at_end(done)
         for i in range(rows):
             row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
