@@ -172,11 +172,6 @@ def _tiled_forward(x, y, kh, kw):
     area = float(kh * kw)
     for t in prange(x.shape[0]):
         for oh in range(y.shape[1]):
-            if kh == 2 and kw == 2:  # LeNet's pool, written out: much faster than the two short loops
-                r0, r1 = x[t, 2 * oh], x[t, 2 * oh + 1]
-                for ow in range(y.shape[2]):
-                    y[t, oh, ow] = (((float(r0[2 * ow]) + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0
-                continue
             for ow in range(y.shape[2]):
                 acc = 0.0
                 for i in range(kh):
@@ -186,19 +181,24 @@ def _tiled_forward(x, y, kh, kw):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tiled_2x2_forward(x, y):
+    """:func:`_tiled_forward` of 2x2 windows (LeNet's pool), written out (much faster than the two short
+    loops) and a kernel of its own, so that a model pooling only 2x2 does not compile the general loops."""
+    for t in prange(x.shape[0]):
+        for oh in range(y.shape[1]):
+            r0, r1 = x[t, 2 * oh], x[t, 2 * oh + 1]
+            for ow in range(y.shape[2]):
+                y[t, oh, ow] = (((float(r0[2 * ow]) + r0[2 * ow + 1]) + r1[2 * ow]) + r1[2 * ow + 1]) / 4.0
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _tiled_backward(dy, dx, kh, kw):
     """Tiled windows: every cell of a window gets dy / area; cells past the last whole window get 0."""
     area = float(kh * kw)
     for t in prange(dx.shape[0]):
         plane = dx[t]
         for oh in range(dy.shape[1]):
-            if kh == 2 and kw == 2:  # written out: one row of dy / 4, then its copy (contiguous, vectorised)
-                r0, r1, g = plane[2 * oh], plane[2 * oh + 1], dy[t, oh]
-                for iw in range(np.uint64(2 * dy.shape[2])):
-                    r0[iw] = g[iw >> np.uint64(1)] / 4.0
-                for iw in range(np.uint64(2 * dy.shape[2])):
-                    r1[iw] = r0[iw]
-            for ow in range(dy.shape[2] if kh != 2 or kw != 2 else 0):
+            for ow in range(dy.shape[2]):
                 g = dy[t, oh, ow] / area
                 for i in range(kh):
                     for j in range(kw):
@@ -207,6 +207,24 @@ def _tiled_backward(dy, dx, kh, kw):
                 for i in range(kh):
                     plane[oh * kh + i, iw] = 0
         plane[dy.shape[1] * kh:, :] = 0
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _tiled_2x2_backward(dy, dx):
+    """:func:`_tiled_backward` of 2x2 windows, written out: one row of dy / 4, then its copy (contiguous,
+    vectorised)."""
+    for t in prange(dx.shape[0]):
+        plane = dx[t]
+        for oh in range(dy.shape[1]):
+            r0, r1, g = plane[2 * oh], plane[2 * oh + 1], dy[t, oh]
+            for iw in range(np.uint64(2 * dy.shape[2])):
+                r0[iw] = g[iw >> np.uint64(1)] / 4.0
+            for iw in range(np.uint64(2 * dy.shape[2])):
+                r1[iw] = r0[iw]
+            for iw in range(dy.shape[2] * 2, dx.shape[2]):
+                r0[iw] = 0
+                r1[iw] = 0
+        plane[dy.shape[1] * 2:, :] = 0
 
 
 def _tiled(x_shape, out: Pair, kernel: Pair, stride: Pair, padding: Pair) -> bool:
@@ -222,10 +240,12 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
     """Window sums over the zero-padded input divided by PyTorch's divisor."""
     out = _output(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     y = np.empty(x.shape[:2] + out, dtype=x.dtype)
-    if _tiled(x.shape, out, kernel_size, stride, padding):
-        _tiled_forward(_planes(x), y.reshape(-1, *out), *kernel_size)
-    else:
+    if not _tiled(x.shape, out, kernel_size, stride, padding):
         _avg_forward(_planes(x), y.reshape(-1, *out), *kernel_size, *stride, *padding, bool(count_include_pad))
+    elif kernel_size == (2, 2):
+        _tiled_2x2_forward(_planes(x), y.reshape(-1, *out))
+    else:
+        _tiled_forward(_planes(x), y.reshape(-1, *out), *kernel_size)
     return y
 
 
@@ -235,10 +255,12 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair
     """Each input cell gets dy / divisor from every window that holds it."""
     n, c, h, w = x_shape
     dx = np.empty((n * c, h, w), dtype=dy.dtype)
-    if _tiled(x_shape, dy.shape[2:], kernel_size, stride, padding):
-        _tiled_backward(_planes(dy), dx, *kernel_size)
-    else:
+    if not _tiled(x_shape, dy.shape[2:], kernel_size, stride, padding):
         _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
+    elif kernel_size == (2, 2):
+        _tiled_2x2_backward(_planes(dy), dx)
+    else:
+        _tiled_backward(_planes(dy), dx, *kernel_size)
     return dx.reshape(x_shape)
 
 
