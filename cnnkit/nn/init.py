@@ -9,8 +9,10 @@ and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -18,8 +20,8 @@ from cnnkit.nn.base import FLOAT_DTYPES, Layer, Parameter, check_float_dtype
 
 check_dtype = check_float_dtype
 """``dtype`` as the name of a float dtype layers can hold (float32, float64); a TypeError otherwise."""
-__all__ = ["FLOAT_DTYPES", "check_dtype", "manual_seed", "uniform", "kaiming_uniform", "bias_uniform", "parameter",
-           "saved"]
+__all__ = ["FLOAT_DTYPES", "check_dtype", "manual_seed", "fork_rng", "uniform", "kaiming_uniform", "bias_uniform",
+           "parameter", "saved"]
 
 _generator = np.random.default_rng(0)
 
@@ -30,6 +32,19 @@ def manual_seed(seed: int) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     _generator = np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def fork_rng() -> Iterator[None]:
+    """Within the block, layers draw from a copy of the generator; after it, the generator is as it was before
+    (``torch.random.fork_rng``'s role): building a throwaway model there changes no later model's weights."""
+    global _generator
+    kept = _generator
+    _generator = copy.deepcopy(kept)
+    try:
+        yield
+    finally:
+        _generator = kept
 
 
 def uniform(shape: Sequence[int], bound: float) -> np.ndarray:
