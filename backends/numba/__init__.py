@@ -1,10 +1,12 @@
 """Numba backend: ``@njit(parallel=True, cache=True)`` loops over NumPy arrays, float32 and float64.
 
-Importing this package does not import numba; :func:`create` does. Kernels compile on first use (tens of seconds
-per dtype) or load from numba's on-disk cache (next to the sources, or under ``NUMBA_CACHE_DIR``; well under a
-second in a new process); :func:`warmup` does either up front. Numba keys a cached kernel on its own file only:
-after editing ``conv/_loops.py``, ``reduce.py`` or ``activation.py`` (whose helpers other kernels inline or
-call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and in ``conv/``).
+Importing this package does not import numba; :func:`create` does. Kernels compile on first use (seconds each;
+the first compile in a process logs "compiling kernels (first run only) ..." on the logger
+``cnnkit.backends.numba``, see :mod:`.precompile`) or load from numba's on-disk cache (next to the sources, or
+under ``NUMBA_CACHE_DIR``; well under a second in a new process). :func:`.precompile.precompile` does either up
+front for one model's training, in two processes; :func:`warmup` for every kernel. Numba keys a cached kernel
+on its own file only: after editing ``conv/_loops.py``, ``reduce.py`` or ``activation.py`` (whose helpers other
+kernels inline or call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and in ``conv/``).
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
@@ -59,7 +61,10 @@ def _ops() -> SimpleNamespace:
 
 
 def create() -> Backend:
+    from .precompile import watch
+
     ops = _ops()
+    watch()
     _single_thread_blas()
     _keep_freed_memory()
     return Backend(

@@ -1,0 +1,251 @@
+"""First-run compiling, Numba: a notice when kernels compile, and :func:`precompile`, which compiles the kernels of
+one model's training step before training, in two processes at once.
+
+Numba compiles a kernel the first time it runs with new argument types, holding the GIL (one core), and keeps it
+in its on-disk cache; later runs load it from there. So a first run spends seconds per kernel compiling.
+
+* The notice: ``create()`` installs a numba compile-event listener (:func:`watch`). The first time a cnnkit kernel
+  actually compiles in the process (one loaded from the cache is no compile event), it logs "compiling kernels
+  (first run only) ..." at WARNING on the logger ``cnnkit.backends.numba``, which Python prints to stderr unless
+  logging is configured otherwise; ``logging.getLogger("cnnkit.backends.numba").setLevel(logging.ERROR)``
+  silences it. During :func:`precompile` it logs "compiling kernels (first run only): <seconds> s" at the end
+  instead.
+* :func:`precompile` runs one training step (forward, loss and backward in training mode, then a forward in eval
+  mode, as :func:`cnnkit.train.fit` does) of a fresh copy of the model on a random batch of the training shape,
+  so every kernel training calls is compiled or loaded with the argument types training passes. At the first
+  compile, a helper process (this module run as a script) starts on the same step from the other end: it records
+  the step's kernel calls on the NumPy backend (their inputs) and makes the same calls on this backend in reverse
+  order, the backward's last call first, so that the two meet in the middle; this process loads what the helper
+  compiled from numba's cache. The helper is ended when this process is through its step.
+
+Numba's cache writes each file atomically (a temporary file, then ``os.replace``), but adding an entry reads,
+extends and rewrites the function's index and then writes the data file: two processes adding different argument
+types of one function at the same moment could lose one or pair it with the other's data file, and a reader can
+catch an index entry before its data. So while the helper runs, both processes hold a lock on a shared file
+around numba's index updates (exclusive) and loads (shared); without ``fcntl`` (Windows) no helper starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from numba.core import caching, event
+
+from cnnkit.backends import OPS
+
+try:
+    import fcntl
+except ImportError:  # Windows: no helper process
+    fcntl = None
+
+logger = logging.getLogger("cnnkit.backends.numba")
+NOTICE = "compiling kernels (first run only)"
+Call = tuple[str, tuple, dict]
+
+
+class _Watch(event.Listener):
+    """Counts the compiles of cnnkit kernels in this process (callees compile inside their caller's event and
+    count with it) and logs the notice at the first one, or calls ``precompiling`` instead."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.noticed = False
+        self.precompiling: Callable[[], None] | None = None
+        self._depth = 0
+
+    def on_start(self, ev: event.Event) -> None:
+        self._depth += 1
+        function = getattr(ev.data.get("dispatcher"), "py_func", None)
+        if self._depth > 1 or not (getattr(function, "__module__", None) or "").startswith("cnnkit."):
+            return
+        self.count += 1
+        if self.precompiling is not None:
+            self.precompiling()
+        elif not self.noticed:
+            self.noticed = True
+            logger.warning("%s ...", NOTICE)
+
+    def on_end(self, ev: event.Event) -> None:
+        self._depth -= 1
+
+
+_WATCH: _Watch | None = None
+
+
+def watch() -> _Watch:
+    """The process's compile listener, registered with numba on the first call (``create()`` makes it)."""
+    global _WATCH
+    if _WATCH is None:
+        _WATCH = _Watch()
+        event.register("numba:compile", _WATCH)
+    return _WATCH
+
+
+# ----------------------------------------------------------------------------------------------- the step
+def _step(model: Any, batch_size: int, dtype: str, input_shape: Sequence[int]) -> None:
+    """The backend calls of a training step and an evaluation (:func:`cnnkit.train.fit`'s): forward, loss and
+    backward (no input gradient) in training mode, then a forward in eval mode, on a random batch."""
+    from cnnkit.losses import softmax_cross_entropy
+
+    be = model.backend
+    x = be.asarray(np.random.default_rng(0).standard_normal((batch_size, *input_shape)), dtype=dtype)
+    model.train()
+    _, dlogits = softmax_cross_entropy(model.forward(x), be.asarray(np.zeros(batch_size, dtype=np.int64)))
+    with model.input_grad_skipped():
+        model.backward(dlogits)
+    model.eval()
+    model.forward(x)
+
+
+def _plain(value: Any) -> bool:
+    """An argument the helper can pass on as recorded: an array, a scalar, a name, a dtype, None or a tuple of
+    ints (a shape); not what a forward keeps for its backward (batch norm's ``saved``, which differs by backend)."""
+    if isinstance(value, tuple):
+        return all(isinstance(v, int) for v in value)
+    return value is None or isinstance(value, (np.ndarray, np.dtype, type, str, int, float))
+
+
+def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: Sequence[int] | None) -> list[Call]:
+    """The kernel calls of :func:`_step` for the model ``build()`` returns, recorded on the NumPy backend (with
+    their inputs), in the helper's order: the backward's calls last first, then the forward's last first. Calls
+    with an argument that is not :func:`_plain` are left out (this process compiles those)."""
+    from cnnkit.backend import backend
+
+    numpy_backend, calls = backend("numpy"), []
+
+    def recorder(name: str) -> Callable[..., Any]:
+        def op(*args: Any, **kwargs: Any) -> Any:
+            if all(_plain(a) for a in (*args, *kwargs.values())):
+                calls.append((name, args, kwargs))
+            return getattr(numpy_backend.ops, name)(*args, **kwargs)
+        return op
+
+    ops = SimpleNamespace(**{name: recorder(name) for name in OPS})
+    model = build().to(dataclasses.replace(numpy_backend, ops=ops), dtype)
+    _step(model, batch_size, dtype, input_shape or model.input_shape)
+    backward = [call for call in calls if call[0].endswith("_backward")]
+    return backward[::-1] + [call for call in calls if not call[0].endswith("_backward")][::-1]
+
+
+# ----------------------------------------------------------------------------------------------- the helper
+@contextlib.contextmanager
+def _locked_cache(lock: str) -> Iterator[None]:
+    """Numba's cache index updates (exclusive) and loads (shared) under a lock on the file ``lock`` (see the
+    module docstring)."""
+    index = caching.IndexDataCacheFile
+    save, load = index.save, index.load
+
+    def locked(method: Callable[..., Any], mode: int) -> Callable[..., Any]:
+        def run(self: Any, *args: Any) -> Any:
+            with open(lock, "rb") as f:
+                fcntl.flock(f, mode)
+                return method(self, *args)
+        return run
+
+    index.save, index.load = locked(save, fcntl.LOCK_EX), locked(load, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        index.save, index.load = save, load
+
+
+class _Helper:
+    """Starts the helper process (once, when called) under ``stack``, which ends it."""
+
+    def __init__(self, request: bytes, stack: contextlib.ExitStack) -> None:
+        self.request, self.stack, self.started = request, stack, False
+
+    def __call__(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        lock = self.stack.enter_context(tempfile.NamedTemporaryFile(prefix="cnnkit-numba-cache-", suffix=".lock"))
+        self.stack.enter_context(_locked_cache(lock.name))
+        env = {**os.environ, "NUMBA_NUM_THREADS": "1"}  # it compiles; the kernels it runs on the side are tiny
+        try:
+            process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        except OSError as exc:  # this process compiles everything, as without a helper
+            logger.debug("no helper process: %s", exc)
+            return
+        self.stack.callback(_end, process)
+        with contextlib.suppress(BrokenPipeError):  # a helper that died at once helps nobody, and harms nothing
+            process.stdin.write(self.request + pickle.dumps(lock.name))
+            process.stdin.close()
+
+
+def _end(process: subprocess.Popen) -> None:
+    """Stop the helper if it is still at work (this process has every kernel by now) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+    process.wait()
+
+
+def _helper_request(build: Callable[[], Any], batch_size: int, dtype: str,
+                    input_shape: Sequence[int] | None) -> bytes | None:
+    """What the helper needs (pickled), or None when no helper can help: ``build`` does not pickle (a lambda), no
+    ``fcntl``, or one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if fcntl is None or cores < 2:
+        return None
+    try:
+        return pickle.dumps((build, batch_size, dtype, input_shape))
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
+
+
+def precompile(build: Callable[[], Any], batch_size: int, dtype: str = "float32",
+               input_shape: Sequence[int] | None = None) -> float:
+    """Compile (or load from numba's cache) the kernels that training the model ``build()`` returns on this
+    backend will call, with a helper process when one can help (see the module docstring); returns the seconds it
+    took and logs them when anything compiled. ``build`` makes the model; the helper makes its own from a pickled
+    copy, so it is a function of an importable module or a partial of one, such as
+    ``functools.partial(cnnkit.models.create, "lenet5")``. ``input_shape`` is one image's (default: the model's
+    ``input_shape``). The model is built under :func:`cnnkit.nn.init.fork_rng`: later models get the weights they
+    would have got."""
+    from cnnkit import nn
+
+    listener, started = watch(), time.perf_counter()
+    compiled = listener.count
+    request = _helper_request(build, batch_size, dtype, input_shape)
+    with contextlib.ExitStack() as stack:
+        listener.precompiling = _Helper(request, stack) if request is not None else (lambda: None)
+        try:
+            with nn.init.fork_rng():
+                model = build().to("numba", dtype)
+            _step(model, batch_size, dtype, input_shape or model.input_shape)
+        finally:
+            listener.precompiling = None
+    seconds = time.perf_counter() - started
+    if listener.count > compiled:
+        listener.noticed = True
+        logger.warning("%s: %.1f s", NOTICE, seconds)
+    return seconds
+
+
+def _helper_main() -> None:
+    """The helper process: read the request, record the step on NumPy, make its calls here under the lock."""
+    from cnnkit.backend import backend
+
+    stream = sys.stdin.buffer
+    build, batch_size, dtype, input_shape = pickle.load(stream)
+    lock = pickle.load(stream)
+    calls = _record(build, batch_size, dtype, input_shape)
+    ops = backend("numba").ops
+    with _locked_cache(lock):
+        for name, args, kwargs in calls:
+            getattr(ops, name)(*args, **kwargs)
+
+
+if __name__ == "__main__":
+    _helper_main()
