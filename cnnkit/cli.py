@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -71,10 +72,17 @@ def _load(name: str, split: str, root: str | None) -> Any:
     return data.load(name, split, root=root)
 
 
-def _model(name: str, num_classes: int, backend: str, dtype: str) -> Any:
+def _model(name: str, num_classes: int, backend: str, dtype: str, batch_size: int | None = None) -> Any:
+    """The model on its backend; numba with ``batch_size``: its training step's kernels compiled up front too."""
     from cnnkit import models
 
-    return models.create(name, num_classes=num_classes).to(backend, dtype)
+    model = models.create(name, num_classes=num_classes).to(backend, dtype)
+    if backend == "numba" and batch_size is not None:
+        from cnnkit.backends.numba.precompile import precompile
+
+        sys.stdout.flush()  # its notice (stderr) after what was printed
+        precompile(functools.partial(models.create, name, num_classes=num_classes), batch_size, dtype)
+    return model
 
 
 def _schedule(kind: str, optimizer: Any, epochs: int) -> Any:
@@ -149,13 +157,14 @@ def _train_loaders(args: argparse.Namespace, sets: tuple[Any, Any, Any], model: 
 
 
 def _train(args: argparse.Namespace, comm: Any) -> int:
-    from cnnkit import data, io, nn, optim, preflight, train
+    from cnnkit import data, io, nn, optim, plots, preflight, train
 
     preflight.check_train_options(args, write_check=comm is None or comm.rank == 0)
     nn.init.manual_seed(args.seed)
     train_set = _load(args.dataset, "train", args.data_root)
     test_set = _load(args.dataset, "test", args.data_root)
-    model = _model(args.model, len(train_set.classes), args.backend, args.dtype)
+    compile_for = args.batch_size if comm is None else None  # under mpiexec, each rank compiles as it goes
+    model = _model(args.model, len(train_set.classes), args.backend, args.dtype, compile_for)
     mean, std = data.channel_stats(train_set)
     val_set = None
     if args.val_fraction > 0:
@@ -188,18 +197,9 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
     print(f"test: loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f} ({result['n']} images); "
           f"training time {elapsed:.1f} s" + (f" (stopped early: {history.stopped})" if history.stopped else ""))
     if args.plots and (comm is None or comm.rank == 0):
-        _write_plots(model, history, test_loader, test_set, Path(args.out))
+        for path in plots.training_plots(model, history, test_loader, test_set.classes, args.out):
+            print(f"wrote {path}")
     return 0
-
-
-def _write_plots(model: Any, history: Any, loader: Any, dataset: Any, out: Path) -> None:
-    from cnnkit import plots, train
-
-    preds, labels = train.predict(model, loader)
-    for path in (plots.learning_curves(history, out / "learning_curves.png"),
-                 plots.confusion_matrix(labels, preds, dataset.classes, out / "confusion_matrix.png"),
-                 plots.first_layer_filters(model, out / "filters.png")):
-        print(f"wrote {path}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -239,16 +239,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     backend = args.backend or _default_backend()
     nn.init.manual_seed(args.seed)
     train_set, test_set = data.load(DEMO_DATASET, "train"), data.load(DEMO_DATASET, "test")
-    model = _model("lenet5", len(train_set.classes), backend, "float32")
+    print(f"LeNet-5 on the bundled Fashion-MNIST sample ({len(train_set)} train / {len(test_set)} test images, "
+          f"28x28 padded to 32x32), backend {backend}, {args.epochs} epoch(s) of batch {args.batch_size}, "
+          f"SGD momentum 0.9, cosine learning rate from {args.lr}")
+    model = _model("lenet5", len(train_set.classes), backend, "float32", args.batch_size)
     transform = data.prepare(train_set, model.input_shape, *data.channel_stats(train_set))
     train_loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=transform,
                                    backend=backend)
     test_loader = data.DataLoader(test_set, 500, transform=transform, backend=backend)
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     schedule = _schedule("cosine", optimizer, args.epochs)
-    print(f"LeNet-5 on the bundled Fashion-MNIST sample ({len(train_set)} train / {len(test_set)} test images, "
-          f"28x28 padded to 32x32), backend {backend}, {args.epochs} epoch(s) of batch {args.batch_size}, "
-          f"SGD momentum 0.9, cosine learning rate from {args.lr}")
     started = time.perf_counter()
     config = train.TrainConfig(epochs=args.epochs, progress=not args.no_progress, max_steps=args.steps)
     history = train.fit(model, train_loader, test_loader, optimizer=optimizer, schedule=schedule, config=config)

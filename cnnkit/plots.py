@@ -15,7 +15,7 @@ from cnnkit import io as ckio
 from cnnkit.nn.activation import Activation
 from cnnkit.nn.base import Layer, Sequential
 from cnnkit.nn.conv import Conv2d
-from cnnkit.train import eval_mode
+from cnnkit.train import eval_mode, predict
 
 
 def _figure(width: float, height: float) -> Any:
@@ -87,6 +87,16 @@ def confusion_matrix(labels: Sequence[int], preds: Sequence[int], classes: Seque
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     ax.set_title(f"confusion matrix (accuracy {accuracy:.1%}, n={counts.sum()})")
     return _save(fig, path)
+
+
+def training_plots(model: Layer, history: Iterable[dict[str, Any]], loader: Iterable, classes: Sequence[str],
+                   out: str | Path) -> list[Path]:
+    """The figures of ``cnnkit train --plots`` in the folder ``out``: learning curves, the confusion matrix of
+    ``model`` on ``loader`` and the first layer's filters; their paths."""
+    preds, labels = predict(model, loader)
+    return [learning_curves(history, Path(out) / "learning_curves.png"),
+            confusion_matrix(labels, preds, classes, Path(out) / "confusion_matrix.png"),
+            first_layer_filters(model, Path(out) / "filters.png")]
 
 
 def _grid(fig: Any, tiles: list[np.ndarray], title: str, columns: int = 8, cmap: str | None = "gray") -> None:

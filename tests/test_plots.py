@@ -66,6 +66,15 @@ def test_first_layer_filters(tmp_path, name, channels):
     assert_png(plots.first_layer_filters(model, tmp_path / f"{name}.png"))
 
 
+def test_training_plots_writes_the_three_figures_of_cnnkit_train(tmp_path):
+    images = np.random.default_rng(0).standard_normal((20, 1, 28, 28)).astype("float32")
+    loader = [(images, np.arange(20) % 10)]
+    paths = plots.training_plots(models.lenet1(), history(), loader, [str(i) for i in range(10)], tmp_path)
+    assert [p.name for p in paths] == ["learning_curves.png", "confusion_matrix.png", "filters.png"]
+    for path in paths:
+        assert_png(path)
+
+
 def test_first_layer_filters_needs_a_conv(tmp_path):
     with pytest.raises(ValueError, match="no Conv2d"):
         plots.first_layer_filters(models.lenet300_100(), tmp_path / "f.png")
