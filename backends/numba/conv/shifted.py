@@ -1,30 +1,27 @@
 """The ``shifted`` conv path (stride 1), Numba: implicit GEMM with no im2col.
 
-Forward: on the zero-padded input planes, tap (r, s) of output pixel u = oh * Wp + ow reads plane element
-u + r*dil_h*Wp + s*dil_w, so each GEMM operand row is a shifted window of a plane that stays in cache; outputs
-are computed on the padded width ("wide" grid) and the extra columns dropped.
+Every pass works on channel-major planes: x (zero-padded) and dy are laid out (C, N*Hp*Wp), every image's
+padded plane in a row (dy at its output positions and 0 elsewhere, after a zero margin as long as the largest
+tap offset). Tap (r, s) of position v then reads row element v + r*dil_h*Wp + s*dil_w: each GEMM operand row is
+a shifted window of a whole row, so every loop is one long run per channel across the batch instead of one per
+image, and tiles are long and whole vectors whatever the image size.
 
-Backward, on channel-major planes: x (zero-padded) and dy are laid out (C, N*Hp*Wp), every image's padded plane
-in a row, dy at its output positions and 0 elsewhere, after a zero margin as long as the largest tap offset.
-Tap (r, s) is then one shift of a whole row, so every loop is one long run per channel across the batch instead
-of one per image: tiles are long and aligned whatever the image size.
-
+* Forward and input gradient: one GEMM over all positions v (:func:`_tap_gemm`), the taps as they are (x read
+  at v + offset) or flipped (dy read at v - offset), keeping the real output (input) positions; the forward's
+  epilogue adds the bias and applies the activation.
 * Weight gradient: dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]), a GEMM with a small M (Kg) and a
   huge reduction, done as long dot products, 4x4 (k, tap) blocks in 16 vector accumulators (``fastmath``
   reassociation, local to that loop: the summation order is fixed by the compiled code). Partials per chunk
   of pixels, in sub-runs that stay in L2, summed in a fixed order: results do not depend on the thread count.
-* Input gradient: one GEMM over all positions v with the flipped taps (dy read at v - offset(r, s)), keeping
-  the real input positions.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ..activation import SIGMOID, act_run
+from ..activation import NONE, SIGMOID, act_run
 from ._loops import (
     MIN_TASKS,
-    MIN_TILE,
     Pads,
     Pair,
     activate_rows,
@@ -32,7 +29,6 @@ from ._loops import (
     copy_run,
     dots4x4,
     gemm,
-    padded,
     padded_plane,
     zero_run,
 )
@@ -57,67 +53,18 @@ def tap_rows(cg, r_, s_, wp, dil_h, dil_w):
     return chan, off
 
 
-# ----------------------------------------------------------------------------------------------- forward
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _shifted_conv(xp, wq, b, out, wp, r_, s_, dil_h, dil_w, tu, kind, slope):
-    """out[n, k, y, x] = act(b[k] + sum over the group's (c, r, s) of wq[g, k, (c, r, s)] *
-    xp[n, g*Cg + c, (y + r*dil_h) * wp + x + s*dil_w]): a stride-1 correlation of the padded
-    planes xp (N, C, Hp*wp), on the wide grid u = row * wp + col, tiles of tu pixels."""
-    groups, kg, rows = wq.shape
-    n_, cg = xp.shape[0], xp.shape[1] // groups
-    k_, oh_, ow_ = out.shape[1], out.shape[2], out.shape[3]
-    out_flat = out.reshape(-1)
-    u_end = (oh_ - 1) * wp + ow_
-    tiles = (u_end + tu - 1) // tu
-    chan, off = tap_rows(cg, r_, s_, wp, dil_h, dil_w)
-    for task in prange(n_ * groups * tiles):
-        n, g, tile = task // (groups * tiles), (task // tiles) % groups, task % tiles
-        ua = tile * tu
-        t = min(tu, u_end - ua)
-        acc = np.zeros((kg, tu), dtype=out.dtype)
-        arow, aoff = np.arange(kg), np.zeros(kg, dtype=np.int64)
-        gemm(wq[g], arow, aoff, xp[n], chan + g * cg, off + ua, acc, kg, rows, t)
-        whole = kind >= SIGMOID
-        flat = activate_rows(acc, t, b, g * kg, kind, slope) if whole else acc.reshape(-1)
-        for row in range(ua // wp, (ua + t - 1) // wp + 1):  # epilogue: keep the real columns, bias, act
-            lo, hi = max(row * wp, ua), min(row * wp + ow_, ua + t)
-            for k in range(kg):
-                kk = g * kg + k
-                dst, src = ((n * k_ + kk) * oh_ + row) * ow_ + lo - row * wp, k * tu + lo - ua
-                if whole:
-                    copy_run(out_flat, dst, flat, src, 1, hi - lo)
-                else:
-                    act_run(out_flat, dst, flat, src, hi - lo, b[kk], kind, slope)
-
-
-def _forward_tile(outputs: int, n: int, groups: int, oh: int, ow: int, wp: int) -> int:
-    """Wide-grid pixels per forward tile: the operand rows are windows of planes already in cache, so the
-    tile is bounded by the accumulator (ACC_ELEMS), then split evenly, into enough tiles for MIN_TASKS tasks."""
-    total = (oh - 1) * wp + ow
-    tiles = max(cdiv(total, max(MIN_TILE, ACC_ELEMS // outputs)), min(cdiv(MIN_TASKS, n * groups),
-                                                                        cdiv(total, MIN_TILE)))
-    return cdiv(total, tiles)
-
-
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
-            groups: int, kind: int, slope: float) -> None:
-    """y (N, K, OH, OW) = act(cross_correlate(x, w) + b) at stride 1; ``kind`` is the activation's code."""
-    n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
-    oh, ow = y.shape[2], y.shape[3]
-    xp, wp = padded(x, *padding)
-    _shifted_conv(xp, w.reshape(groups, k // groups, -1), b, y, wp, r, s, *dilation,
-                  _forward_tile(k // groups, n, groups, oh, ow, wp), kind, slope)
-
-
-# ----------------------------------------------------------------------------------------------- backward
+# ----------------------------------------------------------------------------------------------- layouts
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _channel_major(x, xt, front, top, left, wp, plane):
     """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
     n_, c_ = x.shape[0], x.shape[1]
+    back = front + n_ * plane
     for task in prange(c_ * n_):
         c, n = task // n_, task % n_
-        if n == 0:  # the first image's task zeroes the front margin too
+        if n == 0:  # the first and last images' tasks zero the margins too
             zero_run(xt[c], 0, front)
+        if n == n_ - 1:
+            zero_run(xt[c], back, xt.shape[1] - back)
         padded_plane(xt[c], front + n * plane, x[n, c], top, left, wp, plane)
 
 
@@ -151,31 +98,35 @@ def _tap_weight(dt, xt, part, chan, off, front, total, zero):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_data(dt, wt, dx, chan, off, front, wp, hp, top, left, tu):
-    """Stride 1: dx[n, g*Cg + c, h, w] = sum over the group's (k, r, s) of wt[g, c, (k, r, s)] *
-    dt[g*Kg + k, front + v - offset(r, s)] at the padded-grid position v = n*plane + (top + h)*wp + left + w:
-    the transposed correlation as one GEMM over all the batch's planes, tiles of tu positions."""
-    groups, cg, kd = wt.shape
-    n_, c_, h_, w_ = dx.shape
-    kg = dt.shape[0] // groups
+def _tap_gemm(src, wq, out, b, chan, boff, wp, hp, top, left, tu, kind, slope):
+    """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * src[g*Kq + chan[q],
+    boff[q] + v]) at the padded-grid position v = n*hp*wp + (top + h)*wp + left + w: one GEMM over all the
+    batch's planes, laid out channel-major in src (C, L), tiles of tu positions. The forward (x's planes,
+    boff = the taps' offsets) and the input gradient (dy's, flipped taps) are both this correlation."""
+    groups, m, kd = wq.shape
+    n_, k_, h_, w_ = out.shape
+    kq = src.shape[0] // groups
     total = n_ * hp * wp
     tiles = (total + tu - 1) // tu
-    dx_flat = dx.reshape(-1)
-    boff = front - off
+    out_flat = out.reshape(-1)
+    whole = kind >= SIGMOID
     for task in prange(groups * tiles):
         g, tile = task // tiles, task % tiles
         v0 = tile * tu
         t = min(tu, total - v0)
-        acc = np.zeros((cg, tu), dtype=dx.dtype)
-        gemm(wt[g], np.arange(cg), np.zeros(cg, dtype=np.int64), dt, chan + g * kg, boff + v0, acc, cg, kd, t)
-        flat = acc.reshape(-1)
-        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real input positions
+        acc = np.zeros((m, tu), dtype=out.dtype)
+        gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), src, chan + g * kq, boff + v0, acc, m, kd, t)
+        flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
+        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real positions: bias, activation
             n, h = row // hp, row % hp - top
             lo, hi = max(row * wp + left, v0), min(row * wp + left + w_, v0 + t)
             if 0 <= h < h_ and hi > lo:
-                for c in range(cg):
-                    copy_run(dx_flat, ((n * c_ + g * cg + c) * h_ + h) * w_ + lo - row * wp - left, flat,
-                             c * tu + lo - v0, 1, hi - lo)
+                for i in range(m):
+                    dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp - left, i * tu + lo - v0
+                    if whole:
+                        copy_run(out_flat, dst, flat, at, 1, hi - lo)
+                    else:
+                        act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
 
 
 def wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
@@ -207,17 +158,35 @@ def weight_grad(wide, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, gro
     return part.sum(axis=0).reshape(w_shape)
 
 
+def _grid_tile(positions: int, outputs: int, groups: int) -> int:
+    """Positions per :func:`_tap_gemm` tile: whole vectors, at most ACC_ELEMS accumulator elements, and at
+    least MIN_TASKS tasks."""
+    tiles = max(cdiv(positions * outputs, ACC_ELEMS), cdiv(MIN_TASKS, groups))
+    return min(cdiv(cdiv(positions, tiles), RUN_ALIGN) * RUN_ALIGN, positions)
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
+            groups: int, kind: int, slope: float) -> None:
+    """y = act(cross_correlate(x, w) + b) at stride 1 by :func:`_tap_gemm` on x's padded planes laid out
+    channel-major, every image's in a row, so the tiles are long and whole vectors whatever the image size."""
+    n, c, h, w_ = x.shape
+    k, cg, r, s = w.shape
+    hp, wp = h + padding[0] + padding[1], w_ + padding[2] + padding[3]
+    chan, off = tap_rows(cg, r, s, wp, *dilation)
+    xt = np.empty((c, n * hp * wp + off[-1]), dtype=x.dtype)
+    _channel_major(x, xt, 0, padding[0], padding[2], wp, hp * wp)
+    _tap_gemm(xt, w.reshape(groups, k // groups, -1), y, b, chan, off, wp, hp, 0, 0,
+              _grid_tile(n * hp * wp, k // groups, groups), kind, slope)
+
+
 def data_grad(wide, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
-    """Stride-1 input gradient by :func:`_tap_data` from dy as :func:`wide_dy` lays it out (``wide``): tiles of
-    whole vectors, at most ACC_ELEMS accumulator elements each, and at least MIN_TASKS tasks."""
+    """Stride-1 input gradient by :func:`_tap_gemm` from dy as :func:`wide_dy` lays it out (``wide``)."""
     dt, front, hp, wp = wide
     k, cg, r, s = w.shape
     kg = k // groups
     chan, off = tap_rows(kg, r, s, wp, *dilation)
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
-    total = x_shape[0] * hp * wp
-    tiles = max(cdiv(total * cg, ACC_ELEMS), cdiv(MIN_TASKS, groups))
-    tu = min(cdiv(cdiv(total, tiles), RUN_ALIGN) * RUN_ALIGN, total)
     dx = np.empty(x_shape, dtype=dt.dtype)
-    _tap_data(dt, wt, dx, chan, off, front, wp, hp, padding[0], padding[2], tu)
+    _tap_gemm(dt, wt, dx, np.zeros(x_shape[1], dtype=dt.dtype), chan, front - off, wp, hp, padding[0],
+              padding[2], _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
     return dx
