@@ -10,7 +10,7 @@ import pytest
 from tolerances import MODEL_REL_F32, assert_close_f64
 
 from cnnkit import functional as F
-from cnnkit import models, optim
+from cnnkit import models, nn, optim
 
 # Looser than RTOL_F64 because each step's last-bit differences (another summation order) feed into the next
 # step's weights and grow: ResNet-20's losses agree to 1e-16 at step 1 and drift to about 1.5e-10 by step 20
@@ -19,7 +19,9 @@ RTOL_TRAINING = 1e-9
 
 
 def _pair(build, dtype: str = "float64"):
-    """The same model twice (separate arrays: state dict copied): numpy float64, and numba in ``dtype``."""
+    """The same model twice (separate arrays: state dict copied): numpy float64, and numba in ``dtype``; the
+    weights are those of seed 0, whatever ran before."""
+    nn.init.manual_seed(0)
     reference = build()
     twin = build()
     twin.load_state_dict(reference.state_dict())
@@ -100,14 +102,36 @@ def test_twenty_sgd_steps_give_the_same_losses(name):
     assert losses[0][-1] != losses[0][0]  # the models did train
 
 
+def _share_relu_kinks(reference, twin) -> None:
+    """Give the float64 reference's ReLUs the float32 twin's zero pattern where the two differ. A pre-activation
+    within float32 rounding of 0 may land on either side of the kink in float32 (about one in a million does
+    here), and its gradient then differs by the whole dy there: a legitimate float32 result that a max-error
+    comparison of gradients would call wrong. Only such elements may differ (within 1e-5 of the layer's largest
+    output); then both backward passes use one mask and must agree to MODEL_REL_F32."""
+    pairs = [(r, t) for (_, r), (_, t) in zip(reference.modules(), twin.modules()) if isinstance(r, nn.ReLU)]
+    for r, t in pairs:
+        ours = np.asarray(t._y, dtype=np.float64)
+        differ = (r._y > 0) != (ours > 0)
+        assert np.all(np.abs(r._y[differ]) <= 1e-5 * np.abs(r._y).max()), "a ReLU output differs beyond rounding"
+        r._y = np.where(differ, ours, r._y)
+
+
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])
 def test_float32_step_matches_numpy_float64(name):
     """The default dtype: the numba float32 model against the numpy float64 one, within MODEL_REL_F32 as
-    max|ours - reference| / max|reference| per tensor (the whole-model rule of the PyTorch parity tests)."""
+    max|ours - reference| / max|reference| per tensor (the whole-model rule of the PyTorch parity tests), the
+    backward passes through one ReLU mask (:func:`_share_relu_kinks`)."""
     reference, twin = _pair(BUILDERS[name], "float32")
     x, labels = _batch(SHAPES[name], 6, seed=5)
-    ref = dict(zip(("logits", "loss", "dx"), _forward_backward(reference, x, labels)))
-    got = dict(zip(("logits", "loss", "dx"), _forward_backward(twin, x.astype(np.float32), labels)))
+    got, ref = {}, {}
+    for model, out, inputs in ((twin, got, x.astype(np.float32)), (reference, ref, x)):
+        be = model.backend
+        out["logits"] = model(be.asarray(inputs))
+        out["loss"], dlogits = F.softmax_cross_entropy(out["logits"], be.asarray(labels), backend=be)
+        if model is reference:
+            _share_relu_kinks(reference, twin)
+        model.zero_grad()
+        out["dx"] = model.backward(dlogits)
     ref.update({name: p.grad for name, p in reference.named_parameters()})
     got.update({name: p.grad for name, p in twin.named_parameters()})
     for key, value in ref.items():
