@@ -209,6 +209,12 @@ def activation_backward(dy, y, kind, negative_slope=LEAKY_SLOPE):
     """dx from the output y alone (so a fused conv epilogue needs nothing else); negative_slope >= 0."""
 
 
+@_op(lambda ops, make: ((make(2, 3, 8, 8), make(2, 3, 8, 8)), {"activation": "relu"}))
+def add_forward(a, b, activation=None, negative_slope=LEAKY_SLOPE):
+    """activation(a + b) elementwise, a and b of one shape and dtype (None: the plain sum): a residual block's
+    sum and the activation after it in one pass."""
+
+
 @_op(lambda ops, make: ((make(4, 10),), {}))
 def softmax_forward(x):
     """Softmax over axis 1 of an (N, C) array, numerically stable (max subtracted)."""

@@ -13,6 +13,7 @@ from cnnkit.backend import get_backend
 from cnnkit.backends import Backend, ConvGeometry, conv_output_size, pool_output_size
 from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padding, pair: public here too)
     FLOAT_DTYPES,
+    activation_kind,
     activation_name,
     check_array,
     check_dy,
@@ -246,9 +247,7 @@ def activation(x: Array, kind: str, negative_slope: float = 0.01, *,
     """Elementwise activation ``kind`` (relu, leaky_relu, sigmoid, tanh, scaled_tanh)."""
     be = _be(backend)
     check_array(be, x, "x")
-    if activation_name(kind) is None:
-        raise ValueError("kind must name an activation, got None")
-    return be.activation_forward(x, kind, negative_slope_value(negative_slope))
+    return be.activation_forward(x, activation_kind(kind), negative_slope_value(negative_slope))
 
 
 def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 0.01, *,
@@ -257,9 +256,17 @@ def activation_backward(dy: Array, y: Array, kind: str, negative_slope: float = 
     be = _be(backend)
     check_array(be, dy, "dy")
     check_like(be, y, "y", dy, "dy")
-    if activation_name(kind) is None:
-        raise ValueError("kind must name an activation, got None")
-    return be.activation_backward(dy, y, kind, negative_slope_value(negative_slope))
+    return be.activation_backward(dy, y, activation_kind(kind), negative_slope_value(negative_slope))
+
+
+def add(a: Array, b: Array, activation: str | None = None, negative_slope: float = 0.01, *,
+        backend: str | Backend | None = None) -> Array:
+    """activation(a + b) elementwise in one pass (a residual sum and the activation after it); a plain sum
+    when ``activation`` is None. a and b must have one shape and dtype."""
+    be = _be(backend)
+    check_array(be, a, "a")
+    check_like(be, b, "b", a, "a")
+    return be.add_forward(a, b, activation_name(activation), negative_slope_value(negative_slope))
 
 
 def relu(x: Array, *, backend: str | Backend | None = None) -> Array:

@@ -126,6 +126,13 @@ def activation_name(activation: str | None) -> str | None:
     return activation
 
 
+def activation_kind(kind: str) -> str:
+    """One of the contract's activations (None is an error: an activation op needs one)."""
+    if activation_name(kind) is None:
+        raise ValueError("kind must name an activation, got None")
+    return kind
+
+
 # ----------------------------------------------------------------------------------------------- convolution
 
 

@@ -591,6 +591,35 @@ class ActivationCase:
         return [self.x]
 
 
+@dataclass(frozen=True)
+class AddCase:
+    """add(a, b, activation): a = 3 N(0, 1), b = N(0, 1), so the sum crosses zero often."""
+
+    id: str
+    activation: str | None
+    x: Shape = (3, 4, 5, 6)
+    layout: str = "contiguous"
+    special: str | None = None
+
+    def inputs(self) -> tuple[Arg, Arg]:
+        """(a, b)."""
+        key = ("add", self.activation)
+        a = arg(self.x, *key, layout=self.layout, scale=3.0)
+        plant(view(a.base, self.layout), self.special, *key)
+        return a, arg(self.x, "b", *key, layout=self.layout)
+
+    @property
+    def shapes(self) -> list[Shape]:
+        return [self.x]
+
+
+ADD_CASES: list[AddCase] = unique(
+    [AddCase(f"add-{kind or 'none'}", kind) for kind in (None, *ACTIVATIONS)]
+    + [AddCase(f"add-{kind or 'none'}-nan-inf", kind, special="nan+inf") for kind in (None, "relu", "tanh")]
+    + [AddCase("add-relu-strided", "relu", layout="strided"), AddCase("add-none-odd", None, x=(1, 3, 7, 9)),
+       AddCase("add-relu-2d-transposed", "relu", x=(5, 7), layout="transposed")])
+
+
 ACTIVATION_CASES: list[ActivationCase] = unique(
     [ActivationCase(kind, kind) for kind in ACTIVATIONS]
     + [ActivationCase(f"leaky_relu-slope{s:g}", "leaky_relu", s) for s in (0.2, 0.3, 0.02, 0.0)]
@@ -759,8 +788,8 @@ DROPOUT_CASES: list[DropoutCase] = unique(
 
 ALL_CASES: dict[str, list] = {
     "conv": CONV_CASES, "max_pool": MAX_POOL_CASES, "avg_pool": AVG_POOL_CASES, "lp_pool": LP_POOL_CASES,
-    "activation": ACTIVATION_CASES, "softmax": SOFTMAX_CASES, "cross_entropy": CROSS_ENTROPY_CASES,
-    "batch_norm": BATCH_NORM_CASES, "dropout": DROPOUT_CASES,
+    "activation": ACTIVATION_CASES, "add": ADD_CASES, "softmax": SOFTMAX_CASES,
+    "cross_entropy": CROSS_ENTROPY_CASES, "batch_norm": BATCH_NORM_CASES, "dropout": DROPOUT_CASES,
 }
 
 

@@ -145,6 +145,17 @@ def test_unknown_fused_activation(xw):
         F.conv2d(*xw, activation="gelu", backend=BE)
 
 
+def test_add_needs_one_shape_one_dtype_and_a_known_activation():
+    a = np.zeros((2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"b must have the shape of a, \(2, 3, 4, 4\); got \(2, 3, 4\)"):
+        F.add(a, np.zeros((2, 3, 4)), backend=BE)
+    with pytest.raises(TypeError, match=r"b has dtype float32 but a has float64"):
+        F.add(a, a.astype(np.float32), backend=BE)
+    with pytest.raises(ValueError, match=r"activation must be None or one of .*got 'gelu'"):
+        F.add(a, a, "gelu", backend=BE)
+    np.testing.assert_array_equal(F.add(a - 1, a, "relu", backend=BE), a)
+
+
 def test_empty_batch(xw):
     with pytest.raises(ValueError, match=r"x must hold at least one sample"):
         F.conv2d(np.zeros((0, 4, 6, 6)), xw[1], backend=BE)

@@ -215,6 +215,55 @@ def test_sequential_with_fusion_gradients():
     gradcheck_layer(model, _rng("seq").standard_normal((2, 1, 8, 8)), "sequential")
 
 
+def _residual_block(backend: str = "numpy", dtype: str = "float64", projection: bool = False) -> nn.Sequential:
+    """A ResNet basic block with its closing ReLU: Sequential(Residual(body, projection), ReLU())."""
+    nn.init.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(2, 4 if projection else 2, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4 if projection else 2, 4 if projection else 2, 3, padding=1))
+    shortcut = nn.Conv2d(2, 4, 1) if projection else None
+    return nn.Sequential(nn.Residual(body, shortcut), nn.ReLU()).to(backend, dtype=dtype)
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_residual_sum_fused_with_the_relu_after_it(projection, monkeypatch):
+    model = _residual_block(projection=projection)
+    block, act = model[0], model[1]
+    fused = []
+    monkeypatch.setattr(block, "fuse_activation", lambda x, kind, _f=block.fuse_activation:
+                        fused.append(kind) or _f(x, kind))
+    rng = _rng("residual-fuse", projection)
+    x = rng.standard_normal((2, 2, 5, 5))
+    y = model(x)
+    assert fused == ["relu"]
+    dy = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+
+    y_ref = act.forward(block.forward(x))           # the two layers one after the other, never fused
+    model.zero_grad()
+    dx_ref = block.backward(act.backward(dy))
+    assert_close_f64(y, y_ref, "forward")
+    assert_close_f64(dx, dx_ref, "dx")
+    for name, p in model.named_parameters():
+        assert_close_f64(grads[name], p.grad, name)
+    gradcheck_layer(model, x, f"residual-relu-{projection}")
+
+
+@pytest.mark.parametrize("backend", ["numba", pytest.param("cudasim", marks=pytest.mark.cudasim)])
+def test_residual_fusion_float32_on_backend(backend):
+    from cnnkit.backend import backend as get_backend
+
+    be = get_backend(backend)
+    x = _rng("residual32").standard_normal((2, 2, 5, 5))
+    model, ref = _residual_block(backend, "float32", projection=True), _residual_block(projection=True)
+    y = model(be.asarray(x.astype(np.float32)))
+    assert_close_f32(be.to_numpy(y), ref(x), f"{backend} residual forward")
+    dy = _rng("residual32-dy").standard_normal(y.shape)
+    assert_close_f32(be.to_numpy(model.backward(be.asarray(dy.astype(np.float32)))), ref.backward(dy),
+                     f"{backend} residual dx")
+
+
 FOLD_CASES = {  # (conv kwargs, batch-norm affine, activation after the norm)
     "bias-relu": ({"bias": True}, True, nn.ReLU),
     "no-bias-relu": ({"bias": False}, True, nn.ReLU),

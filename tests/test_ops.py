@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from op_cases import (
     ACTIVATION_CASES,
+    ADD_CASES,
     ALL_CASES,
     AVG_POOL_CASES,
     BATCH_NORM_CASES,
@@ -205,6 +206,19 @@ def test_activation_backward(target, case):
         dx_ref = F.activation_backward(dy.ref, y.astype(np.float64), case.kind, case.slope, backend=REF)
         dx = F.activation_backward(target.put(dy), target.be.asarray(y), case.kind, case.slope, backend=target.be)
     assert_close_act(target.host(dx, "dx"), dx_ref, target.dtype, "dx", gradient=True)
+
+
+@pytest.mark.parametrize("case", ADD_CASES, ids=ids(ADD_CASES))
+def test_add(target, case):
+    """The residual sum with the activation after it, in one pass."""
+    a, b = case.inputs()
+    with _quiet(case):
+        y_ref = F.add(a.ref, b.ref, case.activation, backend=REF)
+        ab, bb = target.put(a), target.put(b)
+        y = F.add(ab, bb, case.activation, backend=target.be)
+    assert_close_act(target.host(y, "y"), y_ref, target.dtype, "y")
+    target.unchanged(ab, a, "a")
+    target.unchanged(bb, b, "b")
 
 
 @pytest.mark.parametrize("case", SOFTMAX_CASES, ids=ids(SOFTMAX_CASES))

@@ -20,6 +20,17 @@ def activation_forward(x: Any, kind: str, negative_slope: float = LEAKY_SLOPE) -
 
 
 @implements("cupy")
+def add_forward(a: Any, b: Any, activation: str | None = None, negative_slope: float = LEAKY_SLOPE) -> Any:
+    """activation(a + b) elementwise; the plain sum when ``activation`` is None."""
+    xp = array_module()
+    a, b = as_f32(a, "a"), as_f32(b, "b")
+    y = xp.empty_like(a)
+    launch("activation", "add_activation_fwd", blocks(a.size), THREADS, a, b, y, *i32(a.size, ACT_CODES[activation]),
+           f32(negative_slope))
+    return y
+
+
+@implements("cupy")
 def activation_backward(dy: Any, y: Any, kind: str | None, negative_slope: float = LEAKY_SLOPE) -> Any:
     """dx from dy and the forward's output y."""
     xp = array_module()

@@ -192,6 +192,29 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_S
     return y.reshape(x.shape)
 
 
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _add(a, b, y, kind, slope, zero):
+    """y = kind(a + b) over flat arrays, block by block: the sum into a block buffer, then the activation."""
+    for blk in prange((y.size + _BLOCK - 1) // _BLOCK):
+        start, count = blk * _BLOCK, min(_BLOCK, y.size - blk * _BLOCK)
+        total = np.empty(count, dtype=y.dtype)
+        o = np.uint64(start)
+        for u in range(np.uint64(count)):  # unsigned indices: no wraparound checks, so the loop vectorises
+            total[u] = a[o + u] + b[o + u]
+        act_run(y, start, total, 0, count, zero, kind, slope)
+
+
+@implements("numba")
+def add_forward(a: np.ndarray, b: np.ndarray, activation: str | None = None,
+                negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
+    """activation(a + b) elementwise in one parallel pass; the plain sum when ``activation`` is None."""
+    af = np.ascontiguousarray(a).reshape(-1)
+    y = np.empty_like(af)
+    _add(af, np.ascontiguousarray(b, dtype=af.dtype).reshape(-1), y, code(activation), float(negative_slope),
+         af.dtype.type(0))
+    return y.reshape(a.shape)
+
+
 @implements("numba")
 def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """dx from dy and the output y."""

@@ -29,6 +29,14 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_S
 
 
 @implements("numpy")
+def add_forward(a: np.ndarray, b: np.ndarray, activation: str | None = None,
+                negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
+    """activation(a + b) elementwise; the plain sum when ``activation`` is None."""
+    total = a + b
+    return total if activation is None else activation_forward(total, activation, negative_slope)
+
+
+@implements("numpy")
 def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """dx from dy and the output y: the derivative of each activation written in terms of y."""
     if kind == "relu":         # y <= 0, not "not y > 0": a NaN passes dy on, as PyTorch's threshold_backward

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnkit import functional as F
 from cnnkit.nn.base import Layer
 
 Array = Any
@@ -26,16 +27,24 @@ class Residual(Layer):
         self.projection = projection
 
     def forward(self, x: Array) -> Array:
+        return self._sum(x, None)
+
+    def fuse_activation(self, x: Array, kind: str) -> Array:
+        """activation(body(x) + shortcut) in one pass (Sequential hands over the activation that follows)."""
+        return self._sum(x, kind)
+
+    def _sum(self, x: Array, kind: str | None) -> Array:
         shortcut = x if self.projection is None else self.projection(x)
         y = self.body(x)
         if y.shape != shortcut.shape:
             raise ValueError(f"residual branches disagree: body gives {tuple(y.shape)}, the shortcut gives "
                              f"{tuple(shortcut.shape)}; add a projection that maps x to the body's output shape")
-        return y + shortcut
+        return F.add(y, shortcut, kind, backend=self.backend)
 
     def backward(self, dy: Array) -> Array:
+        """dy is the gradient of the sum (a fused activation's backward has already run)."""
         dx = self.body.backward(dy)
-        return dx + (dy if self.projection is None else self.projection.backward(dy))
+        return F.add(dx, dy if self.projection is None else self.projection.backward(dy), backend=self.backend)
 
 
 class ZeroPadShortcut(Layer):

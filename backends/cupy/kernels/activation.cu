@@ -13,6 +13,13 @@ extern "C" __global__ void activation_fwd(const float* __restrict__ x, float* __
     if (i < n) y[i] = activate(act, x[i], slope);
 }
 
+// y = act(a + b): a residual block's sum and the activation after it in one pass.
+extern "C" __global__ void add_activation_fwd(const float* __restrict__ a, const float* __restrict__ b,
+                                              float* __restrict__ y, int n, int act, float slope) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = activate(act, a[i] + b[i], slope);
+}
+
 extern "C" __global__ void activation_bwd(const float* __restrict__ dy, const float* __restrict__ y,
                                           float* __restrict__ dx, int n, int act, float slope) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
