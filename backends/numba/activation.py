@@ -112,7 +112,7 @@ def sigmoid(x):
 
 
 # ----------------------------------------------------------------------------------------------- runs
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def act_run(dst, d0, src, s0, count, bias, kind, slope):
     """dst[d0 + u] = kind(src[s0 + u] + bias) for u < count (the sum in the arrays' dtype, the activation in
     float64); one loop per kind, unsigned indices."""
