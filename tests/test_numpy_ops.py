@@ -232,6 +232,7 @@ def _every_op(x: np.ndarray):
     yact = OP.activation_forward(x, "sigmoid")
     yield "activation_forward", [yact]
     yield "activation_backward", [OP.activation_backward(x, yact, "sigmoid")]
+    yield "add_forward", [OP.add_forward(x, yact, "relu")]
     z = x.reshape(x.shape[0], -1)
     ys, yls = OP.softmax_forward(z), OP.log_softmax_forward(z)
     yield "softmax_forward", [ys]
