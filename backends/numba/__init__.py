@@ -5,8 +5,9 @@ the first compile in a process logs "compiling kernels (first run only) ..." on 
 ``cnnkit.backends.numba``, see :mod:`.precompile`) or load from numba's on-disk cache (next to the sources, or
 under ``NUMBA_CACHE_DIR``; well under a second in a new process). :func:`.precompile.precompile` does either up
 front for one model's training, in two processes; :func:`warmup` for every kernel. Numba keys a cached kernel
-on its own file only: after editing ``conv/_loops.py``, ``reduce.py`` or ``activation.py`` (whose helpers other
-kernels inline or call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and in ``conv/``).
+on its own file only: after editing ``conv/_loops.py``, ``conv/simd.py``, ``reduce.py`` or ``activation.py``
+(whose helpers other kernels inline or call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and
+in ``conv/``).
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
