@@ -1,7 +1,8 @@
 """First-run compiling on numba (cnnkit.backends.numba.precompile): the notice appears exactly when kernels compile
 (subprocesses on a fresh NUMBA_CACHE_DIR), not when they load from the cache or its logger is silenced;
-precompile leaves nothing for training to compile, and the helper process caches the very signatures the step
-uses. The model is LeNet-300-100: its only kernels are the ReLU forward and backward (seconds to compile)."""
+precompile leaves nothing for training to compile, the helper process caches the very signatures the step uses,
+and it comes back later to a call whose kernel the main process is compiling. The model is LeNet-300-100: its
+only kernels are the ReLU forward and backward (seconds to compile)."""
 from __future__ import annotations
 
 import functools
@@ -57,12 +58,36 @@ def test_precompile_says_so_exactly_when_kernels_compile(tmp_path):
 
 
 def test_helper_caches_the_signatures_of_the_step(tmp_path):
-    lock = tmp_path / "lock"
-    lock.touch()
-    request = pickle.dumps((BUILD, BATCH, "float32", None)) + pickle.dumps(str(lock))
+    pc._prepare(str(tmp_path))
+    request = pickle.dumps((BUILD, BATCH, "float32", None)) + pickle.dumps(str(tmp_path))
     _run(tmp_path / "cache", "-m", pc.__name__, stdin=request)
     after = _run(tmp_path / "cache", "-c", STEP)
     assert NOTICE not in after.stderr.decode()  # everything loaded from what the helper compiled
+
+
+def test_helper_comes_back_to_a_call_whose_kernel_the_main_process_is_compiling(tmp_path):
+    pc._prepare(str(tmp_path))
+    compiling = tmp_path / "main" / "kernel"  # the main process's marker
+    compiling.touch()
+    made = []
+
+    def needs_it(x):
+        if compiling.exists():
+            (tmp_path / "helper" / "caller").touch()  # the helper's own compile, given up with the call
+            raise pc._Busy(str(compiling))
+        made.append(x)
+
+    def other(x):
+        made.append(x)
+        compiling.unlink()  # the main process saved the kernel meanwhile
+
+    def broken(x):
+        raise ValueError("the main process reports this")
+
+    ops = SimpleNamespace(needs_it=needs_it, other=other, broken=broken)
+    pc._replay([("needs_it", (1,), {}), ("broken", (2,), {}), ("other", (3,), {})], ops, str(tmp_path / "helper"))
+    assert made == [3, 1]
+    assert not list((tmp_path / "helper").iterdir())
 
 
 def _event(function) -> SimpleNamespace:

@@ -18,16 +18,21 @@ in its on-disk cache; later runs load it from there. So a first run spends secon
   order, the backward's last call first, so that the two meet in the middle; this process loads what the helper
   compiled from numba's cache. The helper is ended when this process is through its step.
 
-Numba's cache writes each file atomically (a temporary file, then ``os.replace``), but adding an entry reads,
-extends and rewrites the function's index and then writes the data file: two processes adding different argument
-types of one function at the same moment could lose one or pair it with the other's data file, and a reader can
-catch an index entry before its data. So while the helper runs, both processes hold a lock on a shared file
-around numba's index updates (exclusive) and loads (shared); without ``fcntl`` (Windows) no helper starts.
+The two share numba's cache through a temporary folder. Numba writes each cache file atomically (a temporary
+file, then ``os.replace``), but adding an entry reads, extends and rewrites the function's index and then writes
+the data file: two processes adding different argument types of one function at the same moment could lose one or
+pair it with the other's data file, and a reader can catch an index entry before its data. So both hold a lock
+on a file there around numba's index updates (exclusive) and loads (shared). And neither compiles what the other
+is compiling: a process marks each kernel from its cache miss to its save; when this process needs a kernel
+the helper has marked, it waits for it and loads it; when the helper needs one this process has marked, it gives
+the call up and comes back to it after the others. Without ``fcntl`` (Windows), or on one core, no helper starts.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import pickle
@@ -50,6 +55,7 @@ except ImportError:  # Windows: no helper process
 
 logger = logging.getLogger("cnnkit.backends.numba")
 NOTICE = "compiling kernels (first run only)"
+WAIT_LIMIT = 60.0  # seconds the main process waits at most for a kernel the helper is compiling
 Call = tuple[str, tuple, dict]
 
 
@@ -138,50 +144,87 @@ def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: 
 
 
 # ----------------------------------------------------------------------------------------------- the helper
+class _Busy(Exception):
+    """The main process is compiling a kernel the helper's call needs: the helper comes back to the call later."""
+
+
+def _prepare(folder: str) -> None:
+    """The shared folder's contents: the lock file and a folder of markers per process."""
+    for name in ("main", "helper"):
+        os.mkdir(os.path.join(folder, name))
+    open(os.path.join(folder, "lock"), "wb").close()
+
+
 @contextlib.contextmanager
-def _locked_cache(lock: str) -> Iterator[None]:
-    """Numba's cache index updates (exclusive) and loads (shared) under a lock on the file ``lock`` (see the
-    module docstring)."""
+def _shared_cache(folder: str, me: str, other: str, busy: Callable[[str], None]) -> Iterator[None]:
+    """Numba's cache shared by the two processes (see the module docstring): index updates (exclusive) and loads
+    (shared) under a lock on ``folder/lock``; a marker file in ``folder/me`` from a load that misses (this process
+    now compiles the kernel) to its save; a load of a kernel marked in ``folder/other`` calls ``busy(marker)``
+    first."""
     index = caching.IndexDataCacheFile
-    save, load = index.save, index.load
+    load, save = index.load, index.save
 
-    def locked(method: Callable[..., Any], mode: int) -> Callable[..., Any]:
-        def run(self: Any, *args: Any) -> Any:
-            with open(lock, "rb") as f:
-                fcntl.flock(f, mode)
-                return method(self, *args)
-        return run
+    def marker(cache: Any, key: Any, who: str) -> str:
+        return os.path.join(folder, who, hashlib.sha1(f"{cache._index_path} {key}".encode()).hexdigest())
 
-    index.save, index.load = locked(save, fcntl.LOCK_EX), locked(load, fcntl.LOCK_SH)
+    def locked(mode: int, method: Callable[..., Any], *args: Any) -> Any:
+        with open(os.path.join(folder, "lock"), "rb") as f:
+            fcntl.flock(f, mode)
+            return method(*args)
+
+    def shared_load(cache: Any, key: Any) -> Any:
+        if os.path.exists(marker(cache, key, other)):
+            busy(marker(cache, key, other))
+        found = locked(fcntl.LOCK_SH, load, cache, key)
+        if found is None:
+            open(marker(cache, key, me), "wb").close()
+        return found
+
+    def shared_save(cache: Any, key: Any, data: Any) -> None:
+        locked(fcntl.LOCK_EX, save, cache, key, data)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(marker(cache, key, me))
+
+    index.load, index.save = shared_load, shared_save
     try:
         yield
     finally:
-        index.save, index.load = save, load
+        index.load, index.save = load, save
 
 
 class _Helper:
-    """Starts the helper process (once, when called) under ``stack``, which ends it."""
+    """The main process's side: the shared folder, the helper process (started once, when called, under
+    ``stack``, which ends it) and :meth:`wait`."""
 
     def __init__(self, request: bytes, stack: contextlib.ExitStack) -> None:
-        self.request, self.stack, self.started = request, stack, False
+        self.request, self.stack, self.started, self.process = request, stack, False, None
+        self.folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="cnnkit-numba-"))
+        _prepare(self.folder)
+        stack.enter_context(_shared_cache(self.folder, "main", "helper", self.wait))
 
     def __call__(self) -> None:
         if self.started:
             return
         self.started = True
-        lock = self.stack.enter_context(tempfile.NamedTemporaryFile(prefix="cnnkit-numba-cache-", suffix=".lock"))
-        self.stack.enter_context(_locked_cache(lock.name))
         env = {**os.environ, "NUMBA_NUM_THREADS": "1"}  # it compiles; the kernels it runs on the side are tiny
         try:
-            process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         except OSError as exc:  # this process compiles everything, as without a helper
             logger.debug("no helper process: %s", exc)
             return
-        self.stack.callback(_end, process)
+        self.stack.callback(_end, self.process)
         with contextlib.suppress(BrokenPipeError):  # a helper that died at once helps nobody, and harms nothing
-            process.stdin.write(self.request + pickle.dumps(lock.name))
-            process.stdin.close()
+            self.process.stdin.write(self.request + pickle.dumps(self.folder))
+            self.process.stdin.close()
+
+    def wait(self, marker: str) -> None:
+        """The helper is compiling a kernel this process needs: wait until it has saved it (then this process
+        loads it) rather than compile it too; at most WAIT_LIMIT seconds, and not after the helper has ended."""
+        deadline = time.monotonic() + WAIT_LIMIT
+        while (os.path.exists(marker) and self.process is not None and self.process.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
 
 
 def _end(process: subprocess.Popen) -> None:
@@ -234,17 +277,41 @@ def precompile(build: Callable[[], Any], batch_size: int, dtype: str = "float32"
 
 
 def _helper_main() -> None:
-    """The helper process: read the request, record the step on NumPy, make its calls here under the lock."""
+    """The helper process: read the request, record the step on NumPy, make its calls here (:func:`_replay`)."""
     from cnnkit.backend import backend
 
-    stream = sys.stdin.buffer
-    build, batch_size, dtype, input_shape = pickle.load(stream)
-    lock = pickle.load(stream)
+    build, batch_size, dtype, input_shape = pickle.load(sys.stdin.buffer)
+    folder = pickle.load(sys.stdin.buffer)
     calls = _record(build, batch_size, dtype, input_shape)
-    ops = backend("numba").ops
-    with _locked_cache(lock):
-        for name, args, kwargs in calls:
+    with _shared_cache(folder, "helper", "main", _give_up):
+        _replay(calls, backend("numba").ops, os.path.join(folder, "helper"))
+
+
+def _give_up(marker: str) -> None:
+    raise _Busy(marker)
+
+
+def _replay(calls: list[Call], ops: SimpleNamespace, markers: str) -> None:
+    """Make ``calls`` in order. A call that needs a kernel the main process is compiling is given up (numba
+    propagates :class:`_Busy` out of the compile, caching no failure) and goes to the back of the queue until
+    that kernel is saved; when every call left waits so, the helper waits a moment. A call that fails otherwise is
+    left to the main process, which reports the error."""
+    queue: collections.deque[tuple[Call, str | None]] = collections.deque((call, None) for call in calls)
+    while queue:
+        call, blocker = queue.popleft()
+        if blocker is not None and os.path.exists(blocker):
+            queue.append((call, blocker))
+            if all(b is not None and os.path.exists(b) for _, b in queue):
+                time.sleep(0.05)
+            continue
+        name, args, kwargs = call
+        try:
             getattr(ops, name)(*args, **kwargs)
+        except Exception as exc:
+            for marker in os.listdir(markers):  # the compiles it gave up will not be saved
+                os.remove(os.path.join(markers, marker))
+            if isinstance(exc, _Busy):
+                queue.append((call, exc.args[0]))
 
 
 if __name__ == "__main__":
