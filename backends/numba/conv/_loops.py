@@ -58,7 +58,8 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     fit, panel by panel of b (WIDE vectors wide, PANEL_DEPTH rows deep: it stays in L1 for every row tile):
     TALL x WIDE tiles, a SHORT one for the rows left over, NARROW ones for the columns left over; the rest in
     the block loops of :func:`gemm_blocks`."""
-    done = 0
+    zero = np.int64(0)  # not the literal 0, for which numba would compile gemm_blocks once more
+    done = zero
     if tile_fits(a, b, c) and kd > 0:
         lane = lanes(c)
         wide, narrow = t - t % (WIDE * lane), t - t % lane
@@ -77,9 +78,9 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
                             fma_tile_narrow(c, a, arow, aoff, b, brow, boff, i, jn, q0, q1)
                         if short > tall:
                             fma_tile_short_narrow(c, a, arow, aoff, b, brow, boff, tall, jn, q0, q1)
-        gemm_blocks(a, arow, aoff, b, brow, boff, c, 0, short, kd, narrow, t)
+        gemm_blocks(a, arow, aoff, b, brow, boff, c, zero, short, kd, narrow, t)
         done = short
-    gemm_blocks(a, arow, aoff, b, brow, boff, c, done, m, kd, 0, t)
+    gemm_blocks(a, arow, aoff, b, brow, boff, c, done, m, kd, zero, t)
 
 
 @njit(cache=True, fastmath=FMA, error_model="numpy")
