@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnkit.bench.report import _cpu_name
+from cnnkit.bench.report import _cpu_name, aligned_lines
 
 TIMEOUT_S = 900
 """Seconds one ``mpiexec`` launch may take before the bench gives up on it."""
@@ -91,14 +91,9 @@ def run_distributed(args: argparse.Namespace, backends: list[str]) -> int:
 def format_table(rows: list[dict], machine: dict) -> str:
     """The rows as an aligned text table under a line saying where they were measured."""
     cells = [HEADERS] + [tuple(fmt.format(row[key]) for key, fmt in COLUMNS) for row in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
-    lines = [f"{machine['processor']}, {machine['cpu_count']} cores; one thread per rank; allreduce = "
-             "allreduce_gradients (host copies included) timed alone after a barrier; images/s of all ranks"]
-    for i, c in enumerate(cells):
-        lines.append("  ".join(v.ljust(w) if j < 3 else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths))))
-        if i == 0:
-            lines.append("-" * len(lines[-1]))
-    return "\n".join(lines)
+    return "\n".join([f"{machine['processor']}, {machine['cpu_count']} cores; one thread per rank; allreduce = "
+                      "allreduce_gradients (host copies included) timed alone after a barrier; images/s of all "
+                      "ranks"] + aligned_lines(cells, left=3))
 
 
 # ------------------------------------------------------------------------------------------------ on every rank
@@ -118,31 +113,17 @@ def worker(config_path: str) -> None:
 def _time_case(comm: Any, name: str, batch: int, backend: str, config: dict) -> dict:
     """The result row of model ``name`` at ``batch`` per rank on ``backend``."""
     from cnnkit import distributed
-    from cnnkit.bench.steps import LR, MOMENTUM, build_model, num_classes, random_batch
-    from cnnkit.losses import softmax_cross_entropy
-    from cnnkit.optim import SGD
+    from cnnkit.bench.steps import build_model, cnnkit_step, num_classes, random_batch
 
     model = build_model(name, backend)
     distributed.broadcast_parameters(model, comm)
-    be = model.backend
     x, labels = random_batch(tuple(model.input_shape), batch, num_classes(model), seed=comm.rank)
-    xb, yb = be.asarray(x), be.asarray(labels)
-    opt = SGD(model, lr=LR, momentum=MOMENTUM)
-    model.train()
 
     def allreduce() -> None:
         distributed.allreduce_gradients(model, comm, count=batch)
-        be.synchronize()
+        model.backend.synchronize()
 
-    def step() -> None:
-        opt.zero_grad()
-        _, dlogits = softmax_cross_entropy(model(xb), yb, backend=be)
-        with model.input_grad_skipped():
-            model.backward(dlogits)
-        allreduce()
-        opt.step()
-        be.synchronize()
-
+    step = cnnkit_step(model, x, labels, "train", before_update=allreduce)
     step_s = _median_time(comm, step, config)
     allreduce_s = _median_time(comm, allreduce, config) if comm.size > 1 else 0.0
     return {"model": name, "batch": batch, "backend": backend, "ranks": comm.size, "step_ms": 1e3 * step_s,

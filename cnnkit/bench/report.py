@@ -21,7 +21,6 @@ def format_table(rows: list[dict], machine: dict) -> str:
     """The results as an aligned text table, with the machine line above and the notes below."""
     cells = [HEADERS] + [tuple("-" if row[key] is None else fmt.format(row[key]) for key, fmt in COLUMNS)
                          for row in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
     fma = machine.get("fma_peak_gflops")
     lines = [f"device: {machine['device']} ({machine['processor']}), {machine['threads']} CPU threads, measured "
              + ("" if fma is None else f"float32 FMA peak {fma:.1f} GFLOP/s, ")
@@ -29,13 +28,22 @@ def format_table(rows: list[dict], machine: dict) -> str:
              "vs torch: PyTorch eager time / this engine's time (above 1 = faster than PyTorch eager)",
              "GFLOP/s: the model's conv/linear FLOPs (cnnkit.analysis.flops) per second; % peak: of the "
              f"measured {machine['peak_kind']} peak (a machine busier during the peak test can exceed 100%)"]
-    for i, c in enumerate(cells):
-        padded = [v.ljust(w) if j < 4 else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths, strict=True))]
-        lines.append("  ".join(padded))
-        if i == 0:
-            lines.append("-" * len(lines[-1]))
+    lines += aligned_lines(cells, left=4)
     notes = sorted({f"{row['engine']}: {row['note']}" for row in rows if row["note"]})
     return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def aligned_lines(cells: list[tuple[str, ...]], left: int) -> list[str]:
+    """``cells`` (the header row first) as aligned text lines, the first ``left`` columns left-aligned and the
+    others right-aligned, with a rule under the header."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join(v.ljust(w) if j < left else v.rjust(w)
+                               for j, (v, w) in enumerate(zip(c, widths, strict=True))))
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    return lines
 
 
 def write_chart(rows: list[dict], machine: dict, path: Path) -> str | None:

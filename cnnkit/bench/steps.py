@@ -38,8 +38,10 @@ def random_batch(input_shape: tuple[int, ...], batch: int, num_classes: int,
     return x, rng.integers(0, num_classes, size=batch).astype(np.int64)
 
 
-def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str) -> Step:
-    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD.
+def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
+                before_update: Callable[[], None] | None = None) -> Step:
+    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD, with
+    ``before_update`` (e.g. a gradient allreduce) between the backward and the SGD update.
 
     The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time.
     """
@@ -64,6 +66,8 @@ def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str) -> Ste
         _, dlogits = softmax_cross_entropy(model(xb), yb, backend=be)
         with model.input_grad_skipped():  # as PyTorch, which computes no gradient for the input batch
             model.backward(dlogits)
+        if before_update is not None:
+            before_update()
         opt.step()
         be.synchronize()
     return train
