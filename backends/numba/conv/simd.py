@@ -50,10 +50,15 @@ def tile_fits(a, b, c) -> bool:
     return False
 
 
+def _tileable(a, b, c) -> bool:
+    """The Numba types of a, b, c are 2-D C-contiguous arrays of one float dtype."""
+    return all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype
+               for x in (a, b, c)) and c.dtype in (types.float32, types.float64)
+
+
 @overload(tile_fits)
 def _tile_fits(a, b, c):
-    fits = all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype
-               for x in (a, b, c)) and c.dtype in (types.float32, types.float64)
+    fits = _tileable(a, b, c)
     return lambda a, b, c: fits
 
 
@@ -77,10 +82,9 @@ def _tile(rows: int, vectors: int):
 
 def _signature(c, a, arow, aoff, b, brow, boff):
     index = types.Array(types.int64, 1, "C")
-    if not all(x == index for x in (arow, aoff, brow, boff)) or not all(
-            isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and x.dtype == c.dtype for x in (a, b, c)):
-        raise numba.core.errors.TypingError("fma_tile needs 2-D C-contiguous a, b, c of one dtype and int64 "
-                                            "C-contiguous row and offset vectors")
+    if not all(x == index for x in (arow, aoff, brow, boff)) or not _tileable(a, b, c):
+        raise numba.core.errors.TypingError("fma_tile needs 2-D C-contiguous a, b, c of one float dtype and "
+                                            "int64 C-contiguous row and offset vectors")
     return types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp, types.intp)
 
 
