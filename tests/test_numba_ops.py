@@ -226,7 +226,8 @@ def test_results_do_not_depend_on_the_thread_count(path, stride):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, kd, t", [(8, 1, 48), (16, 37, 64), (13, 20, 70), (7, 9, 40), (24, 5, 31), (9, 3, 100),
-                                     (6, 25, 131), (4, 2, 16), (12, 300, 97)])
+                                     (6, 25, 131), (4, 2, 16), (12, 300, 97),
+                                     (14, 11, 50)])
 def test_gemm_register_tiles_and_edges(m, kd, t, dtype):
     """The matmul every path shares: the register tiles of simd.py (full, short, narrow) plus the block loops on
     the rows and columns left over, with shifted operand rows and a nonzero c, against the formula in float64."""

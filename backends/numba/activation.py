@@ -17,6 +17,8 @@ from numba import njit, prange
 
 from cnnkit.backends import ACTIVATION_CODES, ACTIVATIONS, LEAKY_SLOPE, SCALED_TANH_A, SCALED_TANH_S, implements
 
+from .vectors import tanh32_vectors
+
 CODES = ACTIVATION_CODES
 NONE, RELU, LEAKY_RELU, SIGMOID, TANH, SCALED_TANH = (CODES[k] for k in (None, *ACTIVATIONS))
 _A, _S = SCALED_TANH_A, SCALED_TANH_S
@@ -134,7 +136,8 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
         a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
         if dst.itemsize == 4:  # float32 output: tanh in float32 arithmetic (a loop of its own, so both vectorise)
             a32, sc32 = _F32(a), _F32(sc)
-            for u in range(n):
+            done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), a32, sc32))  # whole vectors
+            for u in range(done, n):
                 dst[d + u] = a32 * tanh32(sc32 * _F32(src[o + u] + bias))
         else:
             for u in range(n):

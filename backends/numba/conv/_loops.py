@@ -17,12 +17,15 @@ from cnnkit.backends import conv_output_size
 from ..activation import act_run
 from .simd import (
     SHORT,
+    SIX,
     TALL,
     WIDE,
     fma_tile,
     fma_tile_narrow,
     fma_tile_short,
     fma_tile_short_narrow,
+    fma_tile_six,
+    fma_tile_six_narrow,
     lanes,
     tile_fits,
 )
@@ -56,27 +59,33 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
     The row/offset vectors let an operand row be a shifted window of a padded image row (the implicit-GEMM
     convolution) or an ordinary matrix row (identity rows, zero offsets). Register tiles (simd.py) where they
     fit, panel by panel of b (WIDE vectors wide, PANEL_DEPTH rows deep: it stays in L1 for every row tile):
-    TALL x WIDE tiles, a SHORT one for the rows left over, NARROW ones for the columns left over; the rest in
-    the block loops of :func:`gemm_blocks`."""
+    TALL x WIDE tiles, a SIX-row one when six or seven rows are left over (else a SHORT one), NARROW ones for
+    the columns left over; the rest in the block loops of :func:`gemm_blocks`."""
     zero = np.int64(0)  # not the literal 0, for which numba would compile gemm_blocks once more
     done = zero
     if tile_fits(a, b, c) and kd > 0:
         lane = lanes(c)
         wide, narrow = t - t % (WIDE * lane), t - t % lane
-        tall, short = m - m % TALL, m - m % SHORT
+        tall = m - m % TALL
+        six = TALL > SIX and m - tall >= SIX
+        short = tall + SIX if six else m - m % SHORT
         for j in range(0, narrow, WIDE * lane):
             for q0 in range(0, kd, PANEL_DEPTH):
                 q1 = min(q0 + PANEL_DEPTH, kd)
                 if j < wide:
                     for i in range(0, tall, TALL):
                         fma_tile(c, a, arow, aoff, b, brow, boff, i, j, q0, q1)
-                    if short > tall:
+                    if six:
+                        fma_tile_six(c, a, arow, aoff, b, brow, boff, tall, j, q0, q1)
+                    elif short > tall:
                         fma_tile_short(c, a, arow, aoff, b, brow, boff, tall, j, q0, q1)
                 else:
                     for jn in range(j, narrow, lane):
                         for i in range(0, tall, TALL):
                             fma_tile_narrow(c, a, arow, aoff, b, brow, boff, i, jn, q0, q1)
-                        if short > tall:
+                        if six:
+                            fma_tile_six_narrow(c, a, arow, aoff, b, brow, boff, tall, jn, q0, q1)
+                        elif short > tall:
                             fma_tile_short_narrow(c, a, arow, aoff, b, brow, boff, tall, jn, q0, q1)
         gemm_blocks(a, arow, aoff, b, brow, boff, c, zero, short, kd, narrow, t)
         done = short

@@ -19,18 +19,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 
+from ..vectors import VECTOR_BYTES, load, store
 
-def _vector_bytes() -> int:
-    """64 when the CPU numba compiles for has AVX-512 (numba's NUMBA_CPU_FEATURES if set, else the host's)."""
-    import llvmlite.binding as llvm
-
-    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    return 64 if "+avx512f" in features.split(",") else 32
-
-
-VECTOR_BYTES = _vector_bytes()
 TALL = 8 if VECTOR_BYTES == 64 else 4   # rows of a full tile: TALL x WIDE accumulators, WIDE B vectors and a
 SHORT = TALL // 2                       # broadcast fit the 32 (16) vector registers; SHORT: the rows left over
+SIX = 6                                 # ... or, with AVX-512, six of them (LeNet-5's 6 channels) in one tile
 WIDE, NARROW = 3, 1                     # vectors per tile row: full tiles, then the columns left over
 
 
@@ -115,7 +108,7 @@ def _codegen(rows: int, vectors: int):
         acc = [builder.phi(vec) for _ in range(rows * vectors)]
         b_start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [q])), ldb),
                                           builder.load(builder.gep(boff_.data, [q]))), j0_)
-        b_vecs = [_load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
+        b_vecs = [load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
                         itemsize) for v in range(vectors)]
         summed = []
         for i in range(rows):
@@ -137,21 +130,15 @@ def _codegen(rows: int, vectors: int):
             row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
             for v in range(vectors):
                 ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * lanes))])
-                old = _load(builder, ptr, vec, itemsize)
-                builder.store(builder.fadd(old, summed[i * vectors + v]),
-                              builder.bitcast(ptr, vec.as_pointer())).align = itemsize
+                old = load(builder, ptr, vec, itemsize)
+                store(builder, builder.fadd(old, summed[i * vectors + v]), ptr, itemsize)
         return context.get_dummy_value()
     return codegen
-
-
-def _load(builder, ptr, vec, itemsize: int):
-    """An unaligned vector load at element pointer ``ptr``."""
-    value = builder.load(builder.bitcast(ptr, vec.as_pointer()))
-    value.align = itemsize
-    return value
 
 
 fma_tile = _tile(TALL, WIDE)
 fma_tile_short = _tile(SHORT, WIDE)
 fma_tile_narrow = _tile(TALL, NARROW)
 fma_tile_short_narrow = _tile(SHORT, NARROW)
+fma_tile_six = _tile(SIX, WIDE)
+fma_tile_six_narrow = _tile(SIX, NARROW)

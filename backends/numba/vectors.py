@@ -1,0 +1,128 @@
+"""Hand-written vector code, Numba: the machine's vector width, LLVM IR helpers, and the float32 tanh run.
+
+LLVM compiles Numba's loops for AVX-512 machines with 256-bit vectors (its ``prefer-256-bit`` tuning), which
+halves the throughput of arithmetic-heavy loops such as tanh. Intrinsics that write the IR themselves use vectors
+as wide as the machine's; the conv register tiles (conv/simd.py) and :func:`tanh32_vectors` do.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
+
+
+def _vector_bytes() -> int:
+    """64 when the CPU numba compiles for has AVX-512 (numba's NUMBA_CPU_FEATURES if set, else the host's)."""
+    import llvmlite.binding as llvm
+
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+I32, I64 = ir.IntType(32), ir.IntType(64)
+
+
+def load(builder, ptr, vec, itemsize: int):
+    """An unaligned vector load at element pointer ``ptr``."""
+    value = builder.load(builder.bitcast(ptr, vec.as_pointer()))
+    value.align = itemsize
+    return value
+
+
+def store(builder, value, ptr, itemsize: int) -> None:
+    """An unaligned vector store of ``value`` at element pointer ``ptr``."""
+    builder.store(value, builder.bitcast(ptr, value.type.as_pointer())).align = itemsize
+
+
+def splat(builder, vec, scalar):
+    """``scalar`` (an IR value) in every lane of vector type ``vec``."""
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(I32, vec.count), [0] * vec.count))
+
+
+def vector_function(builder, vec, name: str, arity: int):
+    """The LLVM intrinsic ``llvm.<name>`` on vector type ``vec`` (fma, fabs, floor, ...)."""
+    suffix = f"v{vec.count}f{32 if isinstance(vec.element, ir.FloatType) else 64}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * arity),
+                                          f"llvm.{name}.{suffix}")
+
+
+# ----------------------------------------------------------------------------------------------- float32 tanh
+TANH_CAP = 20.0                                 # 2|x| is capped here: tanh(10) is 1 to 4e-9
+TANH_LN2_HI, TANH_LN2_LO = 0.693145751953125, 1.428606820309417232e-06  # k * hi is exact for k <= 29
+INV_LN2 = 1.44269504088896338700
+TANH_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(1, 9))   # expm1 to r^8, |r| <= ln2 / 2
+TANH_MAX_K = 29.0                               # round(20 / ln2)
+
+
+def _f32(builder, vec, value: float):
+    return ir.Constant(vec, [float(np.float32(value))] * vec.count)
+
+
+def _tanh_ir(builder, vec, x):
+    """tanh of float32 vector ``x``, the arithmetic of activation.tanh32 (module docstring there), with 2^-k
+    built from its exponent bits instead of products of powers of two; NaN passes through."""
+    fma, floor = vector_function(builder, vec, "fma", 3), vector_function(builder, vec, "floor", 1)
+    t = builder.fmul(_f32(builder, vec, 2.0), builder.call(vector_function(builder, vec, "fabs", 1), [x]))
+    cap = _f32(builder, vec, TANH_CAP)
+    t = builder.select(builder.fcmp_ordered(">", t, cap), cap, t)
+    k = builder.call(floor, [builder.call(fma, [t, _f32(builder, vec, INV_LN2), _f32(builder, vec, 0.5)])])
+    r = builder.call(fma, [k, _f32(builder, vec, TANH_LN2_HI), builder.fneg(t)])
+    r = builder.call(fma, [k, _f32(builder, vec, TANH_LN2_LO), r])
+    poly = _f32(builder, vec, TANH_TAYLOR[-1])
+    for c in reversed(TANH_TAYLOR[:-1]):
+        poly = builder.call(fma, [r, poly, _f32(builder, vec, c)])
+    q = builder.fmul(r, poly)
+    ivec = ir.VectorType(I32, vec.count)  # minnum: a NaN k (NaN input) gives 29, never a poison conversion
+    capped = builder.call(vector_function(builder, vec, "minnum", 2), [k, _f32(builder, vec, TANH_MAX_K)])
+    kbits = builder.fptosi(capped, ivec)
+    exponent = builder.sub(ir.Constant(ivec, [127] * vec.count), kbits)
+    s = builder.bitcast(builder.shl(exponent, ir.Constant(ivec, [23] * vec.count)), vec)  # 2^-k, exact
+    em1 = builder.call(fma, [q, s, builder.fsub(s, _f32(builder, vec, 1.0))])
+    y = builder.fdiv(builder.fneg(em1), builder.fadd(_f32(builder, vec, 2.0), em1))
+    return builder.call(vector_function(builder, vec, "copysign", 2), [y, x])
+
+
+def _is_float32_run(a) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
+
+
+@intrinsic
+def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in):
+    """``tanh32_vectors(dst, d0, src, s0, count, bias, a, s)``: dst[d0 + u] = a * tanh(s * (src[s0 + u] + bias))
+    for the whole vectors of the run (u < count rounded down to the vector length), in float32; returns how many
+    elements it wrote (0 unless dst and src are 1-D C-contiguous float32 arrays: the caller finishes the run)."""
+    vectorised = _is_float32_run(dst) and _is_float32_run(src)
+    sig = types.intp(dst, types.intp, src, types.intp, types.intp, types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        if not vectorised:
+            return ir.Constant(I64, 0)
+        dst_, src_ = make_array(signature.args[0])(context, builder, args[0]), \
+            make_array(signature.args[2])(context, builder, args[2])
+        d0_, s0_, count_ = args[1], args[3], args[4]
+        vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
+        bias_, a_, s_ = (splat(builder, vec, v) for v in args[5:8])
+        whole = builder.mul(builder.sdiv(count_, ir.Constant(I64, vec.count)), ir.Constant(I64, vec.count))
+        entry = builder.block
+        loop, done = builder.append_basic_block("tanh_loop"), builder.append_basic_block("tanh_done")
+        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        u = builder.phi(I64)
+        x = builder.fmul(s_, builder.fadd(load(builder, builder.gep(src_.data, [builder.add(s0_, u)]), vec, 4), bias_))
+        store(builder, builder.fmul(a_, _tanh_ir(builder, vec, x)), builder.gep(dst_.data, [builder.add(d0_, u)]), 4)
+        u_next = builder.add(u, ir.Constant(I64, vec.count))
+        u.add_incoming(ir.Constant(I64, 0), entry)
+        u.add_incoming(u_next, loop)
+        builder.cbranch(builder.icmp_signed("<", u_next, whole), loop, done)
+        builder.position_at_end(done)
+        return whole
+    return sig, codegen
