@@ -100,14 +100,14 @@ def test_warmup_compiles_and_reports_seconds(capsys):
 # The automatic (forward, weight-gradient, data-gradient) paths of the Numba-specific cases of tests/op_cases.py,
 # as conv/plan.py's docstring states the rule.
 AUTOMATIC_PATHS = {
-    "lenet-c1-like-tanh": ("shifted", "shifted", "shifted"),           # Kg = 6
-    "lenet-c3-scaled-tanh": ("shifted", "shifted", "shifted"),         # Kg = 16
+    "lenet-c1-like-tanh": ("lanes", "lanes", "shifted"),               # Kg = 6; 12x12 planes, 8x8 outputs
+    "lenet-c3-scaled-tanh": ("lanes", "lanes", "shifted"),             # Kg = 16; 14x14 planes, 10x10 outputs
     "lenet-c5-1x1-output": ("packed", "packed", "packed"),             # the plain matmul (one output pixel)
-    "resnet-3x3-relu": ("shifted", "shifted", "shifted"),              # 3x3 on 8x8, but 72 weights per input
+    "resnet-3x3-relu": ("lanes", "lanes", "shifted"),                  # 3x3 on 8x8, but 72 weights per input
     "stride2-downsample": ("packed", "packed", "packed"),
     "stride3x2-asym-pad-sigmoid": ("packed", "direct", "packed"),      # strided, Kg < 8
-    "dilation2-leaky-relu": ("shifted", "shifted", "shifted"),
-    "groups2-asym-pad-dil2x1": ("shifted", "shifted", "shifted"),
+    "dilation2-leaky-relu": ("lanes", "lanes", "shifted"),
+    "groups2-asym-pad-dil2x1": ("lanes", "lanes", "shifted"),
     "depthwise-relu": ("direct", "direct", "direct"),                  # Kg = 1
     "depthwise-multiplier2-s2": ("direct", "direct", "direct"),
     "kernel-1x1": ("shifted", "shifted", "shifted"),
@@ -116,7 +116,7 @@ AUTOMATIC_PATHS = {
     "im2row-288-per-output-relu": ("im2row", "im2row", "shifted"),     # 288 weights per output
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "packed"),       # wide padding: packed dx
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
-    "dx-im2row-32-filters": ("shifted", "shifted", "im2row"),          # 8x8-like planes: dx gathers rows
+    "dx-im2row-32-filters": ("lanes", "lanes", "im2row"),              # 8x8-like planes: dx gathers rows
 }
 # Every conv path (forced) runs these: the cases above and those with non-finite values (whose NaN and inf must
 # land where PyTorch puts them on every path).
@@ -124,7 +124,7 @@ PATH_CASES = [c for c in CONV_CASES if c.id in AUTOMATIC_PATHS or c.special is n
 
 
 def _paths(case):
-    return [p for p in nb_conv.PATHS if not (p == "shifted" and case.geometry[0] != (1, 1))]
+    return [p for p in nb_conv.PATHS if p not in nb_conv.STRIDE_ONE_PATHS or case.geometry[0] == (1, 1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -205,7 +205,8 @@ def test_dense_conv_backward_without_dx():
     assert_close_f64(dw, F.conv2d_backward(dy, x, w, backend=NP)[1])
 
 
-@pytest.mark.parametrize("path, stride", [(p, s) for p in nb_conv.PATHS for s in (1, 2) if p != "shifted" or s == 1])
+@pytest.mark.parametrize("path, stride", [(p, s) for p in nb_conv.PATHS for s in (1, 2)
+                                          if p not in nb_conv.STRIDE_ONE_PATHS or s == 1])
 def test_results_do_not_depend_on_the_thread_count(path, stride):
     x, w = _data((4, 8, 10, 10), "th"), _data((16, 8, 3, 3), "thw")
     geometry = ((stride, stride), (1, 1, 1, 1), (1, 1), 1)

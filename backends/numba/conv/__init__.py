@@ -1,11 +1,12 @@
 """Convolution, Numba, organised by path: :mod:`.plan` holds the rule that picks a path per pass and the two
-ops (``conv2d_forward``, ``conv2d_backward``, registered for the contract); :mod:`.shifted`, :mod:`.packed`,
-:mod:`.im2row` and :mod:`.direct` are the paths; :mod:`._loops` holds the loops they share.
+ops (``conv2d_forward``, ``conv2d_backward``, registered for the contract); :mod:`.shifted`, :mod:`.lanes`,
+:mod:`.packed`, :mod:`.im2row` and :mod:`.direct` are the paths; :mod:`._loops` holds the loops they share.
 
-The package re-exports the ops, :func:`~.plan.plan` and ``PATHS`` (``conv.plan`` is therefore the function).
+The package re-exports the ops, :func:`~.plan.plan`, ``PATHS`` and ``STRIDE_ONE_PATHS`` (``conv.plan`` is therefore
+the function).
 """
 from __future__ import annotations
 
-from .plan import PATHS, conv2d_backward, conv2d_forward, plan
+from .plan import PATHS, STRIDE_ONE_PATHS, conv2d_backward, conv2d_forward, plan
 
-__all__ = ["PATHS", "conv2d_backward", "conv2d_forward", "plan"]
+__all__ = ["PATHS", "STRIDE_ONE_PATHS", "conv2d_backward", "conv2d_forward", "plan"]

@@ -3,6 +3,8 @@
 Paths (one module each, all parallel over the output they write):
 
 * ``shifted`` (stride 1): implicit GEMM on the zero-padded planes, no im2col (shifted.py).
+* ``lanes`` (stride 1, forward and weight gradient; small planes): implicit GEMM with the batch as the vector
+  axis, only real outputs computed (lanes.py); its input gradient is the shifted one.
 * ``im2row`` (many weights per output): each output pixel's window gathered channel-last as one row, each
   output one long dot product (im2row.py).
 * ``packed`` (strided convs with few weights per output, or outputs much narrower than the padded input):
@@ -14,29 +16,31 @@ Paths (one module each, all parallel over the output they write):
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
 (direct weight gradient when Kg < 8); stride 1: the weight gradient is im2row from ROW_MIN (256) weights per
-output, else shifted unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed);
-the forward is im2row from ROW_MIN weights per output when the padded planes are over ROW_WASTE (1.4) times the
+output, else lanes when the padded planes exceed the output by LANES_WASTE (1.5: LeNet-5's C3), else
+shifted unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward
+is im2row from ROW_MIN weights per output when the padded planes are over ROW_WASTE (1.4) times the
 output (the 8x8 layers, where the shifted grid is mostly padding), else as a narrow weight gradient; the input
 gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes are over ROW_WASTE times the input, else
 shifted when the padded width is at most 1.5 times both the output and the input width, else packed.
-``path=`` forces one (the tests run every path on every shape).
+``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
 times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
-taps, and the shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN
-is NaN). So a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed
-path, and a non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed
-path; the checks read only the weights and the weight gradient (small arrays), and finite values take the paths
-the rule picks.
+taps, the lanes passes multiply exactly the real taps, and the shifted and im2row passes also multiply margins
+and wide-grid columns that are no real tap (0 * NaN is NaN). So a non-finite weight sends the direct forward and
+the shifted/im2row input gradient to the packed path, and a non-finite weight (or bias) gradient from the direct
+or shifted path is recomputed on the packed path; the checks read only the weights and the weight gradient
+(small arrays), and finite values take the paths the rule picks.
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
 compiles these loops for the machine it runs on (AVX-512 where there is one).
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
-forward over (image, group, pixel tile); backward-data over (group, position tile) for shifted and (image
-block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group)
-with one partial gradient per chunk (shifted: per run of pixels, see shifted.py), summed afterwards.
+forward over (image, group, pixel tile) (lanes: (group, output row, run of pixels)); backward-data over (group,
+position tile) for shifted and (image block, group) for packed (col2im scatters within its own images);
+backward-weight over (batch chunk, group) with one partial gradient per chunk (shifted: per run of pixels, see
+shifted.py; lanes: per chunk of output rows), summed afterwards.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
 from ..activation import code
 from ..reduce import channel_sums
-from . import direct, im2row, packed, shifted
+from . import direct, im2row, lanes, packed, shifted
 from ._loops import Pads, Pair
 
 GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
@@ -55,7 +59,10 @@ MAX_WIDE_WASTE = 1.5
 ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
 ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
 ROW_WASTE = 1.4        # ... when the padded planes exceed the output (forward) or input (dx) by this factor
-PATHS = ("direct", "shifted", "packed", "im2row")
+LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below ROW_MIN when the padded planes
+                       # exceed the output by this factor (the shifted path would compute them all)
+PATHS = ("direct", "shifted", "packed", "im2row", "lanes")
+STRIDE_ONE_PATHS = ("shifted", "lanes")
 
 
 def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
@@ -64,9 +71,9 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     if path is not None:
         if path not in PATHS:
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
-        if path == "shifted" and stride != (1, 1):
-            raise ValueError("path='shifted' needs stride 1")
-        return path, path, path
+        if path in STRIDE_ONE_PATHS and stride != (1, 1):
+            raise ValueError(f"path={path!r} needs stride 1")
+        return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
         return "direct", "direct", "direct"
@@ -79,14 +86,17 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
         return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
     padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
-    narrow = "shifted" if padded_w <= MAX_WIDE_WASTE * out_w else "packed"
+    wide_ok = padded_w <= MAX_WIDE_WASTE * out_w
+    narrow = "shifted" if wide_ok else "packed"
+    if reduction < ROW_MIN and padded_h * padded_w > LANES_WASTE * out_h * out_w:
+        narrow = "lanes"
     weight = "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and padded_h * padded_w > ROW_WASTE * out_h * out_w else narrow
     if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > ROW_WASTE * x_shape[2] * x_shape[3]
             and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
     else:
-        data = "shifted" if narrow == "shifted" and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+        data = "shifted" if wide_ok and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
     return forward, weight, data
 
 
@@ -114,6 +124,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
         direct.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
     elif route == "shifted":
         shifted.forward(x, w, b, y, padding, dilation, groups, kind, LEAKY_SLOPE)
+    elif route == "lanes":
+        lanes.forward(x, w, b, y, padding, dilation, groups, kind, LEAKY_SLOPE)
     elif route == "im2row":
         im2row.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
     else:
@@ -153,6 +165,8 @@ def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilati
     """dw by the backward-weight path ``route`` (see :func:`plan`); ``wide`` is shifted.wide_dy's layout of dy."""
     if route == "shifted":
         return shifted.weight_grad(wide, x, w_shape, padding, dilation, groups, *dy.shape[2:])
+    if route == "lanes":
+        return lanes.weight_grad(dy, x, w_shape, padding, dilation, groups)
     path = {"direct": direct, "im2row": im2row, "packed": packed}[route]
     return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
 
