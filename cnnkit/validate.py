@@ -62,6 +62,9 @@ def number(value: Any, name: str) -> float:
 
 def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as an (h, w) pair of ints >= ``minimum``; a clear error otherwise."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int \
+            and min(value) >= minimum:  # already normalised (layers pass their own pairs every call): no copy
+        return value
     if is_int(value):
         items: tuple = (value, value)
     elif isinstance(value, (tuple, list)):

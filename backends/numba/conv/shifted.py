@@ -16,6 +16,8 @@ image, and tiles are long and whole vectors whatever the image size.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -40,17 +42,12 @@ RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loo
 SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
-def tap_rows(cg, r_, s_, wp, dil_h, dil_w):
-    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window."""
-    rows = cg * r_ * s_
-    chan, off = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
-    for c in range(cg):
-        for r in range(r_):
-            for s in range(s_):
-                q = (c * r_ + r) * s_ + s
-                chan[q], off[q] = c, r * dil_h * wp + s * dil_w
-    return chan, off
+@functools.lru_cache(maxsize=256)
+def tap_rows(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window. Cached per geometry
+    (a conv calls it every pass; the callers never modify the arrays)."""
+    shifts = (np.arange(r_)[:, None] * (dil_h * wp) + np.arange(s_)[None, :] * dil_w).reshape(-1)
+    return np.repeat(np.arange(cg, dtype=np.int64), r_ * s_), np.tile(shifts, cg).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- layouts
