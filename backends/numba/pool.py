@@ -211,20 +211,23 @@ def _tiled_backward(dy, dx, kh, kw):
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _tiled_2x2_backward(dy, dx):
-    """:func:`_tiled_backward` of 2x2 windows, written out: one row of dy / 4, then its copy (contiguous,
-    vectorised)."""
-    for t in prange(dx.shape[0]):
-        plane = dx[t]
-        for oh in range(dy.shape[1]):
-            r0, r1, g = plane[2 * oh], plane[2 * oh + 1], dy[t, oh]
-            for iw in range(np.uint64(2 * dy.shape[2])):
-                r0[iw] = g[iw >> np.uint64(1)] / 4.0
-            for iw in range(np.uint64(2 * dy.shape[2])):
-                r1[iw] = r0[iw]
-            for iw in range(dy.shape[2] * 2, dx.shape[2]):
-                r0[iw] = 0
-                r1[iw] = 0
-        plane[dy.shape[1] * 2:, :] = 0
+    """:func:`_tiled_backward` of 2x2 windows, written out with flat unsigned indices: each dy / 4 to both rows
+    of its window."""
+    t_, h_, w_ = dx.shape
+    oh_, ow_ = dy.shape[1], dy.shape[2]
+    dxf, dyf, width, covered = dx.reshape(-1), dy.reshape(-1), np.uint64(w_), np.uint64(2 * ow_)
+    for t in prange(t_):
+        for oh in range(oh_):
+            row, src = np.uint64((t * h_ + 2 * oh) * w_), np.uint64((t * oh_ + oh) * ow_)
+            for iw in range(covered):
+                g = dyf[src + (iw >> np.uint64(1))] / 4.0
+                dxf[row + iw] = g
+                dxf[row + width + iw] = g
+            for iw in range(covered, width):
+                dxf[row + iw] = 0
+                dxf[row + width + iw] = 0
+        for iw in range(np.uint64((t * h_ + 2 * oh_) * w_), np.uint64((t + 1) * h_ * w_)):
+            dxf[iw] = 0
 
 
 def _tiled(x_shape, out: Pair, kernel: Pair, stride: Pair, padding: Pair) -> bool:
