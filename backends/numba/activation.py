@@ -136,7 +136,7 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
         a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
         if dst.itemsize == 4:  # float32 output: tanh in float32 arithmetic (a loop of its own, so both vectorise)
             a32, sc32 = _F32(a), _F32(sc)
-            done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), a32, sc32))  # whole vectors
+            done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), a32, sc32))  # all, if contiguous
             for u in range(done, n):
                 dst[d + u] = a32 * tanh32(sc32 * _F32(src[o + u] + bias))
         else:
@@ -145,6 +145,13 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
     else:
         for u in range(n):
             dst[d + u] = src[o + u] + bias
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def costly_remainder(kind, itemsize):
+    """True when :func:`act_run` computes ``kind`` past the last whole vector element by element at some cost
+    (sigmoid; tanh in float64; float32 tanh runs are all vectors): the conv epilogues then activate whole rows."""
+    return kind == SIGMOID or ((kind == TANH or kind == SCALED_TANH) and itemsize != 4)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")

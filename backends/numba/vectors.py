@@ -41,6 +41,26 @@ def store(builder, value, ptr, itemsize: int) -> None:
     builder.store(value, builder.bitcast(ptr, value.type.as_pointer())).align = itemsize
 
 
+def masked_load(builder, ptr, vec, mask):
+    """The lanes of a vector at element pointer ``ptr`` where ``mask`` is set (0 elsewhere); nothing else is read."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec.as_pointer(), I32, mask.type, vec]),
+                                        f"llvm.masked.load.{_name(vec)}.p0")
+    return builder.call(fn, [builder.bitcast(ptr, vec.as_pointer()), ir.Constant(I32, 1), mask, ir.Constant(vec, None)])
+
+
+def masked_store(builder, value, ptr, mask) -> None:
+    """Store the lanes of ``value`` where ``mask`` is set at element pointer ``ptr``; nothing else is written."""
+    vec = value.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [vec, vec.as_pointer(), I32, mask.type]), f"llvm.masked.store.{_name(vec)}.p0")
+    builder.call(fn, [value, builder.bitcast(ptr, vec.as_pointer()), ir.Constant(I32, 1), mask])
+
+
+def _name(vec) -> str:
+    """LLVM's name of a float vector type in intrinsic names: v16f32, v8f64, ..."""
+    return f"v{vec.count}f{32 if isinstance(vec.element, ir.FloatType) else 64}"
+
+
 def splat(builder, vec, scalar):
     """``scalar`` (an IR value) in every lane of vector type ``vec``."""
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(I32, 0))
@@ -50,9 +70,8 @@ def splat(builder, vec, scalar):
 
 def vector_function(builder, vec, name: str, arity: int):
     """The LLVM intrinsic ``llvm.<name>`` on vector type ``vec`` (fma, fabs, floor, ...)."""
-    suffix = f"v{vec.count}f{32 if isinstance(vec.element, ir.FloatType) else 64}"
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * arity),
-                                          f"llvm.{name}.{suffix}")
+                                          f"llvm.{name}.{_name(vec)}")
 
 
 # ----------------------------------------------------------------------------------------------- float32 tanh
@@ -98,8 +117,9 @@ def _is_float32_run(a) -> bool:
 @intrinsic
 def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in):
     """``tanh32_vectors(dst, d0, src, s0, count, bias, a, s)``: dst[d0 + u] = a * tanh(s * (src[s0 + u] + bias))
-    for the whole vectors of the run (u < count rounded down to the vector length), in float32; returns how many
-    elements it wrote (0 unless dst and src are 1-D C-contiguous float32 arrays: the caller finishes the run)."""
+    for u < count, in float32, whole vectors and then one masked vector for the rest (so every element takes
+    the same arithmetic); returns how many elements it wrote: count, or 0 unless dst and src are 1-D
+    C-contiguous float32 arrays (the caller then computes the run)."""
     vectorised = _is_float32_run(dst) and _is_float32_run(src)
     sig = types.intp(dst, types.intp, src, types.intp, types.intp, types.float32, types.float32, types.float32)
 
@@ -111,18 +131,32 @@ def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in
         d0_, s0_, count_ = args[1], args[3], args[4]
         vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
         bias_, a_, s_ = (splat(builder, vec, v) for v in args[5:8])
+
+        def tanh_at(u, load_at, store_at):
+            x = builder.fmul(s_, builder.fadd(load_at(builder.gep(src_.data, [builder.add(s0_, u)])), bias_))
+            store_at(builder.fmul(a_, _tanh_ir(builder, vec, x)), builder.gep(dst_.data, [builder.add(d0_, u)]))
+
         whole = builder.mul(builder.sdiv(count_, ir.Constant(I64, vec.count)), ir.Constant(I64, vec.count))
         entry = builder.block
-        loop, done = builder.append_basic_block("tanh_loop"), builder.append_basic_block("tanh_done")
-        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(I64, 0)), loop, done)
+        loop, tail, done = (builder.append_basic_block(name) for name in ("tanh_loop", "tanh_tail", "tanh_done"))
+        after_loop = builder.append_basic_block("tanh_rest")
+        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(I64, 0)), loop, after_loop)
         builder.position_at_end(loop)
         u = builder.phi(I64)
-        x = builder.fmul(s_, builder.fadd(load(builder, builder.gep(src_.data, [builder.add(s0_, u)]), vec, 4), bias_))
-        store(builder, builder.fmul(a_, _tanh_ir(builder, vec, x)), builder.gep(dst_.data, [builder.add(d0_, u)]), 4)
+        tanh_at(u, lambda ptr: load(builder, ptr, vec, 4), lambda value, ptr: store(builder, value, ptr, 4))
         u_next = builder.add(u, ir.Constant(I64, vec.count))
         u.add_incoming(ir.Constant(I64, 0), entry)
         u.add_incoming(u_next, loop)
-        builder.cbranch(builder.icmp_signed("<", u_next, whole), loop, done)
+        builder.cbranch(builder.icmp_signed("<", u_next, whole), loop, after_loop)
+        builder.position_at_end(after_loop)
+        rest = builder.sub(count_, whole)
+        builder.cbranch(builder.icmp_signed(">", rest, ir.Constant(I64, 0)), tail, done)
+        builder.position_at_end(tail)
+        mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, vec.count), list(range(vec.count))),
+                                   splat(builder, ir.VectorType(I64, vec.count), rest))
+        tanh_at(whole, lambda ptr: masked_load(builder, ptr, vec, mask), lambda value, ptr: masked_store(
+            builder, value, ptr, mask))
+        builder.branch(done)
         builder.position_at_end(done)
-        return whole
+        return count_
     return sig, codegen

@@ -276,9 +276,10 @@ def valid_range(off, stride, size, lo_bound, hi_bound):
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def activate_rows(acc, t, b, k0, kind, slope):
-    """act(acc[k, :t] + b[k0 + k]) for every row k of a (K, T) accumulator tile, flattened. Used for tanh and
-    sigmoid: activating whole rows (rather than the short runs of real output columns the epilogue copies) keeps
-    the vectorised loop off its slow scalar remainder. Not in place: overlapping runs would defeat vectorising."""
+    """act(acc[k, :t] + b[k0 + k]) for every row k of a (K, T) accumulator tile, flattened. Used where the
+    activation's remainder is costly (activation.costly_remainder): activating whole rows (rather than the short
+    runs of real output columns the epilogue copies) keeps the vectorised loop off its slow scalar remainder.
+    Not in place: overlapping runs would defeat vectorising."""
     flat = acc.reshape(-1)
     done = np.empty_like(flat)
     width = acc.shape[1]

@@ -21,10 +21,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import act_run
-from ._loops import Pads, Pair, dots4x4, gemm, zero_run
+from ._loops import Pads, Pair, cdiv, dots4x4, gemm, zero_run
 from .shifted import tap_rows
 
-RUN_COLUMNS = 2048   # forward: GEMM columns (pixels x batch) per task at most
+RUN_COLUMNS = 2048   # forward: GEMM columns (pixels x images) per task, at most (unless one pixel has more)
 WEIGHT_CHUNKS = 8    # weight gradient: partials (chunks of output rows) at most
 
 
@@ -126,7 +126,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding:
     n, k, oh, ow = y.shape
     xl, wp = _lanes_input(x, padding)
     chan, off = _taps(w.shape, wp, n, dilation)
-    run = min(ow, max(1, RUN_COLUMNS // n))
+    run = cdiv(ow, cdiv(ow * n, RUN_COLUMNS))  # pixels per task: equal runs of at most RUN_COLUMNS columns
     _lanes_forward(xl, w.reshape(groups, k // groups, -1), y, b, chan, off, wp, run, kind, slope)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..activation import SIGMOID, act_run
+from ..activation import act_run, costly_remainder
 from ._loops import (
     MIN_TASKS,
     MIN_TILE,
@@ -113,7 +113,7 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
         tile_cols(x, cols, j0, t, g * cg, cg, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w, False)
         gemm(w3[g], np.arange(kg), np.zeros(kg, dtype=np.int64), cols, np.arange(rows),
              np.zeros(rows, dtype=np.int64), acc, kg, rows, t)
-        whole = kind >= SIGMOID
+        whole = costly_remainder(kind, y3.itemsize)
         flat = activate_rows(acc, t, b, g * kg, kind, slope) if whole else acc.reshape(-1)
         jj = 0
         while jj < t:  # epilogue: bias + activation, back to NCHW

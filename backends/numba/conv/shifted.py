@@ -21,7 +21,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import NONE, SIGMOID, act_run
+from ..activation import NONE, act_run, costly_remainder
 from ._loops import (
     MIN_TASKS,
     Pads,
@@ -106,7 +106,7 @@ def _tap_gemm(src, wq, out, b, chan, boff, wp, hp, top, left, tu, kind, slope):
     total = n_ * hp * wp
     tiles = (total + tu - 1) // tu
     out_flat = out.reshape(-1)
-    whole = kind >= SIGMOID
+    whole = costly_remainder(kind, out.itemsize)
     for task in prange(groups * tiles):
         g, tile = task // tiles, task % tiles
         v0 = tile * tu
