@@ -109,7 +109,10 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------ evaluation
 def _batch_stats(model: Layer, loss_fn: LossFn, x: Array, y: Array) -> tuple[Array, Array, Array]:
     logits = model.forward(x)
-    loss, dlogits = loss_fn(logits, y)
+    if loss_fn is softmax_cross_entropy:  # the default runs on the model's backend, whichever is current
+        loss, dlogits = softmax_cross_entropy(logits, y, backend=model.backend)
+    else:
+        loss, dlogits = loss_fn(logits, y)
     correct = (model.backend.xp.argmax(logits, axis=1) == y).sum()
     return loss, dlogits, correct
 

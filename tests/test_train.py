@@ -424,3 +424,20 @@ def test_output_folders_are_checked_and_stale_temp_files_cleaned_before_the_firs
     unrelated.write_text("mine")
     train.fit(tiny_model(), loader(separable()), checkpoint_dir=tmp_path / "ck", progress=False)
     assert not stale.exists() and unrelated.exists()
+
+
+def test_default_loss_runs_on_the_models_backend(monkeypatch):
+    """The current backend stays NumPy, the model is on Numba: fit's and evaluate's default loss run on Numba
+    (on CuPy a NumPy loss would refuse the device logits)."""
+    from cnnkit.backend import backend, get_backend
+
+    assert get_backend().name == "numpy"
+    model = tiny_model().to("numba")
+    calls = {"numba": 0, "numpy": 0}
+    for name in calls:
+        ops = backend(name).ops
+        monkeypatch.setattr(ops, "softmax_cross_entropy", lambda *a, _f=ops.softmax_cross_entropy, _n=name:
+                            calls.__setitem__(_n, calls[_n] + 1) or _f(*a))
+    data_ = DataLoader(separable(16), 8, shuffle=False, backend="numba")
+    train.fit(model, data_, epochs=1, val=data_, progress=False)
+    assert calls == {"numba": 4, "numpy": 0}  # two training steps, two validation batches

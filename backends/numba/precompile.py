@@ -106,7 +106,7 @@ def _step(model: Any, batch_size: int, dtype: str, input_shape: Sequence[int]) -
     be = model.backend
     x = be.asarray(np.random.default_rng(0).standard_normal((batch_size, *input_shape)), dtype=dtype)
     model.train()
-    _, dlogits = softmax_cross_entropy(model.forward(x), be.asarray(np.zeros(batch_size, dtype=np.int64)))
+    _, dlogits = softmax_cross_entropy(model.forward(x), be.asarray(np.zeros(batch_size, dtype=np.int64)), backend=be)
     with model.input_grad_skipped():
         model.backward(dlogits)
     model.eval()
