@@ -27,6 +27,7 @@ from ._loops import (
     valid_range,
     zero_run,
 )
+from .simd import TALL
 
 TILE_ELEMS = 1 << 15   # im2col elements per task tile (128 KiB in float32: stays in L2)
 MAX_TILE = 1024        # pixels per tile at most: short enough to stay in cache
@@ -131,12 +132,12 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _dense(a, b, c):
-    """c = a @ b (c is overwritten), one task per block of 4 rows of c."""
+    """c = a @ b (c is overwritten), one task per block of TALL rows of c (full register tiles)."""
     m, kd = a.shape
     brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
-    for task in prange((m + 3) // 4):
-        i0 = task * 4
-        rows = min(4, m - i0)
+    for task in prange((m + TALL - 1) // TALL):
+        i0 = task * TALL
+        rows = min(TALL, m - i0)
         blk = c[i0:i0 + rows]
         blk[:, :] = 0
         gemm(a, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), b, brow, boff, blk, rows, kd, b.shape[1])
@@ -144,14 +145,14 @@ def _dense(a, b, c):
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _dense_forward(w2, xt, b, yt, kind, slope):
-    """yt[k, n] = act(b[k] + sum over q of w2[k, q] * xt[q, n]), one task per block of 4 rows of yt."""
+    """yt[k, n] = act(b[k] + sum over q of w2[k, q] * xt[q, n]), one task per block of TALL rows of yt."""
     m, kd = w2.shape
     n_ = yt.shape[1]
     brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
     yt_flat = yt.reshape(-1)
-    for task in prange((m + 3) // 4):
-        i0 = task * 4
-        rows = min(4, m - i0)
+    for task in prange((m + TALL - 1) // TALL):
+        i0 = task * TALL
+        rows = min(TALL, m - i0)
         acc = np.zeros((rows, n_), dtype=yt.dtype)
         gemm(w2, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), xt, brow, boff, acc, rows, kd, n_)
         flat = acc.reshape(-1)
