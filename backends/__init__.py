@@ -41,6 +41,8 @@ SCALED_TANH_S = 2.0 / 3.0
 ACTIVATION_CODES: dict[str | None, int] = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4,
                                            "scaled_tanh": 5}
 """The integer each compiled kernel switches on (numba's epilogues, common.cuh's ACT_*; tests check common.cuh)."""
+BATCH_NORM_ACTIVATIONS: tuple[str, ...] = ("relu",)
+"""Activations batch_norm_forward can apply in its own pass (those whose derivative the output's sign gives)."""
 LEAKY_SLOPE = 0.01
 """leaky_relu's default negative_slope, and the slope of a leaky_relu fused into conv2d_forward (no argument)."""
 assert set(ACTIVATION_CODES) == {None, *ACTIVATIONS}
@@ -243,11 +245,15 @@ def dropout_mask(shape, p, seed, dtype, offset=0):
     share of a data-parallel batch)."""
 
 
-@_op(lambda ops, make: ((make(2, 3, 8, 8), make(3), make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5), {}))
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+@_op(lambda ops, make: ((make(2, 3, 8, 8), make(3), make(3), make(3) * 0, make(3) ** 2 + 1, True, 0.1, 1e-5),
+                        {"activation": "relu"}))
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, activation=None):
     """(y, saved) per channel of NCHW. Training: batch mean and biased variance normalise; running_mean and
     running_var are updated in place (running = (1 - momentum) * running + momentum * batch, unbiased variance),
-    as PyTorch. Eval: the running statistics normalise. ``saved`` is opaque, for the backward."""
+    as PyTorch. Eval: the running statistics normalise. ``activation`` (None or one of
+    :data:`BATCH_NORM_ACTIVATIONS`) is applied to the normalised output in the same pass, exactly as the separate
+    op would (relu(NaN) is NaN); the backward then takes dy of the activation's output and applies its derivative
+    (0 where y <= 0) itself. ``saved`` is opaque, for the backward."""
 
 
 def _batch_norm_backward(ops, make):
@@ -258,7 +264,8 @@ def _batch_norm_backward(ops, make):
 
 @_op(_batch_norm_backward)
 def batch_norm_backward(dy, saved, weight):
-    """(dx, dweight, dbias) of batch_norm_forward (weight and bias are PyTorch's names for gamma and beta)."""
+    """(dx, dweight, dbias) of batch_norm_forward (weight and bias are PyTorch's names for gamma and beta); dy
+    is the gradient of what the forward returned (after its activation, if it applied one)."""
 
 
 @_op(lambda ops, make: ((make(4, 10), (make(4) > 0).astype("int64") * 3), {}))

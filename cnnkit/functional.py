@@ -15,6 +15,7 @@ from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padd
     FLOAT_DTYPES,
     activation_kind,
     activation_name,
+    batch_norm_args,
     check_array,
     check_dy,
     check_labels,
@@ -320,31 +321,20 @@ def log_softmax_backward(dy: Array, y: Array, *, backend: str | Backend | None =
 
 # ----------------------------------------------------------------------------------------------- others
 def batch_norm(x: Array, weight: Array, bias: Array, running_mean: Array, running_var: Array,
-               training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None, *,
                backend: str | Backend | None = None) -> tuple[Array, Any]:
-    """Batch norm over the channels of NCHW; returns (y, saved) where saved feeds batch_norm_backward."""
+    """Batch norm over the channels of NCHW, then ``activation`` (None or "relu") in the same pass; returns (y,
+    saved) where saved feeds batch_norm_backward, which then takes dy of the activation's output."""
     be = _be(backend)
-    check_array(be, x, "x", ndim=4)
-    c = x.shape[1]
-    for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        check_array(be, a, name, ndim=1)
-        same_dtype(x, a, name)
-        if a.shape[0] != c:
-            raise ValueError(f"{name} must have shape ({c},) to match x's {c} channels, got {tuple(a.shape)}")
-    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError("batch norm in training mode needs more than one value per channel "
-                         f"(x has shape {tuple(x.shape)})")
-    momentum, eps = number(momentum, "momentum"), number(eps, "eps")
-    if not 0 <= momentum <= 1 or not eps > 0:
-        raise ValueError(f"momentum must be in [0, 1] and eps > 0, got momentum={momentum}, eps={eps}")
+    momentum, eps = batch_norm_args(be, x, (weight, bias, running_mean, running_var), training, momentum, eps,
+                                    activation)
     return be.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                                 float(eps))
+                                 float(eps), activation=activation)
 
 
 def batch_norm_backward(dy: Array, saved: Any, weight: Array, *,
                         backend: str | Backend | None = None) -> tuple[Array, Array, Array]:
-    """Gradients (dx, dweight, dbias) of batch_norm."""
+    """Gradients (dx, dweight, dbias) of batch_norm, from dy of what it returned."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
     check_array(be, weight, "weight", ndim=1)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cnnkit.backends import ACTIVATIONS, Backend
+from cnnkit.backends import ACTIVATIONS, BATCH_NORM_ACTIVATIONS, Backend
 
 Array = Any
 IntPair = int | Sequence[int]
@@ -215,3 +215,26 @@ def deprecated_alias(old_value: Any, old: str, value: Any, new: str) -> Any:
         return value
     warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
     return old_value
+
+
+def batch_norm_args(be: Backend, x: Array, vectors: Sequence[Array], training: bool, momentum: Any, eps: Any,
+                    activation: Any) -> tuple[float, float]:
+    """Check batch norm's arguments (``vectors``: weight, bias, running_mean, running_var); returns momentum and
+    eps as floats."""
+    if activation not in (None, *BATCH_NORM_ACTIVATIONS):
+        raise ValueError(f"batch norm's activation must be None or one of {BATCH_NORM_ACTIVATIONS}, "
+                         f"got {activation!r}")
+    check_array(be, x, "x", ndim=4)
+    c = x.shape[1]
+    for name, a in zip(("weight", "bias", "running_mean", "running_var"), vectors, strict=True):
+        check_array(be, a, name, ndim=1)
+        same_dtype(x, a, name)
+        if a.shape[0] != c:
+            raise ValueError(f"{name} must have shape ({c},) to match x's {c} channels, got {tuple(a.shape)}")
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError("batch norm in training mode needs more than one value per channel "
+                         f"(x has shape {tuple(x.shape)})")
+    momentum, eps = number(momentum, "momentum"), number(eps, "eps")
+    if not 0 <= momentum <= 1 or not eps > 0:
+        raise ValueError(f"momentum must be in [0, 1] and eps > 0, got momentum={momentum}, eps={eps}")
+    return momentum, eps

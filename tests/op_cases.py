@@ -727,7 +727,7 @@ CROSS_ENTROPY_CASES: list[CrossEntropyCase] = unique(
 @dataclass(frozen=True)
 class BatchNormCase:
     """batch_norm(x = 2 N(0, 1) + 1, gamma = 1 + 0.1 N, beta = N, running_mean = N, running_var = 0.5 + |N|,
-    training, momentum, eps)."""
+    training, momentum, eps, activation)."""
 
     id: str
     x: Shape
@@ -736,6 +736,7 @@ class BatchNormCase:
     eps: float = 1e-5
     layout: str = "contiguous"
     special: str | None = None
+    activation: str | None = None
 
     def inputs(self) -> tuple[Arg, Arg, Arg, np.ndarray, np.ndarray, Arg]:
         """(x, gamma, beta, running_mean, running_var, dy); the running statistics are float32 host arrays
@@ -761,7 +762,9 @@ BATCH_NORM_CASES: list[BatchNormCase] = unique(
     + _bn("x8x2x1x1-momentum1", (8, 2, 1, 1), 1.0) + _bn("x3x2x3x4", (3, 2, 3, 4))
     + _bn("bn-split-reduction", (2, 2, 64, 65))
     + _bn("nan", (4, 3, 5, 6), special="nan") + _bn("inf", (2, 5, 3, 7), special="inf")
-    + _bn("strided", (4, 3, 5, 6), layout="strided") + _bn("transposed", (2, 5, 3, 7), layout="transposed"))
+    + _bn("strided", (4, 3, 5, 6), layout="strided") + _bn("transposed", (2, 5, 3, 7), layout="transposed")
+    + _bn("relu-x4x3x5x6", (4, 3, 5, 6), activation="relu") + _bn("relu-nan", (2, 5, 3, 7), special="nan",
+                                                                     activation="relu"))
 
 
 # ----------------------------------------------------------------------------------------------- dropout

@@ -178,7 +178,7 @@ def test_batch_norm_gradients(case):
 
     def forward():  # fresh running statistics each call: the training update must not leak between calls
         return F.batch_norm(x, gamma, beta, mean0.astype(np.float64), var0.astype(np.float64), case.training,
-                            case.momentum, case.eps, backend=BE)
+                            case.momentum, case.eps, case.activation, backend=BE)
 
     _, saved = forward()
     dx, dgamma, dbeta = F.batch_norm_backward(r, saved, gamma, backend=BE)

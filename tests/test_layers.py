@@ -208,6 +208,42 @@ def test_fused_sequential_matches_unfused(name, monkeypatch):
     assert_close_f64(fused_grads[1], conv.bias.grad, "dbias")
 
 
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("numba", "float32"), ("numba", "float64"),
+                                            pytest.param("cudasim", "float32", marks=pytest.mark.cudasim)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_fused_with_the_relu_after_it(backend, dtype, training, monkeypatch):
+    """Sequential runs BatchNorm2d + ReLU as one batch-norm call whose backward applies the ReLU's derivative
+    (the ReLU layer's own backward is skipped); outputs and gradients equal the two layers run one by one.
+    Activations batch norm cannot fuse (tanh) stay separate layers, and SyncBatchNorm2d never fuses."""
+    rng = _rng("bn-relu", backend, dtype, training)
+    norm, act = nn.BatchNorm2d(3, dtype=dtype), nn.ReLU()
+    norm.weight.data[:] = [1.5, -0.7, 0.3]
+    norm.bias.data[:] = [0.2, 0.1, -0.3]
+    model = nn.Sequential(norm, act).to(backend).train(training)
+    norm, act = model[0], model[1]
+    fused = []
+    monkeypatch.setattr(norm, "fuse_activation", lambda x, kind, _f=norm.fuse_activation: fused.append(kind) or
+                        _f(x, kind))
+    monkeypatch.setattr(act, "backward", lambda dy: pytest.fail("the fused batch norm applies the ReLU's backward"))
+    be = norm.backend
+    x, dy = (be.asarray(rng.standard_normal((4, 3, 5, 5)), dtype=dtype) for _ in range(2))
+    stats = (norm.running_mean.copy(), norm.running_var.copy())
+    y = model(x)
+    dx = model.backward(dy)
+    assert fused == ["relu"]
+    grads = (norm.weight.grad, norm.bias.grad)
+    norm.running_mean[:], norm.running_var[:] = stats
+    norm.zero_grad()
+    monkeypatch.undo()
+    y_ref = act.forward(norm.forward(x))  # never fused
+    dx_ref = norm.backward(act.backward(dy))
+    for what, got, ref in (("y", y, y_ref), ("dx", dx, dx_ref), ("dweight", grads[0], norm.weight.grad),
+                           ("dbias", grads[1], norm.bias.grad)):
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(ref), err_msg=what)
+    assert nn.Tanh().fusable_kind not in nn.BatchNorm2d.fusable_activations
+    assert nn.SyncBatchNorm2d.fuse_activation is None
+
+
 def test_sequential_with_fusion_gradients():
     model = f64(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Subsampling(2), nn.ScaledTanh(),
                               nn.Conv2d(2, 3, 2, connections=[[1, 0], [1, 1], [0, 1]]), nn.ReLU(),

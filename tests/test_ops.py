@@ -256,7 +256,7 @@ def test_batch_norm(target, case):
     x, gamma, beta, mean0, var0, dy = case.inputs()
     stats_ref = [mean0.astype(np.float64), var0.astype(np.float64)]
     stats = [target.be.asarray(mean0, dtype=target.dtype), target.be.asarray(var0, dtype=target.dtype)]
-    args = (case.training, case.momentum, case.eps)
+    args = (case.training, case.momentum, case.eps, case.activation)
     with _quiet(case):
         y_ref, saved_ref = F.batch_norm(x.ref, gamma.ref, beta.ref, *stats_ref, *args, backend=REF)
         grads_ref = F.batch_norm_backward(dy.ref, saved_ref, gamma.ref, backend=REF)

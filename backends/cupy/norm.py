@@ -9,6 +9,7 @@ import numpy as np
 from cnnkit.backends import implements
 
 from ._module import THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
+from .activation import activation_backward, activation_forward
 
 PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
 """channel_partials modes (norm.cu)."""
@@ -58,8 +59,9 @@ def _running(a: Any, name: str) -> Any:
 
 @implements("cupy")
 def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool,
-                       momentum: float, eps: float) -> tuple[Any, tuple]:
-    """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device."""
+                       momentum: float, eps: float, activation: str | None = None) -> tuple[Any, tuple]:
+    """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device.
+    ``activation`` runs as the activation kernel after the normalisation (the numba backend fuses it)."""
     xp = array_module()
     x, weight, bias = as_f32(x, "x"), as_f32(weight, "weight"), as_f32(bias, "bias")
     running_mean, running_var = _running(running_mean, "running_mean"), _running(running_var, "running_var")
@@ -78,15 +80,19 @@ def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, runnin
     y = xp.empty_like(x)
     launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, weight, bias, y,
            *i32(x.size, c, h * w))
-    return y, (x, mean, invstd, bool(training))
+    if activation is not None:
+        y = activation_forward(y, activation)
+    return y, (x, mean, invstd, bool(training), None if activation is None else y)
 
 
 @implements("cupy")
 def batch_norm_backward(dy: Any, saved: tuple, weight: Any) -> tuple[Any, Any, Any]:
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx = dy * weight * invstd."""
     xp = array_module()
-    x, mean, invstd, training = saved
+    x, mean, invstd, training, y = saved
     dy, weight = as_f32(dy, "dy"), as_f32(weight, "weight")
+    if y is not None:  # dy of the activation the forward applied
+        dy = activation_backward(dy, y, "relu")
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the batch-norm input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     n, c, h, w = x.shape

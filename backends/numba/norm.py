@@ -48,13 +48,29 @@ def _plane_moments(x, means, m2s):
         means[n, c], m2s[n, c] = mean, _plane_sums(x, x, n, c, mean, 1)[1]
 
 
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _relu_plane_sums(dy, y, x, n, c, shift):
+    """:func:`_plane_sums` mode 2 of dy through a ReLU: dy where the ReLU's output y > 0 (or NaN), else 0."""
+    a = b = 0.0
+    ds, ys, xs = dy[n, c], y[n, c], x[n, c]
+    for j in range(np.uint64(x.shape[2])):
+        u = 0.0 if ys[j] <= 0.0 else float(ds[j])
+        a += u
+        b += u * (float(xs[j]) - shift)
+    return a, b
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _plane_grad_sums(dy, x, mean, dbeta, dgamma_raw):
-    """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both."""
+def _plane_grad_sums(dy, x, mean, dbeta, dgamma_raw, y, relu):
+    """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both; with ``relu``, dy is that
+    of the ReLU whose output is y."""
     n_, c_ = x.shape[0], x.shape[1]
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
-        dbeta[n, c], dgamma_raw[n, c] = _plane_sums(x, dy, n, c, mean[c], 2)
+        if relu:
+            dbeta[n, c], dgamma_raw[n, c] = _relu_plane_sums(dy, y, x, n, c, mean[c])
+        else:
+            dbeta[n, c], dgamma_raw[n, c] = _plane_sums(x, dy, n, c, mean[c], 2)
 
 
 def _batch_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,33 +83,51 @@ def _batch_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, (m2s.sum(axis=0) + x.shape[2] * ((means - mean) ** 2).sum(axis=0)) / (x.shape[0] * x.shape[2])
 
 
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def _normalised(xv, mu, s, g, b, single):
+    """(x - mean) * inv_std * gamma + beta, rounded to float32 when ``single`` (the value y holds)."""
+    v = (xv - mu) * s * g + b
+    return float(np.float32(v)) if single else v
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _normalise(x, mean, inv_std, gamma, beta, y):
-    """y = (x - mean) * inv_std * gamma + beta per channel."""
+def _normalise(x, mean, inv_std, gamma, beta, y, relu):
+    """y = (x - mean) * inv_std * gamma + beta per channel; with ``relu``, then max(y, 0) (NaN stays NaN)."""
     n_, c_, p_ = x.shape
+    single = y.itemsize == 4
     for t in prange(n_ * c_):
         n, c = t // c_, t % c_
         mu, s, g, b = mean[c], inv_std[c], float(gamma[c]), float(beta[c])
-        for p in range(p_):
-            y[n, c, p] = (x[n, c, p] - mu) * s * g + b
+        if relu:
+            for p in range(p_):
+                v = _normalised(x[n, c, p], mu, s, g, b, single)
+                y[n, c, p] = 0.0 if v < 0.0 else v
+        else:
+            for p in range(p_):
+                y[n, c, p] = (x[n, c, p] - mu) * s * g + b
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _input_grad(dy, x, mean, inv_std, gamma, dgamma, dbeta, training, dx):
-    """dx = gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M) in training, gamma * inv_std * dy in eval."""
+def _input_grad(dy, x, mean, inv_std, gamma, dgamma, dbeta, training, dx, relu, gamma_fwd, beta_fwd):
+    """dx = gamma * inv_std * (dy - dbeta / M - x_hat * dgamma / M) in training, gamma * inv_std * dy in eval.
+    With ``relu``, dy is that of a ReLU after the normalisation: 0 where the forward's output was <= 0, which
+    is recomputed from x with the forward's gamma and beta (the same arithmetic as :func:`_normalise`)."""
     n_, c_, p_ = x.shape
     count = n_ * p_
+    single = dx.itemsize == 4
     for t in prange(n_ * c_):
         n, c = t // c_, t % c_
         scale = gamma[c] * inv_std[c]
+        mu, s, g, b = mean[c], inv_std[c], gamma_fwd[c], beta_fwd[c]
         if training:
             mb, mg = dbeta[c] / count, dgamma[c] / count
             for p in range(p_):
-                x_hat = (x[n, c, p] - mean[c]) * inv_std[c]
-                dx[n, c, p] = scale * (dy[n, c, p] - mb - x_hat * mg)
+                d = 0.0 if relu and _normalised(x[n, c, p], mu, s, g, b, single) <= 0.0 else float(dy[n, c, p])
+                dx[n, c, p] = scale * (d - mb - (x[n, c, p] - mu) * s * mg)
         else:
             for p in range(p_):
-                dx[n, c, p] = scale * dy[n, c, p]
+                d = 0.0 if relu and _normalised(x[n, c, p], mu, s, g, b, single) <= 0.0 else float(dy[n, c, p])
+                dx[n, c, p] = scale * d
 
 
 def _flat(a: np.ndarray, dtype) -> np.ndarray:
@@ -103,10 +137,12 @@ def _flat(a: np.ndarray, dtype) -> np.ndarray:
 
 @implements("numba")
 def batch_norm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray,
-                       running_var: np.ndarray, training: bool, momentum: float, eps: float):
-    """(y, saved) with y = weight * (x - mean) / sqrt(var + eps) + bias per channel; the running statistics
-    move (in place) towards the batch mean and unbiased variance in training.
-    ``saved = (x, mean, inv_std, training)``, the statistics in float64."""
+                       running_var: np.ndarray, training: bool, momentum: float, eps: float,
+                       activation: str | None = None):
+    """(y, saved) with y = weight * (x - mean) / sqrt(var + eps) + bias per channel, then ``activation`` ("relu")
+    in the same pass; the running statistics move (in place) towards the batch mean and unbiased variance in
+    training. ``saved = (x, mean, inv_std, training, relu)``, the statistics in float64; relu is None, or the
+    output and the float64 gamma and beta the backward recomputes the ReLU's mask with."""
     xf = _flat(x, x.dtype)
     if training:
         m = xf.shape[0] * xf.shape[2]
@@ -119,19 +155,22 @@ def batch_norm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, runn
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1 / np.sqrt(var + eps)
     y = np.empty_like(xf)
-    _normalise(xf, mean, inv_std, np.ascontiguousarray(weight), np.ascontiguousarray(bias), y)
-    return y.reshape(x.shape), (xf, mean, inv_std, bool(training))
+    weight, bias = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
+    _normalise(xf, mean, inv_std, weight, bias, y, activation is not None)
+    relu = None if activation is None else (y, weight.astype(np.float64), bias.astype(np.float64))
+    return y.reshape(x.shape), (xf, mean, inv_std, bool(training), relu)
 
 
 @implements("numba")
 def batch_norm_backward(dy: np.ndarray, saved, weight: np.ndarray):
     """(dx, dgamma, dbeta); in eval the statistics are constants and dx is dy * weight * inv_std."""
-    xf, mean, inv_std, training = saved
+    xf, mean, inv_std, training, relu = saved
     dyf = _flat(dy, xf.dtype)
+    y, gamma_fwd, beta_fwd = (xf, mean, mean) if relu is None else relu  # (unread without the ReLU)
     dbeta, dgamma = np.empty(xf.shape[:2]), np.empty(xf.shape[:2])
-    _plane_grad_sums(dyf, xf, mean, dbeta, dgamma)
+    _plane_grad_sums(dyf, xf, mean, dbeta, dgamma, y, relu is not None)
     dbeta, dgamma = dbeta.sum(axis=0), dgamma.sum(axis=0) * inv_std
     dx = np.empty_like(xf)
     _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(weight, dtype=np.float64), dgamma, dbeta,
-                training, dx)
+                training, dx, relu is not None, gamma_fwd, beta_fwd)
     return dx.reshape(dy.shape), dgamma.astype(xf.dtype), dbeta.astype(xf.dtype)

@@ -14,7 +14,7 @@ import numpy as np
 
 from cnnkit.backend import backend as resolve_backend
 from cnnkit.backend import get_backend
-from cnnkit.backends import Backend
+from cnnkit.backends import ACTIVATIONS, Backend
 
 Array = Any
 
@@ -241,9 +241,11 @@ def _move(array: Array, src: Backend, dst: Backend, dtype: Any) -> Array:
 class Sequential(Layer):
     """Layers applied in order; children are named "0", "1", ... as in PyTorch.
 
-    When a layer can take a following activation into its own kernel (``fuse_activation``), Sequential runs
-    the pair as one fused call (conv + bias + activation in one pass) and hands the output to the
-    activation layer for its backward, so results and gradients are the same as unfused. In eval mode a conv
+    When a layer can take a following activation into its own kernel (``fuse_activation``, for the kinds in
+    its ``fusable_activations`` if it lists them), Sequential runs the pair as one fused call (conv + bias +
+    activation in one pass) and hands the output to the activation layer for its backward, so results and
+    gradients are the same as unfused; a layer with ``fuses_activation_backward`` (batch norm + ReLU) also
+    applies the activation's derivative in its own backward, and the activation layer's is skipped. In eval mode a conv
     followed by batch norm (``fold_batchnorm``), and the activation after it, run as one conv with the
     normalisation folded into its weights; a backward after such a forward first re-runs the group unfused
     from its saved input, so gradients in eval mode (e.g. saliency maps) are those of the unfused layers.
@@ -253,6 +255,7 @@ class Sequential(Layer):
         super().__init__()
         self.layers = list(layers)
         self._folded: dict[int, tuple[int, Array]] = {}  # eval-mode folded groups: last index -> (first, input)
+        self._absorbed: set[int] = set()  # activations whose backward the fused layer before them runs
 
     def children(self) -> Iterator[tuple[str, Layer]]:
         for i, layer in enumerate(self.layers):
@@ -276,7 +279,7 @@ class Sequential(Layer):
         shapes: list[tuple[int, ...]] = []
         i = 0
         try:
-            self._folded = {}
+            self._folded, self._absorbed = {}, set()
             while i < len(self.layers):
                 y, taken = self._fused(i, x)
                 if taken == 0:
@@ -299,8 +302,10 @@ class Sequential(Layer):
             taken = 2 if act is None else 3
             self._folded[i + taken - 1] = (i, x)
         elif getattr(layer, "fuse_activation", None) is not None and after and \
-                getattr(after[0], "fusable_kind", None) is not None:
+                getattr(after[0], "fusable_kind", None) in getattr(layer, "fusable_activations", ACTIVATIONS):
             y, act, taken = layer.fuse_activation(x, after[0].fusable_kind), after[0], 2
+            if getattr(layer, "fuses_activation_backward", False):
+                self._absorbed.add(i + 1)
         else:
             return None, 0
         if act is not None:
@@ -326,6 +331,8 @@ class Sequential(Layer):
                 raise ValueError(f"backward of layer {i} ({type(layer).__name__}({layer.extra_repr()})): the "
                                  f"gradient has shape {tuple(dy.shape)} but the layer's forward output had shape "
                                  f"{expected} (same batch size and shape as the last forward needed)")
+            if i in self._absorbed:  # the fused layer before it applies the activation's derivative
+                continue
             if i in self._folded:  # a folded eval-mode group: run it unfused, so every layer saves its state
                 start, x = self._folded.pop(i)
                 for layer in self.layers[start:i + 1]:

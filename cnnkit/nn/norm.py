@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit import functional as F
+from cnnkit.backends import BATCH_NORM_ACTIVATIONS
 from cnnkit.nn import init
 from cnnkit.nn.base import Layer
 
@@ -56,13 +57,27 @@ class BatchNorm2d(Layer):
     def _gamma_beta(self) -> tuple[Array, Array]:
         return (self.weight.data, self.bias.data) if self.affine else (self._gamma, self._beta)
 
+    fusable_activations = BATCH_NORM_ACTIVATIONS
+    """The activations :meth:`fuse_activation` takes (Sequential fuses a following ReLU) ..."""
+    fuses_activation_backward = True
+    """... and whose backward the fused backward includes."""
+
     def forward(self, x: Array) -> Array:
+        return self._normalise(x, None)
+
+    def fuse_activation(self, x: Array, kind: str) -> Array:
+        """Forward with the activation ``kind`` (one of :attr:`fusable_activations`) in the same pass; the
+        backward then takes dy of the activation's output and applies its derivative itself (used by
+        Sequential, which then skips the activation layer's backward)."""
+        return self._normalise(x, kind)
+
+    def _normalise(self, x: Array, activation: str | None) -> Array:
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) needs (N, {self.num_features}, H, W) input, "
                              f"got shape {tuple(x.shape)}")
         gamma, beta = self._gamma_beta()
         y, saved = F.batch_norm(x, gamma, beta, self.running_mean, self.running_var, self.training,
-                                self.momentum, self.eps, backend=self.backend)
+                                self.momentum, self.eps, activation, backend=self.backend)
         if self.training:
             self.num_batches_tracked += 1
         self._saved = saved
@@ -103,6 +118,7 @@ class SyncBatchNorm2d(BatchNorm2d):
 
     comm: Any = None
     _sync = False
+    fuse_activation = None  # the synchronised statistics are not the kernel's: activations run as their own layer
 
     def forward(self, x: Array) -> Array:
         self._sync = self.training and self.comm is not None and self.comm.size > 1
