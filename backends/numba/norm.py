@@ -4,7 +4,9 @@ Every kernel is parallel over the (n, c) planes. Per-channel statistics are floa
 partial sums), combined over the batch afterwards. The variance is centred twice over: each plane's own sum of
 squares about its own mean (a second pass over a plane still in cache), then the planes combined exactly (Chan
 et al.), so x is read from memory once for both statistics. The backward reads dy and x once for both dbeta and
-dgamma.
+dgamma. A ReLU after the normalisation runs in the same passes (``activation="relu"``): the forward writes max(y, 0),
+the backward's sums read that output for the ReLU's mask and its input gradient recomputes the mask from x, so no
+pass of its own runs in either direction.
 """
 from __future__ import annotations
 
