@@ -25,6 +25,7 @@ import cnnkit.functional as F
 from cnnkit.backend import backend
 from cnnkit.backends import ACTIVATIONS, OPS
 from cnnkit.backends.numba import conv as nb_conv
+from cnnkit.backends.numba.activation import CODES, act_run
 from cnnkit.backends.numba.conv import im2row as nb_im2row
 
 NB, NP = backend("numba"), backend("numpy")
@@ -264,6 +265,21 @@ def test_float32_tanh_dense_grid(kind):
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, y_ref, rtol=RTOL_ACT_F32, atol=0)
     assert (np.signbit(y) == np.signbit(x)).all()
+
+
+@pytest.mark.parametrize("kind", ["tanh", "scaled_tanh"])
+def test_float32_tanh_runs_of_every_length(kind):
+    """Runs of 0 to 40 elements (whole vectors, then one masked vector; the conv epilogues' rows are such runs):
+    every element as in a long run, bit for bit, and nothing written past the run."""
+    x = np.random.default_rng(5).uniform(-4, 4, 4096).astype(np.float32)
+    long = F.activation(x, kind, backend=NB)
+    for n in range(41):
+        np.testing.assert_array_equal(F.activation(x[:n], kind, backend=NB), long[:n], err_msg=f"n={n}")
+    src, dst = np.zeros(64, np.float32), np.full(64, 7.0, np.float32)
+    src[5:22] = x[:17]
+    numba.njit(lambda d, s_, code: act_run(d, 3, s_, 5, 17, np.float32(0), code, 0.0))(dst, src, CODES[kind])
+    np.testing.assert_array_equal(dst[3:20], long[:17])
+    assert (dst[:3] == 7).all() and (dst[20:] == 7).all()
 
 
 # ----------------------------------------------------------------------------------------------- dropout
