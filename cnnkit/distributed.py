@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
@@ -115,6 +116,7 @@ def init() -> Communicator:
     return _world
 
 
+ABORT_GRACE_S = 0.3  # seconds a failing rank waits, after flushing its output, before MPI_Abort
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -145,8 +147,7 @@ def abort_job(code: int = 1) -> None:
     """End every rank of the job that :func:`init` joined (after an error this rank handled and reported, so the
     others do not wait for it in a collective); nothing in a one-process run."""
     if _world is not None and _world.size > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_for_mpiexec()
         _world._comm.Abort(code)
 
 
@@ -156,9 +157,17 @@ def _abort_job_hook(previous: Any) -> Any:
 
         sys.stderr.write(f"cnnkit: rank {MPI.COMM_WORLD.Get_rank()} failed; aborting the whole job\n")
         previous(kind, value, tb)
-        sys.stderr.flush()
+        _flush_for_mpiexec()
         MPI.COMM_WORLD.Abort(1)
     return hook
+
+
+def _flush_for_mpiexec() -> None:
+    """Flush this rank's output and give mpiexec ABORT_GRACE_S to forward it: MPI_Abort tears the job down at
+    once, and output still in transit was seen lost (a CI run of the different-models test printed nothing)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
 
 
 def _model_arrays(model: Layer) -> list[tuple[str, Any]]:
