@@ -210,6 +210,27 @@ def dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero)
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
+@njit(cache=True, fastmath=False, error_model="numpy")
+def dot_blocks(part, chunk, g, d, xs, chan, off, shift, u0, u1, zero):
+    """part[chunk, g, k, q] += sum over u0 <= u < u1 of d[g*Kg + k, u] * xs[g*Cg + chan[q], u + off[q] + shift]
+    for every (k, q), in 4x4 blocks by :func:`dots4x4` (a short block repeats its last row): the weight
+    gradients' shifted dot products over one run."""
+    groups, kg, rows = part.shape[1], part.shape[2], part.shape[3]
+    cg = xs.shape[0] // groups
+    last = g * kg + kg - 1
+    for kb in range(0, kg, 4):
+        k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
+            min(g * kg + kb + 3, last)
+        for qb in range(0, rows, 4):
+            q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
+            sums = dots4x4(d, k0, k1, k2, k3, xs, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
+                           g * cg + chan[q3], off[q0] + shift, off[q1] + shift, off[q2] + shift, off[q3] + shift,
+                           u0, u1, zero)
+            for i in range(min(4, kg - kb)):
+                for j in range(min(4, rows - qb)):
+                    part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+
+
 # ----------------------------------------------------------------------------------------------- runs
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def copy_run(dst, d0, src, s0, sstep, count):

@@ -9,7 +9,7 @@ that layout and one out of it, so the path rule takes it for small planes with f
 * Forward: per (group, output row, run of pixels) one :func:`_loops.gemm` over the run's columns; the
   epilogue adds the bias, applies the activation and writes NCHW.
 * Weight gradient: dw[k, (c, r, s)] = sum over output rows of the dot product of dy's row run (dy in the same
-  layout) with x's run shifted by the tap, 4x4 blocks of (k, tap) by :func:`_loops.dots4x4`; one partial per
+  layout) with x's run shifted by the tap, 4x4 blocks of (k, tap) by :func:`_loops.dot_blocks`; one partial per
   chunk of output rows (a fixed number), summed in a fixed order: results do not depend on the thread count.
 
 The input gradient has no lanes pass: its correlation runs over the input's own positions, where the shifted
@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import act_run
-from ._loops import Pads, Pair, cdiv, dots4x4, gemm, zero_run
+from ._loops import Pads, Pair, cdiv, dot_blocks, gemm, zero_run
 from .shifted import tap_rows
 
 RUN_COLUMNS = 2048   # forward: GEMM columns (pixels x images) per task, at most (unless one pixel has more)
@@ -82,27 +82,14 @@ def _lanes_weight(dl, xl, part, chan, off, run, skip, zero):
     * xl[g*Cg + chan[q], h*(run + skip) + off[q] + u]: dl is dy (K, OH*OW*N) and xl the padded x in the lanes
     layout, ``run`` = OW*N and ``skip`` = (Wp - OW)*N."""
     chunks, groups, kg, rows = part.shape
-    cg = xl.shape[0] // groups
     oh = dl.shape[1] // run
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
-        last = g * kg + kg - 1  # a short block repeats its last row
         for i in range(kg):
             for q in range(rows):
                 part[chunk, g, i, q] = 0
         for h in range(chunk * oh // chunks, (chunk + 1) * oh // chunks):
-            u0, shift = h * run, h * skip
-            for kb in range(0, kg, 4):
-                k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
-                    min(g * kg + kb + 3, last)
-                for qb in range(0, rows, 4):
-                    q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-                    sums = dots4x4(dl, k0, k1, k2, k3, xl, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                                   g * cg + chan[q3], off[q0] + shift, off[q1] + shift, off[q2] + shift,
-                                   off[q3] + shift, u0, u0 + run, zero)
-                    for i in range(min(4, kg - kb)):
-                        for j in range(min(4, rows - qb)):
-                            part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+            dot_blocks(part, chunk, g, dl, xl, chan, off, h * skip, h * run, (h + 1) * run, zero)
 
 
 def _lanes_input(x: np.ndarray, padding: Pads) -> tuple[np.ndarray, int]:

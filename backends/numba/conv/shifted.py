@@ -29,7 +29,7 @@ from ._loops import (
     activate_rows,
     cdiv,
     copy_run,
-    dots4x4,
+    dot_blocks,
     gemm,
     padded_plane,
     zero_run,
@@ -71,27 +71,15 @@ def _tap_weight(dt, xt, part, chan, off, front, total, zero):
     xt[g*Cg + chan[q], front + u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
     wide grid (dy zero off the real outputs). One long run over the chunk's images per 4x4 block of (k, tap)."""
     chunks, groups, kg, rows = part.shape
-    cg = xt.shape[0] // groups
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
         u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
         u1 = total if chunk == chunks - 1 else (chunk + 1) * total // chunks // RUN_ALIGN * RUN_ALIGN
-        last = g * kg + kg - 1  # a short block repeats its last row
         for i in range(kg):
             for q in range(rows):
                 part[chunk, g, i, q] = 0
         for s0 in range(front + u0, front + u1, SUB_RUN):  # sub-runs: their rows stay in cache for every block
-            s1 = min(s0 + SUB_RUN, front + u1)
-            for kb in range(0, kg, 4):
-                k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
-                    min(g * kg + kb + 3, last)
-                for qb in range(0, rows, 4):
-                    q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-                    sums = dots4x4(dt, k0, k1, k2, k3, xt, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                                   g * cg + chan[q3], off[q0], off[q1], off[q2], off[q3], s0, s1, zero)
-                    for i in range(min(4, kg - kb)):
-                        for j in range(min(4, rows - qb)):
-                            part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+            dot_blocks(part, chunk, g, dt, xt, chan, off, np.int64(0), s0, min(s0 + SUB_RUN, front + u1), zero)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
