@@ -36,7 +36,7 @@ Pads = tuple[int, int, int, int]
 FMA = {"contract"}
 MIN_TILE = 32          # pixels per tile at least: long enough to vectorise
 MIN_TASKS = 64         # split work into at least this many tasks when the shape allows
-PANEL_DEPTH = 128      # gemm: rows of b per panel (128 x 3 vectors of 64 bytes: 24 KiB, half of a 48 KiB L1)
+PANEL_DEPTH = 160      # gemm: rows of b per panel at most (160 x 3 vectors of 64 bytes: 30 KiB of a 48 KiB L1)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -69,9 +69,11 @@ def gemm(a, arow, aoff, b, brow, boff, c, m, kd, t):
         tall = m - m % TALL
         six = TALL > SIX and m - tall >= SIX
         short = tall + SIX if six else m - m % SHORT
+        panels = (kd + PANEL_DEPTH - 1) // PANEL_DEPTH
+        depth = (kd + panels - 1) // panels  # equal panels
         for j in range(0, narrow, WIDE * lane):
-            for q0 in range(0, kd, PANEL_DEPTH):
-                q1 = min(q0 + PANEL_DEPTH, kd)
+            for q0 in range(0, kd, depth):
+                q1 = min(q0 + depth, kd)
                 if j < wide:
                     for i in range(0, tall, TALL):
                         fma_tile(c, a, arow, aoff, b, brow, boff, i, j, q0, q1)

@@ -150,31 +150,28 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         data_route = "packed"
     if data_route == "packed" and packed.dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         return (*packed.dense_backward(dy, x, w, need_dx, need_dw), db)
-    wide = None
-    if (need_dw and weight_route == "shifted") or (need_dx and data_route == "shifted"):
-        wide = shifted.wide_dy(dy, x.shape, w.shape, padding, dilation)
-    dw = _weight_grad(weight_route, dy, x, w.shape, stride, padding, dilation, groups, wide) if need_dw else None
+    dw = _weight_grad(weight_route, dy, x, w.shape, stride, padding, dilation, groups) if need_dw else None
     if (need_dw and weight_route in ("direct", "shifted")
             and not (_finite(dw) and (db is None or _finite(db)))):  # see the module docstring
-        dw = _weight_grad("packed", dy, x, w.shape, stride, padding, dilation, groups, None)
-    dx = _data_grad(data_route, dy, x.shape, w, stride, padding, dilation, groups, wide) if need_dx else None
+        dw = _weight_grad("packed", dy, x, w.shape, stride, padding, dilation, groups)
+    dx = _data_grad(data_route, dy, x.shape, w, stride, padding, dilation, groups) if need_dx else None
     return dx, dw, db
 
 
-def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
-    """dw by the backward-weight path ``route`` (see :func:`plan`); ``wide`` is shifted.wide_dy's layout of dy."""
+def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int):
+    """dw by the backward-weight path ``route`` (see :func:`plan`)."""
     if route == "shifted":
-        return shifted.weight_grad(wide, x, w_shape, padding, dilation, groups, *dy.shape[2:])
+        return shifted.weight_grad(dy, x, w_shape, padding, dilation, groups)
     if route == "lanes":
         return lanes.weight_grad(dy, x, w_shape, padding, dilation, groups)
     path = {"direct": direct, "im2row": im2row, "packed": packed}[route]
     return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
 
 
-def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation: Pair, groups: int, wide):
-    """dx by the backward-data path ``route`` (see :func:`plan`); ``wide`` is shifted.wide_dy's layout of dy."""
+def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation: Pair, groups: int):
+    """dx by the backward-data path ``route`` (see :func:`plan`)."""
     if route == "shifted":
-        return shifted.data_grad(wide, x_shape, w, padding, dilation, groups)
+        return shifted.data_grad(dy, x_shape, w, padding, dilation, groups)
     if route == "im2row" and im2row.data_grad_fits(stride, padding, dilation, w.shape):
         return im2row.data_grad(dy, w, padding, dilation, groups, x_shape)
     if route == "im2row":

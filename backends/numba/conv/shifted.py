@@ -1,10 +1,12 @@
 """The ``shifted`` conv path (stride 1), Numba: implicit GEMM with no im2col.
 
-Every pass works on channel-major planes: x (zero-padded) and dy are laid out (C, N*Hp*Wp), every image's
-padded plane in a row (dy at its output positions and 0 elsewhere, after a zero margin as long as the largest
-tap offset). Tap (r, s) of position v then reads row element v + r*dil_h*Wp + s*dil_w: each GEMM operand row is
-a shifted window of a whole row, so every loop is one long run per channel across the batch instead of one per
-image, and tiles are long and whole vectors whatever the image size.
+Every pass reads its operands on a *wide grid*: the batch's zero-padded (Hp, Wp) planes one after the other, per
+channel (x at its padding offset, dy at (0, 0) of the padded input's planes, 0 elsewhere). Tap (r, s) of grid
+position v then reads position v + r*dil_h*Wp + s*dil_w: each GEMM operand row is a shifted window of one
+channel's grid, so every loop is one long run across the batch instead of one per image, and tiles are long and
+whole vectors whatever the image size. The grid is never laid out in memory as a whole: each task copies the
+window of it that its tile reads (:func:`grid_window`), which stays in cache for the GEMM and spares a pass
+over the whole batch through memory.
 
 * Forward and input gradient: one GEMM over all positions v (:func:`_tap_gemm`), the taps as they are (x read
   at v + offset) or flipped (dy read at v - offset), keeping the real output (input) positions; the forward's
@@ -31,7 +33,6 @@ from ._loops import (
     copy_run,
     dot_blocks,
     gemm,
-    padded_plane,
     zero_run,
 )
 
@@ -50,27 +51,16 @@ def tap_rows(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int) -> tupl
     return np.repeat(np.arange(cg, dtype=np.int64), r_ * s_), np.tile(shifts, cg).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------------------------- layouts
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _channel_major(x, xt, front, top, left, wp, plane):
-    """xt[c, front + n * plane + (top + h) * wp + left + w] = x[n, c, h, w]; every other element of xt is 0."""
-    n_, c_ = x.shape[0], x.shape[1]
-    back = front + n_ * plane
-    for task in prange(c_ * n_):
-        c, n = task // n_, task % n_
-        if n == 0:  # the first and last images' tasks zero the margins too
-            zero_run(xt[c], 0, front)
-        if n == n_ - 1:
-            zero_run(xt[c], back, xt.shape[1] - back)
-        padded_plane(xt[c], front + n * plane, x[n, c], top, left, wp, plane)
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_weight(dt, xt, part, chan, off, front, total, zero):
-    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dt[g*Kg + k, front + u] *
-    xt[g*Cg + chan[q], front + u + off[q]], with dt (K, L) and xt (C, L) dy and the padded input channel-major on the
-    wide grid (dy zero off the real outputs). One long run over the chunk's images per 4x4 block of (k, tap)."""
+def _tap_weight(dy, x, part, chan, off, top, left, hp, wp, total, zero):
+    """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dy(g*Kg + k, u) *
+    x(g*Cg + chan[q], u + off[q]), dy and x read on their wide grids (:func:`grid_window`: dy at (0, 0) of each
+    plane, so zero off the real outputs; x at (top, left)). The chunk's run is taken SUB_RUN positions at a time,
+    the task copying the windows of both grids that a sub-run reads: they stay in L2 for every 4x4 block of
+    (k, tap) of :func:`dot_blocks`."""
     chunks, groups, kg, rows = part.shape
+    cg = x.shape[1] // groups
+    reach = off.max()
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
         u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
@@ -78,29 +68,69 @@ def _tap_weight(dt, xt, part, chan, off, front, total, zero):
         for i in range(kg):
             for q in range(rows):
                 part[chunk, g, i, q] = 0
-        for s0 in range(front + u0, front + u1, SUB_RUN):  # sub-runs: their rows stay in cache for every block
-            dot_blocks(part, chunk, g, dt, xt, chan, off, np.int64(0), s0, min(s0 + SUB_RUN, front + u1), zero)
+        dys = np.empty((kg * groups, SUB_RUN), dtype=x.dtype)  # the group's rows only are filled and read
+        xs = np.empty((cg * groups, SUB_RUN + reach), dtype=x.dtype)
+        for s0 in range(u0, u1, SUB_RUN):
+            count = min(SUB_RUN, u1 - s0)
+            grid_window(dys, g * kg, kg, count, dy, g * kg, s0, 0, 0, hp, wp)
+            grid_window(xs, g * cg, cg, count + reach, x, g * cg, s0, top, left, hp, wp)
+            dot_blocks(part, chunk, g, dys, xs, chan, off, np.int64(0), np.int64(0), count, zero)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def grid_window(dst, r0, chans, count, src, c0, u0, top, left, hp, wp):
+    """dst[r0 + c, j] = position u0 + j of channel c0 + c's wide grid, for c < chans and j < count: the batch's
+    (hp, wp) planes one after the other, src[n, :, h, w] at (top + h, left + w) of plane n, 0 elsewhere
+    (padding, before the first plane and past the last; u0 may be negative). One padded row at a time, every
+    channel's run of it in turn (the row's arithmetic done once)."""
+    n_, c_, h_, w_ = src.shape
+    plane, width = hp * wp, dst.shape[1]
+    end, last = u0 + count, n_ * plane
+    flat, out = src.reshape(-1), dst.reshape(-1)
+    u = u0
+    while u < end:  # one padded row (or the stretch before the first plane / past the last) at a time
+        if u < 0 or u >= last:
+            stop, h = min(end, 0) if u < 0 else end, -1
+        else:
+            row = u - u % wp
+            stop, h = min(end, row + wp), u % plane // wp - top
+        if 0 <= h < h_:
+            lo, hi = max(u, min(stop, row + left)), max(u, min(stop, row + left + w_))
+            at = ((u // plane * c_ + c0) * h_ + h) * w_ + lo - row - left
+            for c in range(chans):
+                base = (r0 + c) * width - u0
+                zero_run(out, base + u, lo - u)
+                copy_run(out, base + lo, flat, at + c * h_ * w_, 1, hi - lo)
+                zero_run(out, base + hi, stop - hi)
+        else:
+            for c in range(chans):
+                zero_run(out, (r0 + c) * width + u - u0, stop - u)
+        u = stop
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_gemm(src, wq, out, b, chan, boff, wp, hp, top, left, tu, kind, slope):
-    """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * src[g*Kq + chan[q],
-    boff[q] + v]) at the padded-grid position v = n*hp*wp + (top + h)*wp + left + w: one GEMM over all the
-    batch's planes, laid out channel-major in src (C, L), tiles of tu positions. The forward (x's planes,
-    boff = the taps' offsets) and the input gradient (dy's, flipped taps) are both this correlation."""
+def _tap_gemm(src, wq, out, b, chan, boff, src_top, src_left, hp, wp, top, left, tu, kind, slope):
+    """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
+    v + boff[q])) at the wide-grid position v = n*hp*wp + (top + h)*wp + left + w, grid being src's wide grid
+    (:func:`grid_window`, src at (src_top, src_left) of each plane): one GEMM over all the batch's planes, tiles
+    of tu positions, each task copying the window of the grid its tile reads. The forward (x's grid, boff =
+    the taps' offsets) and the input gradient (dy's, flipped taps: -offsets) are both this correlation."""
     groups, m, kd = wq.shape
     n_, k_, h_, w_ = out.shape
-    kq = src.shape[0] // groups
+    kq = src.shape[1] // groups
     total = n_ * hp * wp
     tiles = (total + tu - 1) // tu
+    reach_lo, reach_hi = boff.min(), boff.max()
     out_flat = out.reshape(-1)
     whole = costly_remainder(kind, out.itemsize)
     for task in prange(groups * tiles):
         g, tile = task // tiles, task % tiles
         v0 = tile * tu
         t = min(tu, total - v0)
+        window = np.empty((kq, t + reach_hi - reach_lo), dtype=out.dtype)
+        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + reach_lo, src_top, src_left, hp, wp)
         acc = np.zeros((m, tu), dtype=out.dtype)
-        gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), src, chan + g * kq, boff + v0, acc, m, kd, t)
+        gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff - reach_lo, acc, m, kd, t)
         flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
         for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real positions: bias, activation
             n, h = row // hp, row % hp - top
@@ -114,32 +144,18 @@ def _tap_gemm(src, wq, out, b, chan, boff, wp, hp, top, left, tu, kind, slope):
                         act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
 
 
-def wide_dy(dy: np.ndarray, x_shape, w_shape, padding: Pads, dilation: Pair):
-    """dy channel-major on the padded input's planes (see :func:`_channel_major`), after a zero margin as long
-    as the largest tap offset (rounded up to RUN_ALIGN); returns it, the margin, Hp and Wp. Both backward passes
-    take this tuple, so a backward computes it once."""
-    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
-    reach = dilation[0] * (w_shape[2] - 1) * wp + dilation[1] * (w_shape[3] - 1)
-    front = cdiv(reach, RUN_ALIGN) * RUN_ALIGN
-    dt = np.empty((dy.shape[1], front + dy.shape[0] * hp * wp), dtype=dy.dtype)
-    _channel_major(dy, dt, front, 0, 0, wp, hp * wp)
-    return dt, front, hp, wp
-
-
-def weight_grad(wide, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, groups: int, oh: int,
-                ow: int) -> np.ndarray:
-    """Stride-1 weight gradient by :func:`_tap_weight` from dy as :func:`wide_dy` lays it out (``wide``) and x
-    likewise: TAP_CHUNKS-at-most partials over contiguous runs of the batch's pixels, summed in a fixed order."""
-    dt, front, hp, wp = wide
-    n, c = x.shape[:2]
+def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
+    """Stride-1 weight gradient by :func:`_tap_weight`: TAP_CHUNKS-at-most partials over contiguous runs of the
+    batch's wide grid, summed in a fixed order."""
+    n, _, h, w_ = x.shape
     k, cg, r, s = w_shape
+    oh, ow = dy.shape[2:]
+    hp, wp = h + padding[0] + padding[1], w_ + padding[2] + padding[3]
     chan, off = tap_rows(cg, r, s, wp, *dilation)
-    xt = np.empty((c, dt.shape[1]), dtype=x.dtype)
-    _channel_major(x, xt, front, padding[0], padding[2], wp, hp * wp)
     total = (n - 1) * hp * wp + (oh - 1) * wp + ow
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
-    _tap_weight(dt, xt, part, chan, off, front, total, x.dtype.type(0))
+    _tap_weight(dy, x, part, chan, off, padding[0], padding[2], hp, wp, total, x.dtype.type(0))
     return part.sum(axis=0).reshape(w_shape)
 
 
@@ -158,20 +174,18 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding:
     k, cg, r, s = w.shape
     hp, wp = h + padding[0] + padding[1], w_ + padding[2] + padding[3]
     chan, off = tap_rows(cg, r, s, wp, *dilation)
-    xt = np.empty((c, n * hp * wp + off[-1]), dtype=x.dtype)
-    _channel_major(x, xt, 0, padding[0], padding[2], wp, hp * wp)
-    _tap_gemm(xt, w.reshape(groups, k // groups, -1), y, b, chan, off, wp, hp, 0, 0,
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, chan, off, padding[0], padding[2], hp, wp, 0, 0,
               _grid_tile(n * hp * wp, k // groups, groups), kind, slope)
 
 
-def data_grad(wide, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
-    """Stride-1 input gradient by :func:`_tap_gemm` from dy as :func:`wide_dy` lays it out (``wide``)."""
-    dt, front, hp, wp = wide
+def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
+    """Stride-1 input gradient by :func:`_tap_gemm`: dy on the padded input's grid, the taps flipped."""
+    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
     k, cg, r, s = w.shape
     kg = k // groups
     chan, off = tap_rows(kg, r, s, wp, *dilation)
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
-    dx = np.empty(x_shape, dtype=dt.dtype)
-    _tap_gemm(dt, wt, dx, np.zeros(x_shape[1], dtype=dt.dtype), chan, front - off, wp, hp, padding[0],
-              padding[2], _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), chan, -off, 0, 0, hp, wp, padding[0], padding[2],
+              _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
     return dx
