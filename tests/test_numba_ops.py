@@ -104,10 +104,10 @@ AUTOMATIC_PATHS = {
     "lenet-c1-like-tanh": ("lanes", "lanes", "shifted"),               # Kg = 6; 12x12 planes, 8x8 outputs
     "lenet-c3-scaled-tanh": ("lanes", "lanes", "shifted"),             # Kg = 16; 14x14 planes, 10x10 outputs
     "lenet-c5-1x1-output": ("packed", "packed", "packed"),             # the plain matmul (one output pixel)
-    "resnet-3x3-relu": ("lanes", "lanes", "shifted"),                  # 3x3 on 8x8, but 72 weights per input
+    "resnet-3x3-relu": ("shifted", "shifted", "shifted"),              # 3x3 on 8x8: 9x9 grid planes (1.27x)
     "stride2-downsample": ("packed", "packed", "packed"),
     "stride3x2-asym-pad-sigmoid": ("packed", "direct", "packed"),      # strided, Kg < 8
-    "dilation2-leaky-relu": ("lanes", "lanes", "shifted"),
+    "dilation2-leaky-relu": ("shifted", "shifted", "shifted"),         # 13x13 grid planes, 11x11 outputs
     "groups2-asym-pad-dil2x1": ("lanes", "lanes", "shifted"),
     "depthwise-relu": ("direct", "direct", "direct"),                  # Kg = 1
     "depthwise-multiplier2-s2": ("direct", "direct", "direct"),
@@ -115,7 +115,7 @@ AUTOMATIC_PATHS = {
     "batch1-odd-sizes-tanh": ("shifted", "shifted", "shifted"),
     "pad-beyond-kernel": ("shifted", "shifted", "packed"),             # dx: padding past the kernel's reach
     "im2row-288-per-output-relu": ("im2row", "im2row", "shifted"),     # 288 weights per output
-    "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "packed"),       # wide padding: packed dx
+    "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("lanes", "lanes", "im2row"),              # 8x8-like planes: dx gathers rows
 }
@@ -156,7 +156,7 @@ def test_conv_automatic_paths_are_the_documented_ones():
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
     resnet20 = {(16, 32, 1): ("shifted",) * 3, (32, 16, 1): ("shifted", "im2row", "shifted"),  # (C = K, size, s)
-                (64, 8, 1): ("im2row",) * 3, (32, 16, 2): ("im2row",) * 3, (64, 8, 2): ("im2row",) * 3}
+                (64, 8, 1): ("shifted", "im2row", "shifted"), (32, 16, 2): ("im2row",) * 3, (64, 8, 2): ("im2row",) * 3}
     for (k, size, s), paths in resnet20.items():
         c, h = (k // s, size * s)
         assert nb_conv.plan((128, c, h, h), (k, c, 3, 3), (s, s), (1, 1, 1, 1), (1, 1), 1) == paths, (k, size, s)

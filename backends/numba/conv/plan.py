@@ -2,7 +2,7 @@
 
 Paths (one module each, all parallel over the output they write):
 
-* ``shifted`` (stride 1): implicit GEMM on the zero-padded planes, no im2col (shifted.py).
+* ``shifted`` (stride 1): implicit GEMM on the wide grid of zero-margined planes, no im2col (shifted.py).
 * ``lanes`` (stride 1, forward and weight gradient; small planes): implicit GEMM with the batch as the vector
   axis, only real outputs computed (lanes.py); its input gradient is the shifted one.
 * ``im2row`` (many weights per output): each output pixel's window gathered channel-last as one row, each
@@ -16,12 +16,12 @@ Paths (one module each, all parallel over the output they write):
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
 (direct weight gradient when Kg < 8); stride 1: the weight gradient is im2row from ROW_MIN (256) weights per
-output, else lanes when the padded planes exceed the output by LANES_WASTE (1.5: LeNet-5's C3), else
-shifted unless the padded width exceeds MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward
-is im2row from ROW_MIN weights per output when the padded planes are over ROW_WASTE (1.4) times the
-output (the 8x8 layers, where the shifted grid is mostly padding), else as a narrow weight gradient; the input
-gradient is im2row from Kg*R*S >= ROW_MIN when the padded planes are over ROW_WASTE times the input, else
-shifted when the padded width is at most 1.5 times both the output and the input width, else packed.
+output, else lanes when the shifted path's planes (shifted.grid_shape) exceed the output by LANES_WASTE (1.5:
+LeNet-5's C3), else shifted unless their width exceeds MAX_WIDE_WASTE (1.5) times the output width (then
+packed); the forward is im2row from ROW_MIN weights per output when those planes are over ROW_WASTE (1.4)
+times the output (small planes with wide padding), else as a narrow weight gradient; the input
+gradient is im2row from Kg*R*S >= ROW_MIN when the planes are over ROW_WASTE times the input, else
+shifted when their width is at most 1.5 times both the output and the input width, else packed.
 ``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
@@ -85,18 +85,18 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     if stride != (1, 1):
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
         return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
-    padded_h, padded_w = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
-    wide_ok = padded_w <= MAX_WIDE_WASTE * out_w
+    grid_h, grid_w = shifted.grid_shape(x_shape, (out_h, out_w), padding)
+    wide_ok = grid_w <= MAX_WIDE_WASTE * out_w
     narrow = "shifted" if wide_ok else "packed"
-    if reduction < ROW_MIN and padded_h * padded_w > LANES_WASTE * out_h * out_w:
+    if reduction < ROW_MIN and grid_h * grid_w > LANES_WASTE * out_h * out_w:
         narrow = "lanes"
     weight = "im2row" if reduction >= ROW_MIN else narrow
-    forward = "im2row" if reduction >= ROW_MIN and padded_h * padded_w > ROW_WASTE * out_h * out_w else narrow
-    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and padded_h * padded_w > ROW_WASTE * x_shape[2] * x_shape[3]
+    forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
+    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
             and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
     else:
-        data = "shifted" if wide_ok and padded_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
+        data = "shifted" if wide_ok and grid_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
     return forward, weight, data
 
 

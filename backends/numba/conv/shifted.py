@@ -1,10 +1,12 @@
 """The ``shifted`` conv path (stride 1), Numba: implicit GEMM with no im2col.
 
-Every pass reads its operands on a *wide grid*: the batch's zero-padded (Hp, Wp) planes one after the other, per
-channel (x at its padding offset, dy at (0, 0) of the padded input's planes, 0 elsewhere). Tap (r, s) of grid
-position v then reads position v + r*dil_h*Wp + s*dil_w: each GEMM operand row is a shifted window of one
-channel's grid, so every loop is one long run across the batch instead of one per image, and tiles are long and
-whole vectors whatever the image size. The grid is never laid out in memory as a whole: each task copies the
+Every pass reads its operands on a *wide grid*: per channel, the batch's (Hp, Wp) planes one after the other,
+each image at (0, 0) of its plane and zeros after it (:func:`grid_shape`: as many zero rows and columns as the
+larger padding of each axis, which serve both sides, since a tap reaching past the left edge of a row lands in
+the previous row's zero columns). Output position v = n*Hp*Wp + h*Wp + w then reads tap (r, s) at
+v + (r*dil_h - pad_top)*Wp + s*dil_w - pad_left: each GEMM operand row is a shifted window of one channel's
+grid, so every loop is one long run across the batch instead of one per image, and tiles are long and whole
+vectors whatever the image size. The grid is never laid out in memory as a whole: each task copies the
 window of it that its tile reads (:func:`grid_window`), which stays in cache for the GEMM and spares a pass
 over the whole batch through memory.
 
@@ -43,24 +45,32 @@ RUN_ALIGN = 64         # ... and starting at a multiple of this many (vector loo
 SUB_RUN = 4096         # ... taken this many pixels at a time (a multiple of RUN_ALIGN: the rows stay in L2)
 
 
+def grid_shape(x_shape, out_hw: Pair, padding: Pads) -> Pair:
+    """(Hp, Wp) of the wide grid's planes for an input of shape x_shape and an output of out_hw: the input plus
+    the larger padding of each axis, and at least the output."""
+    return (max(x_shape[2] + max(padding[0], padding[1]), out_hw[0]),
+            max(x_shape[3] + max(padding[2], padding[3]), out_hw[1]))
+
+
 @functools.lru_cache(maxsize=256)
-def tap_rows(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window. Cached per geometry
-    (a conv calls it every pass; the callers never modify the arrays)."""
-    shifts = (np.arange(r_)[:, None] * (dil_h * wp) + np.arange(s_)[None, :] * dil_w).reshape(-1)
+def tap_rows(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int, top: int = 0,
+             left: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(channel, offset) of each GEMM row (c, r, s): the plane and the shift of its window, (r*dil_h - top)*wp +
+    s*dil_w - left. Cached per geometry (a conv calls it every pass; the callers never modify the arrays)."""
+    shifts = (np.arange(r_)[:, None] * (dil_h * wp) + np.arange(s_)[None, :] * dil_w).reshape(-1) - top * wp - left
     return np.repeat(np.arange(cg, dtype=np.int64), r_ * s_), np.tile(shifts, cg).astype(np.int64)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_weight(dy, x, part, chan, off, top, left, hp, wp, total, zero):
+def _tap_weight(dy, x, part, chan, off, hp, wp, total, zero):
     """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dy(g*Kg + k, u) *
-    x(g*Cg + chan[q], u + off[q]), dy and x read on their wide grids (:func:`grid_window`: dy at (0, 0) of each
-    plane, so zero off the real outputs; x at (top, left)). The chunk's run is taken SUB_RUN positions at a time,
+    x(g*Cg + chan[q], u + off[q]), dy and x read on their wide grids (:func:`grid_window`; dy is zero off the
+    real outputs). The chunk's run is taken SUB_RUN positions at a time,
     the task copying the windows of both grids that a sub-run reads: they stay in L2 for every 4x4 block of
     (k, tap) of :func:`dot_blocks`."""
     chunks, groups, kg, rows = part.shape
     cg = x.shape[1] // groups
-    reach = off.max()
+    lo, reach = off.min(), off.max() - off.min()
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
         u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
@@ -72,16 +82,16 @@ def _tap_weight(dy, x, part, chan, off, top, left, hp, wp, total, zero):
         xs = np.empty((cg * groups, SUB_RUN + reach), dtype=x.dtype)
         for s0 in range(u0, u1, SUB_RUN):
             count = min(SUB_RUN, u1 - s0)
-            grid_window(dys, g * kg, kg, count, dy, g * kg, s0, 0, 0, hp, wp)
-            grid_window(xs, g * cg, cg, count + reach, x, g * cg, s0, top, left, hp, wp)
-            dot_blocks(part, chunk, g, dys, xs, chan, off, np.int64(0), np.int64(0), count, zero)
+            grid_window(dys, g * kg, kg, count, dy, g * kg, s0, hp, wp)
+            grid_window(xs, g * cg, cg, count + reach, x, g * cg, s0 + lo, hp, wp)
+            dot_blocks(part, chunk, g, dys, xs, chan, off, -lo, np.int64(0), count, zero)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def grid_window(dst, r0, chans, count, src, c0, u0, top, left, hp, wp):
+def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
     """dst[r0 + c, j] = position u0 + j of channel c0 + c's wide grid, for c < chans and j < count: the batch's
-    (hp, wp) planes one after the other, src[n, :, h, w] at (top + h, left + w) of plane n, 0 elsewhere
-    (padding, before the first plane and past the last; u0 may be negative). One padded row at a time, every
+    (hp, wp) planes one after the other, src[n, :, h, w] at (h, w) of plane n, 0 elsewhere (the planes' margins,
+    before the first plane and past the last; u0 may be negative). One padded row at a time, every
     channel's run of it in turn (the row's arithmetic done once)."""
     n_, c_, h_, w_ = src.shape
     plane, width = hp * wp, dst.shape[1]
@@ -90,13 +100,13 @@ def grid_window(dst, r0, chans, count, src, c0, u0, top, left, hp, wp):
     u = u0
     while u < end:  # one padded row (or the stretch before the first plane / past the last) at a time
         if u < 0 or u >= last:
-            stop, h = min(end, 0) if u < 0 else end, -1
+            stop, h = min(end, 0) if u < 0 else end, h_  # no row: zeros
         else:
             row = u - u % wp
-            stop, h = min(end, row + wp), u % plane // wp - top
-        if 0 <= h < h_:
-            lo, hi = max(u, min(stop, row + left)), max(u, min(stop, row + left + w_))
-            at = ((u // plane * c_ + c0) * h_ + h) * w_ + lo - row - left
+            stop, h = min(end, row + wp), u % plane // wp
+        if h < h_:
+            lo, hi = u, max(u, min(stop, row + w_))
+            at = ((u // plane * c_ + c0) * h_ + h) * w_ + lo - row
             for c in range(chans):
                 base = (r0 + c) * width - u0
                 zero_run(out, base + u, lo - u)
@@ -109,10 +119,10 @@ def grid_window(dst, r0, chans, count, src, c0, u0, top, left, hp, wp):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_gemm(src, wq, out, b, chan, boff, src_top, src_left, hp, wp, top, left, tu, kind, slope):
+def _tap_gemm(src, wq, out, b, chan, boff, hp, wp, tu, kind, slope):
     """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
-    v + boff[q])) at the wide-grid position v = n*hp*wp + (top + h)*wp + left + w, grid being src's wide grid
-    (:func:`grid_window`, src at (src_top, src_left) of each plane): one GEMM over all the batch's planes, tiles
+    v + boff[q])) at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid
+    (:func:`grid_window`): one GEMM over all the batch's planes, tiles
     of tu positions, each task copying the window of the grid its tile reads. The forward (x's grid, boff =
     the taps' offsets) and the input gradient (dy's, flipped taps: -offsets) are both this correlation."""
     groups, m, kd = wq.shape
@@ -128,16 +138,16 @@ def _tap_gemm(src, wq, out, b, chan, boff, src_top, src_left, hp, wp, top, left,
         v0 = tile * tu
         t = min(tu, total - v0)
         window = np.empty((kq, t + reach_hi - reach_lo), dtype=out.dtype)
-        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + reach_lo, src_top, src_left, hp, wp)
+        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + reach_lo, hp, wp)
         acc = np.zeros((m, tu), dtype=out.dtype)
         gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff - reach_lo, acc, m, kd, t)
         flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
         for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real positions: bias, activation
-            n, h = row // hp, row % hp - top
-            lo, hi = max(row * wp + left, v0), min(row * wp + left + w_, v0 + t)
-            if 0 <= h < h_ and hi > lo:
+            n, h = row // hp, row % hp
+            lo, hi = max(row * wp, v0), min(row * wp + w_, v0 + t)
+            if h < h_ and hi > lo:
                 for i in range(m):
-                    dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp - left, i * tu + lo - v0
+                    dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
                     if whole:
                         copy_run(out_flat, dst, flat, at, 1, hi - lo)
                     else:
@@ -150,12 +160,12 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation:
     n, _, h, w_ = x.shape
     k, cg, r, s = w_shape
     oh, ow = dy.shape[2:]
-    hp, wp = h + padding[0] + padding[1], w_ + padding[2] + padding[3]
-    chan, off = tap_rows(cg, r, s, wp, *dilation)
+    hp, wp = grid_shape(x.shape, (oh, ow), padding)
+    chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
     total = (n - 1) * hp * wp + (oh - 1) * wp + ow
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
-    _tap_weight(dy, x, part, chan, off, padding[0], padding[2], hp, wp, total, x.dtype.type(0))
+    _tap_weight(dy, x, part, chan, off, hp, wp, total, x.dtype.type(0))
     return part.sum(axis=0).reshape(w_shape)
 
 
@@ -168,24 +178,22 @@ def _grid_tile(positions: int, outputs: int, groups: int) -> int:
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
             groups: int, kind: int, slope: float) -> None:
-    """y = act(cross_correlate(x, w) + b) at stride 1 by :func:`_tap_gemm` on x's padded planes laid out
-    channel-major, every image's in a row, so the tiles are long and whole vectors whatever the image size."""
-    n, c, h, w_ = x.shape
+    """y = act(cross_correlate(x, w) + b) at stride 1 by :func:`_tap_gemm` on x's wide grid."""
     k, cg, r, s = w.shape
-    hp, wp = h + padding[0] + padding[1], w_ + padding[2] + padding[3]
-    chan, off = tap_rows(cg, r, s, wp, *dilation)
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, chan, off, padding[0], padding[2], hp, wp, 0, 0,
-              _grid_tile(n * hp * wp, k // groups, groups), kind, slope)
+    hp, wp = grid_shape(x.shape, y.shape[2:], padding)
+    chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, chan, off, hp, wp,
+              _grid_tile(x.shape[0] * hp * wp, k // groups, groups), kind, slope)
 
 
 def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
-    """Stride-1 input gradient by :func:`_tap_gemm`: dy on the padded input's grid, the taps flipped."""
-    hp, wp = x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3]
+    """Stride-1 input gradient by :func:`_tap_gemm`: dy on the forward's grid, the taps flipped."""
+    hp, wp = grid_shape(x_shape, dy.shape[2:], padding)
     k, cg, r, s = w.shape
     kg = k // groups
-    chan, off = tap_rows(kg, r, s, wp, *dilation)
+    chan, off = tap_rows(kg, r, s, wp, *dilation, padding[0], padding[2])
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), chan, -off, 0, 0, hp, wp, padding[0], padding[2],
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), chan, -off, hp, wp,
               _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
     return dx
