@@ -58,8 +58,8 @@ WEIGHT_GEMM_MIN = 8    # ... and below which a strided backward-weight does
 MAX_WIDE_WASTE = 1.5
 ROW_MIN = 256          # im2row: weights per output (Cg*R*S) from which stride-1 convs gather rows ...
 ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short there)
-ROW_WASTE = 1.4        # ... when the padded planes exceed the output (forward) or input (dx) by this factor
-LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below ROW_MIN when the padded planes
+ROW_WASTE = 1.4        # ... when the shifted grid's planes exceed the output (forward) or input (dx) by this factor
+LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below ROW_MIN when the grid's planes
                        # exceed the output by this factor (the shifted path would compute them all)
 PATHS = ("direct", "shifted", "packed", "im2row", "lanes")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
