@@ -146,9 +146,12 @@ _CONV = ((1, 1), (1, 1, 1, 1), (1, 1), 1)      # stride, padding, dilation, grou
 _POOL = ((2, 2), (2, 2), (0, 0))               # kernel_size, stride, padding of the pooling examples
 
 
-@_op(lambda ops, make: ((make(2, 3, 8, 8), make(4, 3, 3, 3), make(4), *_CONV), {"activation": "relu"}))
-def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation=None):
-    """y = act(conv(x, w) + b); ``b`` is a (K,) array or None. ``activation`` is the fused epilogue."""
+@_op(lambda ops, make: ((make(2, 3, 8, 8), make(4, 3, 3, 3), make(4), *_CONV),
+                       {"activation": "relu", "residual": make(2, 4, 8, 8)}))
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation=None, residual=None):
+    """y = act(conv(x, w) + b + residual); ``b`` is a (K,) array or None, ``residual`` one of y's shape and dtype
+    or None (a residual block's shortcut, added before the activation: ``(conv + b) + residual``, as
+    add_forward would on the conv's output). ``activation`` is the fused epilogue."""
 
 
 @_op(lambda ops, make: ((make(2, 4, 8, 8), make(2, 3, 8, 8), make(4, 3, 3, 3), *_CONV), {}))

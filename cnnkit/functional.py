@@ -43,11 +43,19 @@ def _be(backend: str | Backend | None) -> Backend:
 
 def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair = 1,
            padding: IntPair | str = 0, dilation: IntPair = 1, groups: int = 1,
-           activation: str | None = None, *, backend: str | Backend | None = None) -> Array:
-    """2-D cross-correlation (PyTorch's conv2d), optionally fused with bias and an activation."""
+           activation: str | None = None, *, residual: Array | None = None,
+           backend: str | Backend | None = None) -> Array:
+    """2-D cross-correlation (PyTorch's conv2d), optionally fused with bias, a ``residual`` of the output's shape
+    (a residual block's shortcut: ``activation(conv + bias + residual)``) and an activation."""
     be = _be(backend)
     x_, w_, b_, geometry = _conv_args(be, x, weight, bias, stride, padding, dilation, groups)
-    return be.conv2d_forward(x_, w_, b_, *geometry, activation=activation_name(activation))
+    if residual is not None:
+        check_array(be, residual, "residual", ndim=4)
+        same_dtype(x_, residual, "residual")
+        expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
+        if tuple(residual.shape) != expected:
+            raise ValueError(f"residual must have the conv output shape {expected}, got {tuple(residual.shape)}")
+    return be.conv2d_forward(x_, w_, b_, *geometry, activation=activation_name(activation), residual=residual)
 
 
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,

@@ -156,6 +156,17 @@ def test_add_needs_one_shape_one_dtype_and_a_known_activation():
     np.testing.assert_array_equal(F.add(a - 1, a, "relu", backend=BE), a)
 
 
+@pytest.mark.parametrize("residual, exc, match", [
+    (np.zeros((2, 3, 5, 5)), ValueError, r"residual must have the conv output shape \(2, 3, 4, 4\), got \(2, 3, 5"),
+    (np.zeros((2, 3, 4)), ValueError, r"residual must be a 4-D array"),
+    (np.zeros((2, 3, 4, 4), np.float32), TypeError, r"residual has dtype float32 but x has float64"),
+    (torch.zeros(2, 3, 4, 4), TypeError, r"residual is a torch.Tensor"),
+])
+def test_bad_conv_residual(xw, residual, exc, match):
+    with pytest.raises(exc, match=match):
+        F.conv2d(*xw, residual=residual, backend=BE)
+
+
 def test_empty_batch(xw):
     with pytest.raises(ValueError, match=r"x must hold at least one sample"):
         F.conv2d(np.zeros((0, 4, 6, 6)), xw[1], backend=BE)

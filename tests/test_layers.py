@@ -10,6 +10,7 @@ import pytest
 from gradcheck import check_grad
 from tolerances import assert_close_f32, assert_close_f64
 
+from cnnkit import functional as F
 from cnnkit import nn
 from cnnkit.backends import ACTIVATIONS
 
@@ -298,6 +299,66 @@ def test_residual_fusion_float32_on_backend(backend):
     dy = _rng("residual32-dy").standard_normal(y.shape)
     assert_close_f32(be.to_numpy(model.backward(be.asarray(dy.astype(np.float32)))), ref.backward(dy),
                      f"{backend} residual dx")
+
+
+def _bn_residual_block(backend: str = "numpy", dtype: str = "float64", projection: bool = False) -> nn.Sequential:
+    """A ResNet basic block with batch norm, Sequential(Residual(conv-BN-ReLU-conv-BN, projection), ReLU()), in
+    eval mode with running statistics and affine parameters away from 0 and 1 (the same on every backend)."""
+    nn.init.manual_seed(0)
+    out = 4 if projection else 2
+    body = nn.Sequential(nn.Conv2d(2, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                         nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out))
+    shortcut = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4)) if projection else None
+    model = nn.Sequential(nn.Residual(body, shortcut), nn.ReLU()).to(backend, dtype=dtype)
+    rng = _rng("bn-residual", projection)
+    for _, layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            c = layer.num_features
+            layer.running_mean[...] = layer.backend.asarray(rng.standard_normal(c), dtype=dtype)
+            layer.running_var[...] = layer.backend.asarray(rng.uniform(0.5, 2.0, c), dtype=dtype)
+            layer.weight.data[...] = layer.backend.asarray(rng.uniform(-2, 2, c), dtype=dtype)
+            layer.bias.data[...] = layer.backend.asarray(rng.standard_normal(c), dtype=dtype)
+    return model.eval()
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_eval_residual_sum_runs_in_the_last_convs_epilogue(projection, monkeypatch):
+    """In eval mode the body's last conv (its batch norm folded in) adds the shortcut and applies the ReLU after
+    the block; outputs and gradients equal the unfused layers'."""
+    model = _bn_residual_block(projection=projection)
+    block, act = model[0], model[1]
+    last = block.body[3]
+    residuals = []
+    monkeypatch.setattr(last, "fold_batchnorm", lambda x, bn, kind, residual=None, _f=last.fold_batchnorm:
+                        residuals.append((kind, residual is not None)) or _f(x, bn, kind, residual))
+    rng = _rng("bn-residual-input", projection)
+    x = rng.standard_normal((3, 2, 6, 6))
+    y = model(x)
+    assert residuals == [("relu", True)]
+    dy = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+
+    shortcut = x if block.projection is None else block.projection.forward(x)
+    y_ref = act.forward(F.add(block.body.forward(x), shortcut, backend="numpy"))  # the sum after the body
+    model.zero_grad()
+    g = act.backward(dy)
+    dx_ref = block.body.backward(g) + (g if block.projection is None else block.projection.backward(g))
+    assert_close_f64(y, y_ref, "forward")
+    assert_close_f64(dx, dx_ref, "dx")
+    for name, p in model.named_parameters():
+        assert_close_f64(grads[name], p.grad, name)
+
+
+@pytest.mark.parametrize("backend", ["numba", pytest.param("cudasim", marks=pytest.mark.cudasim)])
+def test_eval_residual_fusion_float32_on_backend(backend):
+    from cnnkit.backend import backend as get_backend
+
+    be = get_backend(backend)
+    x = _rng("bn-residual32").standard_normal((2, 2, 6, 6))
+    y = _bn_residual_block(backend, "float32", projection=True)(be.asarray(x.astype(np.float32)))
+    assert_close_f32(be.to_numpy(y), _bn_residual_block(projection=True)(x), f"{backend} fused residual forward")
 
 
 FOLD_CASES = {  # (conv kwargs, batch-norm affine, activation after the norm)

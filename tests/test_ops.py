@@ -123,6 +123,22 @@ def test_conv2d(target, case):
     target.unchanged(wb, w, "w")
 
 
+@pytest.mark.parametrize("case_id", ["resnet-3x3-relu", "batch1-odd-sizes-tanh", "dilation2-leaky-relu",
+                                     "stride2-downsample", "lenet-c1-like-tanh"])
+def test_conv2d_with_a_residual(target, case_id):
+    """act(conv + b + residual), the residual added before the activation (numba: in the shifted path's epilogue
+    for the first three cases, add_forward after the conv on the others); the residual is not modified."""
+    case = by_id(CONV_CASES, case_id)
+    x, w, b, residual = case.inputs()  # dy has the output's shape
+    pre = F.conv2d(x.ref, w.ref, b and b.ref, backend=REF, **case.kwargs) + residual.ref
+    y_ref = pre if case.activation is None else F.activation(pre, case.activation, backend=REF)
+    rb = target.put(residual)
+    y = F.conv2d(target.put(x), target.put(w), target.put(b), activation=case.activation, residual=rb,
+                 backend=target.be, **case.kwargs)
+    target.check(y, y_ref, "y")
+    target.unchanged(rb, residual, "residual")
+
+
 @pytest.mark.parametrize("case_id", ["plain", "direct-depthwise-s2", "tiled-tm1-resnet-3x3"])
 def test_conv2d_backward_computes_only_what_is_needed(target, case_id):
     """A frozen conv asks for no weight gradient, an input layer for no dx: what is not needed is None, and what

@@ -21,6 +21,7 @@ from ._module import (
     launch,
     splits_for,
 )
+from .activation import add_forward
 from .norm import channel_sums
 
 Pair = tuple[int, int]
@@ -77,8 +78,11 @@ def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
 
 @implements("cupy")
 def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
-                   activation: str | None = None) -> Any:
-    """y = act(conv(x, w) + b) in one kernel launch."""
+                   activation: str | None = None, residual: Any | None = None) -> Any:
+    """y = act(conv(x, w) + b) in one kernel launch; with a ``residual``, the conv and bias in one and
+    add_forward's kernel for the sum and the activation."""
+    if residual is not None:
+        return add_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups), residual, activation)
     xp = array_module()
     x, w = as_f32(x, "x"), as_f32(w, "w")
     bias = None if b is None else as_f32(b, "b")

@@ -41,8 +41,9 @@ def _im2col(x: np.ndarray, r: int, s: int, stride: Pair, padding: Pads, dilation
 
 @implements("numpy")
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
-                   dilation: Pair, groups: int, activation: str | None = None) -> np.ndarray:
-    """y = act(cross_correlate(x, w) + b), shape (N, K, OH, OW)."""
+                   dilation: Pair, groups: int, activation: str | None = None,
+                   residual: np.ndarray | None = None) -> np.ndarray:
+    """y = act(cross_correlate(x, w) + b + residual), shape (N, K, OH, OW)."""
     n = x.shape[0]
     k, _, r, s = w.shape
     cols, (oh, ow) = _im2col(x, r, s, stride, padding, dilation, groups)
@@ -50,6 +51,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     y = np.ascontiguousarray(y.reshape(k, n, oh, ow).transpose(1, 0, 2, 3))
     if b is not None:
         y += b[:, None, None]
+    if residual is not None:
+        y += residual
     return y if activation is None else activation_forward(y, activation)
 
 

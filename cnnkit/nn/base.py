@@ -276,12 +276,24 @@ class Sequential(Layer):
     def forward(self, x: Array) -> Array:
         """Run the layers in order; an error inside one is a ShapeError naming that layer (by its dotted
         index), the shape it got and, for a model with ``input_shape``, the input shape the model expects."""
+        return self._run(x, None, None)[0]
+
+    def fold_residual(self, x: Array, residual: Array, activation: str | None) -> tuple[Array, bool]:
+        """The forward, with ``residual`` added to the output and ``activation`` applied after it in the last
+        conv's epilogue when the layers end in a conv and an eval-mode batch norm folded into it (a Residual's
+        sum): (output, True); else the plain forward's output and False (the caller adds and activates)."""
+        return self._run(x, residual, activation)
+
+    def _run(self, x: Array, residual: Array | None, activation: str | None) -> tuple[Array, bool]:
         shapes: list[tuple[int, ...]] = []
-        i = 0
+        i, added = 0, False
         try:
             self._folded, self._absorbed = {}, set()
             while i < len(self.layers):
-                y, taken = self._fused(i, x)
+                if residual is not None and i == len(self.layers) - 2 and self._folds_residual(x, residual):
+                    y, taken, added = self._fold_last(x, residual, activation), 2, True
+                else:
+                    y, taken = self._fused(i, x)
                 if taken == 0:
                     y, taken = self.layers[i].forward(x), 1
                 shapes += [tuple(y.shape)] * taken
@@ -289,7 +301,17 @@ class Sequential(Layer):
         except ValueError as exc:
             raise self._shape_error(exc, i, shapes[-1] if shapes else tuple(x.shape)) from exc
         self._out_shapes = shapes
-        return x
+        return x, added
+
+    def _folds_residual(self, x: Array, residual: Array) -> bool:
+        conv, norm = self.layers[-2:]
+        return (getattr(conv, "fold_batchnorm", None) is not None and not norm.training
+                and hasattr(norm, "eval_affine") and conv.output_shape(x.shape) == tuple(residual.shape))
+
+    def _fold_last(self, x: Array, residual: Array, activation: str | None) -> Array:
+        start = len(self.layers) - 2
+        self._folded[start + 1] = (start, x)
+        return self.layers[start].fold_batchnorm(x, self.layers[start + 1], activation, residual)
 
     def _fused(self, i: int, x: Array) -> tuple[Array | None, int]:
         """Layers i, i+1 (, i+2) as one fused call when they form a fusable pattern: (output, layers taken),

@@ -101,16 +101,22 @@ class Conv2d(Layer):
         """Forward with activation ``kind`` applied in the conv kernel's epilogue (used by Sequential)."""
         return self._conv(x, kind)
 
-    def fold_batchnorm(self, x: Array, norm: Layer, activation: str | None) -> Array:
-        """Eval-mode forward of this conv followed by batch norm ``norm`` (and ``activation``) as one conv:
-        the running statistics folded into the weights and bias (used by Sequential). The folded kernel is
-        recomputed on every call, which costs microseconds for ResNet-sized weights and cannot go stale."""
+    def fold_batchnorm(self, x: Array, norm: Layer, activation: str | None, residual: Array | None = None) -> Array:
+        """Eval-mode forward of this conv followed by batch norm ``norm`` (then + ``residual``, then
+        ``activation``) as one conv: the running statistics folded into the weights and bias (used by
+        Sequential). The folded kernel is recomputed on every call, which costs microseconds for ResNet-sized
+        weights and cannot go stale."""
         scale, shift = norm.eval_affine()
         weight = self.effective_weight() * scale[:, None, None, None]
         bias = shift if self.bias is None else self.bias.data * scale + shift
         self._x = x
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                        activation=activation, backend=self.backend)
+                        activation=activation, residual=residual, backend=self.backend)
+
+    def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(N, out_channels, OH, OW) of this conv on an input of shape ``x_shape``."""
+        padding = F.conv_padding(self.padding, self.kernel_size, self.dilation, self.stride)
+        return F.conv2d_output_shape(x_shape, self.weight.shape, self.stride, padding, self.dilation, self.groups)
 
     def backward(self, dy: Array) -> Array | None:
         """dy is the gradient of the pre-activation output (a fused activation's backward has already run).

@@ -35,7 +35,13 @@ class Residual(Layer):
 
     def _sum(self, x: Array, kind: str | None) -> Array:
         shortcut = x if self.projection is None else self.projection(x)
-        y = self.body(x)
+        fold = getattr(self.body, "fold_residual", None)
+        if not self.training and fold is not None:  # eval: the sum and activation in the body's last conv
+            y, added = fold(x, shortcut, kind)
+            if added:
+                return y
+        else:
+            y = self.body(x)
         if y.shape != shortcut.shape:
             raise ValueError(f"residual branches disagree: body gives {tuple(y.shape)}, the shortcut gives "
                              f"{tuple(shortcut.shape)}; add a projection that maps x to the body's output shape")

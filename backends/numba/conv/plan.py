@@ -48,7 +48,7 @@ import numpy as np
 
 from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
-from ..activation import code
+from ..activation import add_forward, code
 from ..reduce import channel_sums
 from . import direct, im2row, lanes, packed, shifted
 from ._loops import Pads, Pair
@@ -107,30 +107,33 @@ def _finite(a: np.ndarray) -> bool:
 
 @implements("numba")
 def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
-                   dilation: Pair, groups: int, activation: str | None = None,
+                   dilation: Pair, groups: int, activation: str | None = None, residual: np.ndarray | None = None,
                    path: str | None = None) -> np.ndarray:
-    """y = act(cross_correlate(x, w) + b), shape (N, K, OH, OW); ``path`` forces one of PATHS."""
+    """y = act(cross_correlate(x, w) + b + residual), shape (N, K, OH, OW); ``path`` forces one of PATHS. The
+    shifted path adds the residual in its epilogue; the others run add_forward on their output."""
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype)
     n, k = x.shape[0], w.shape[0]
     oh = conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], padding[1], dilation[0])
     ow = conv_output_size(x.shape[3], w.shape[3], stride[1], padding[2], padding[3], dilation[1])
     b = np.zeros(k, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((n, k, oh, ow), dtype=x.dtype)
-    kind = code(activation)
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
     if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
         route = "packed"
+    if route == "shifted":
+        res = None if residual is None else np.ascontiguousarray(residual, dtype=x.dtype)
+        shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
+        return y
+    kind = code(activation if residual is None else None)
     if route == "direct":
         direct.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
-    elif route == "shifted":
-        shifted.forward(x, w, b, y, padding, dilation, groups, kind, LEAKY_SLOPE)
     elif route == "lanes":
         lanes.forward(x, w, b, y, padding, dilation, groups, kind, LEAKY_SLOPE)
     elif route == "im2row":
         im2row.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
     else:
         packed.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
-    return y
+    return y if residual is None else add_forward(y, residual, activation)
 
 
 @implements("numba")

@@ -25,16 +25,18 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import NONE, act_run, costly_remainder
+from ..activation import NONE, RELU, act_run, costly_remainder
 from ._loops import (
     MIN_TASKS,
     Pads,
     Pair,
     activate_rows,
+    add_bias_run,
     cdiv,
     copy_run,
     dot_blocks,
     gemm,
+    relu_sum_run,
     zero_run,
 )
 
@@ -119,20 +121,22 @@ def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_gemm(src, wq, out, b, chan, boff, hp, wp, tu, kind, slope):
+def _tap_gemm(src, wq, out, b, res, chan, boff, hp, wp, tu, kind, slope):
     """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
-    v + boff[q])) at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid
-    (:func:`grid_window`): one GEMM over all the batch's planes, tiles
-    of tu positions, each task copying the window of the grid its tile reads. The forward (x's grid, boff =
-    the taps' offsets) and the input gradient (dy's, flipped taps: -offsets) are both this correlation."""
+    v + boff[q]) (+ res[n, g*M + i, h, w] when res is not empty, after the bias)) at the wide-grid position
+    v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one GEMM over all the batch's
+    planes, tiles of tu positions, each task copying the window of the grid its tile reads. The forward (x's
+    grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps: -offsets) are both this
+    correlation."""
     groups, m, kd = wq.shape
     n_, k_, h_, w_ = out.shape
     kq = src.shape[1] // groups
     total = n_ * hp * wp
     tiles = (total + tu - 1) // tu
     reach_lo, reach_hi = boff.min(), boff.max()
-    out_flat = out.reshape(-1)
-    whole = costly_remainder(kind, out.itemsize)
+    out_flat, res_flat = out.reshape(-1), res.reshape(-1)
+    added = res.size > 0
+    whole = costly_remainder(kind, out.itemsize) and not added
     for task in prange(groups * tiles):
         g, tile = task // tiles, task % tiles
         v0 = tile * tu
@@ -150,6 +154,11 @@ def _tap_gemm(src, wq, out, b, chan, boff, hp, wp, tu, kind, slope):
                     dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
                     if whole:
                         copy_run(out_flat, dst, flat, at, 1, hi - lo)
+                    elif added and kind == RELU:  # one loop for the common case (ResNets)
+                        relu_sum_run(out_flat, dst, flat, at, b[g * m + i], res_flat, dst, hi - lo)
+                    elif added:  # (acc + bias) + residual, then the activation: as add_forward on the output
+                        add_bias_run(flat, at, b[g * m + i], res_flat, dst, hi - lo)
+                        act_run(out_flat, dst, flat, at, hi - lo, 0.0, kind, slope)
                     else:
                         act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
 
@@ -177,12 +186,13 @@ def _grid_tile(positions: int, outputs: int, groups: int) -> int:
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
-            groups: int, kind: int, slope: float) -> None:
-    """y = act(cross_correlate(x, w) + b) at stride 1 by :func:`_tap_gemm` on x's wide grid."""
+            groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
+    """y = act(cross_correlate(x, w) + b + residual) at stride 1 by :func:`_tap_gemm` on x's wide grid."""
     k, cg, r, s = w.shape
     hp, wp = grid_shape(x.shape, y.shape[2:], padding)
     chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, chan, off, hp, wp,
+    res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, res, chan, off, hp, wp,
               _grid_tile(x.shape[0] * hp * wp, k // groups, groups), kind, slope)
 
 
@@ -194,6 +204,7 @@ def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: P
     chan, off = tap_rows(kg, r, s, wp, *dilation, padding[0], padding[2])
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), chan, -off, hp, wp,
+    no_residual = np.empty((0, 0, 0, 0), dtype=dy.dtype)
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, chan, -off, hp, wp,
               _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
     return dx
