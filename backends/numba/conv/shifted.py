@@ -64,15 +64,14 @@ def tap_rows(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int, top: in
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_weight(dy, x, part, chan, off, hp, wp, total, zero):
+def _tap_weight(dy, x, part, chan, off, lo, reach, hp, wp, total, zero):
     """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dy(g*Kg + k, u) *
-    x(g*Cg + chan[q], u + off[q]), dy and x read on their wide grids (:func:`grid_window`; dy is zero off the
-    real outputs). The chunk's run is taken SUB_RUN positions at a time,
+    x(g*Cg + chan[q], u + lo + off[q]), dy and x read on their wide grids (:func:`grid_window`; dy is zero off
+    the real outputs); 0 <= off[q] <= reach. The chunk's run is taken SUB_RUN positions at a time,
     the task copying the windows of both grids that a sub-run reads: they stay in L2 for every 4x4 block of
     (k, tap) of :func:`dot_blocks`."""
     chunks, groups, kg, rows = part.shape
     cg = x.shape[1] // groups
-    lo, reach = off.min(), off.max() - off.min()
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
         u0 = chunk * total // chunks // RUN_ALIGN * RUN_ALIGN  # whole vectors: only the last run has a remainder
@@ -86,7 +85,7 @@ def _tap_weight(dy, x, part, chan, off, hp, wp, total, zero):
             count = min(SUB_RUN, u1 - s0)
             grid_window(dys, g * kg, kg, count, dy, g * kg, s0, hp, wp)
             grid_window(xs, g * cg, cg, count + reach, x, g * cg, s0 + lo, hp, wp)
-            dot_blocks(part, chunk, g, dys, xs, chan, off, -lo, np.int64(0), count, zero)
+            dot_blocks(part, chunk, g, dys, xs, chan, off, np.int64(0), np.int64(0), count, zero)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -121,46 +120,54 @@ def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_gemm(src, wq, out, b, res, chan, boff, hp, wp, tu, kind, slope):
+def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slope):
     """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
-    v + boff[q]) (+ res[n, g*M + i, h, w] when res is not empty, after the bias)) at the wide-grid position
-    v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one GEMM over all the batch's
-    planes, tiles of tu positions, each task copying the window of the grid its tile reads. The forward (x's
-    grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps: -offsets) are both this
-    correlation."""
+    v + lo + boff[q]) (+ res[n, g*M + i, h, w] when res is not empty, after the bias), 0 <= boff[q] <= reach,
+    at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one
+    GEMM over all the batch's planes, tiles of tu positions, each task copying the window of the grid its tile
+    reads. The forward (x's grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps:
+    -offsets) are both this correlation."""
     groups, m, kd = wq.shape
-    n_, k_, h_, w_ = out.shape
     kq = src.shape[1] // groups
-    total = n_ * hp * wp
+    total = out.shape[0] * hp * wp
     tiles = (total + tu - 1) // tu
-    reach_lo, reach_hi = boff.min(), boff.max()
-    out_flat, res_flat = out.reshape(-1), res.reshape(-1)
-    added = res.size > 0
-    whole = costly_remainder(kind, out.itemsize) and not added
     for task in prange(groups * tiles):
-        g, tile = task // tiles, task % tiles
-        v0 = tile * tu
+        g, v0 = task // tiles, task % tiles * tu
         t = min(tu, total - v0)
-        window = np.empty((kq, t + reach_hi - reach_lo), dtype=out.dtype)
-        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + reach_lo, hp, wp)
+        window = np.empty((kq, t + reach), dtype=out.dtype)
+        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + lo, hp, wp)
         acc = np.zeros((m, tu), dtype=out.dtype)
-        gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff - reach_lo, acc, m, kd, t)
-        flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
-        for row in range(v0 // wp, (v0 + t - 1) // wp + 1):  # keep the real positions: bias, activation
-            n, h = row // hp, row % hp
-            lo, hi = max(row * wp, v0), min(row * wp + w_, v0 + t)
-            if h < h_ and hi > lo:
-                for i in range(m):
-                    dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
-                    if whole:
-                        copy_run(out_flat, dst, flat, at, 1, hi - lo)
-                    elif added and kind == RELU:  # one loop for the common case (ResNets)
-                        relu_sum_run(out_flat, dst, flat, at, b[g * m + i], res_flat, dst, hi - lo)
-                    elif added:  # (acc + bias) + residual, then the activation: as add_forward on the output
-                        add_bias_run(flat, at, b[g * m + i], res_flat, dst, hi - lo)
-                        act_run(out_flat, dst, flat, at, hi - lo, 0.0, kind, slope)
-                    else:
-                        act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
+        gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff, acc, m, kd, t)
+        _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
+    """out at the real positions among the tile's t from wide-grid position v0: act(acc + bias), or with a
+    residual act((acc + bias) + res) as add_forward would compute it on the conv's output."""
+    m, tu = acc.shape
+    n_, k_, h_, w_ = out.shape
+    out_flat, res_flat = out.reshape(-1), res.reshape(-1)
+    added, zero = res.size > 0, np.zeros(1, dtype=out.dtype)[0]
+    whole = costly_remainder(kind, out.itemsize) and not added
+    flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
+    for row in range(v0 // wp, (v0 + t - 1) // wp + 1):
+        n, h = row // hp, row % hp
+        lo, hi = max(row * wp, v0), min(row * wp + w_, v0 + t)
+        if h < h_ and hi > lo:
+            for i in range(m):
+                dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
+                bias = b[g * m + i]
+                if whole:
+                    copy_run(out_flat, dst, flat, at, 1, hi - lo)
+                    continue
+                if added and kind == RELU:  # one loop for the common case (ResNets)
+                    relu_sum_run(out_flat, dst, flat, at, bias, res_flat, dst, hi - lo)
+                    continue
+                if added:
+                    add_bias_run(flat, at, bias, res_flat, dst, hi - lo)
+                    bias = zero
+                act_run(out_flat, dst, flat, at, hi - lo, bias, kind, slope)  # one call site: inlined once
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
@@ -174,8 +181,15 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation:
     total = (n - 1) * hp * wp + (oh - 1) * wp + ow
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
-    _tap_weight(dy, x, part, chan, off, hp, wp, total, x.dtype.type(0))
+    _tap_weight(dy, x, part, chan, *_from_lowest(off), hp, wp, total, x.dtype.type(0))
     return part.sum(axis=0).reshape(w_shape)
+
+
+def _from_lowest(off: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(off - lo, lo, reach): the taps' offsets from the lowest one, lo, and the highest of them, reach (the
+    kernels' window of a tile of t positions is t + reach wide, from the tile's start + lo)."""
+    lo = int(off.min())
+    return off - lo, lo, int(off.max()) - lo
 
 
 def _grid_tile(positions: int, outputs: int, groups: int) -> int:
@@ -192,7 +206,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding:
     hp, wp = grid_shape(x.shape, y.shape[2:], padding)
     chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
     res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, res, chan, off, hp, wp,
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, res, chan, *_from_lowest(off), hp, wp,
               _grid_tile(x.shape[0] * hp * wp, k // groups, groups), kind, slope)
 
 
@@ -205,6 +219,6 @@ def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: P
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     dx = np.empty(x_shape, dtype=dy.dtype)
     no_residual = np.empty((0, 0, 0, 0), dtype=dy.dtype)
-    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, chan, -off, hp, wp,
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, chan, *_from_lowest(-off), hp, wp,
               _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
     return dx
