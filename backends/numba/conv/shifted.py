@@ -105,13 +105,12 @@ def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
         else:
             row = u - u % wp
             stop, h = min(end, row + wp), u % plane // wp
-        if h < h_:
-            lo, hi = u, max(u, min(stop, row + w_))
-            at = ((u // plane * c_ + c0) * h_ + h) * w_ + lo - row
+        if h < h_:  # the row's image columns from u on, then its zero columns
+            hi = max(u, min(stop, row + w_))
+            at = ((u // plane * c_ + c0) * h_ + h) * w_ + u - row
             for c in range(chans):
                 base = (r0 + c) * width - u0
-                zero_run(out, base + u, lo - u)
-                copy_run(out, base + lo, flat, at + c * h_ * w_, 1, hi - lo)
+                copy_run(out, base + u, flat, at + c * h_ * w_, 1, hi - u)
                 zero_run(out, base + hi, stop - hi)
         else:
             for c in range(chans):
