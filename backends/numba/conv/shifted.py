@@ -143,12 +143,15 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
     """out at the real positions among the tile's t from wide-grid position v0: act(acc + bias), or with a
-    residual act((acc + bias) + res) as add_forward would compute it on the conv's output."""
+    residual act((acc + bias) + res) as add_forward would compute it on the conv's output (a loop of its own:
+    the residual's branches slow the plain one)."""
+    if res.size > 0:
+        _grid_epilogue_sum(out, acc, t, b, res, g, v0, hp, wp, kind, slope)
+        return
     m, tu = acc.shape
     n_, k_, h_, w_ = out.shape
-    out_flat, res_flat = out.reshape(-1), res.reshape(-1)
-    added, zero = res.size > 0, np.zeros(1, dtype=out.dtype)[0]
-    whole = costly_remainder(kind, out.itemsize) and not added
+    out_flat = out.reshape(-1)
+    whole = costly_remainder(kind, out.itemsize)
     flat = activate_rows(acc, t, b, g * m, kind, slope) if whole else acc.reshape(-1)
     for row in range(v0 // wp, (v0 + t - 1) // wp + 1):
         n, h = row // hp, row % hp
@@ -156,17 +159,30 @@ def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
         if h < h_ and hi > lo:
             for i in range(m):
                 dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
-                bias = b[g * m + i]
                 if whole:
                     copy_run(out_flat, dst, flat, at, 1, hi - lo)
-                    continue
-                if added and kind == RELU:  # one loop for the common case (ResNets)
-                    relu_sum_run(out_flat, dst, flat, at, bias, res_flat, dst, hi - lo)
-                    continue
-                if added:
-                    add_bias_run(flat, at, bias, res_flat, dst, hi - lo)
-                    bias = zero
-                act_run(out_flat, dst, flat, at, hi - lo, bias, kind, slope)  # one call site: inlined once
+                else:
+                    act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _grid_epilogue_sum(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
+    """:func:`_grid_epilogue` with the residual res: act((acc + bias) + res)."""
+    m, tu = acc.shape
+    n_, k_, h_, w_ = out.shape
+    out_flat, res_flat, flat = out.reshape(-1), res.reshape(-1), acc.reshape(-1)
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for row in range(v0 // wp, (v0 + t - 1) // wp + 1):
+        n, h = row // hp, row % hp
+        lo, hi = max(row * wp, v0), min(row * wp + w_, v0 + t)
+        if h < h_ and hi > lo:
+            for i in range(m):
+                dst, at = ((n * k_ + g * m + i) * h_ + h) * w_ + lo - row * wp, i * tu + lo - v0
+                if kind == RELU:  # one loop for the common case (ResNets)
+                    relu_sum_run(out_flat, dst, flat, at, b[g * m + i], res_flat, dst, hi - lo)
+                else:
+                    add_bias_run(flat, at, b[g * m + i], res_flat, dst, hi - lo)
+                    act_run(out_flat, dst, flat, at, hi - lo, zero, kind, slope)
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
