@@ -12,8 +12,10 @@ Array = Any
 class Residual(Layer):
     """y = body(x) + projection(x), or body(x) + x when ``projection`` is None (identity shortcut).
 
-    The backward sends dy through both branches and sums their input gradients. Children are named ``body``
-    and ``projection``, so state-dict keys read ``body.0.weight``, ``projection.0.weight``.
+    The backward sends dy through both branches and sums their input gradients. In eval mode a body that ends in
+    a conv and a batch norm adds the shortcut, and the activation after the block, in that conv's epilogue
+    (Sequential.fold_residual). Children are named ``body`` and ``projection``, so state-dict keys read
+    ``body.0.weight``, ``projection.0.weight``.
     """
 
     def __init__(self, body: Layer, projection: Layer | None = None):
