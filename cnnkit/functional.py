@@ -50,11 +50,7 @@ def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair =
     be = _be(backend)
     x_, w_, b_, geometry = _conv_args(be, x, weight, bias, stride, padding, dilation, groups)
     if residual is not None:
-        check_array(be, residual, "residual", ndim=4)
-        same_dtype(x_, residual, "residual")
-        expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
-        if tuple(residual.shape) != expected:
-            raise ValueError(f"residual must have the conv output shape {expected}, got {tuple(residual.shape)}")
+        _check_conv_output(be, residual, "residual", x_, w_, geometry)
     return be.conv2d_forward(x_, w_, b_, *geometry, activation=activation_name(activation), residual=residual)
 
 
@@ -69,11 +65,7 @@ def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, pad
     need_dw = deprecated_alias(need_weight, "need_weight", need_dw, "need_dw")
     be = _be(backend)
     x_, w_, _, geometry = _conv_args(be, x, weight, None, stride, padding, dilation, groups)
-    check_array(be, dy, "dy", ndim=4)
-    same_dtype(x_, dy, "dy")
-    expected = conv2d_output_shape(x_.shape, w_.shape, *geometry)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"dy must have the conv output shape {expected}, got {tuple(dy.shape)}")
+    _check_conv_output(be, dy, "dy", x_, w_, geometry)
     return be.conv2d_backward(dy, x_, w_, *geometry, need_dx=need_dx, need_db=need_db, need_dw=need_dw)
 
 
@@ -85,6 +77,15 @@ def conv2d_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: 
     k, _, r, s = w_shape
     return (n, k, conv_output_size(h, r, stride[0], padding[0], padding[1], dilation[0]),
             conv_output_size(w, s, stride[1], padding[2], padding[3], dilation[1]))
+
+
+def _check_conv_output(be, a: Array, name: str, x: Array, weight: Array, geometry) -> None:
+    """``a`` (dy, or a residual) must be a 4-D array of backend ``be`` with x's dtype and the conv's output shape."""
+    check_array(be, a, name, ndim=4)
+    same_dtype(x, a, name)
+    expected = conv2d_output_shape(x.shape, weight.shape, *geometry)
+    if tuple(a.shape) != expected:
+        raise ValueError(f"{name} must have the conv output shape {expected}, got {tuple(a.shape)}")
 
 
 def _conv_args(be, x, weight, bias, stride, padding, dilation, groups):
