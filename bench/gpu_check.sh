@@ -10,6 +10,8 @@
 #              out-of-bounds accesses hit real allocation ends)
 #   racecheck  compute-sanitizer --tool racecheck over the same subset (shared-memory tiles and reductions)
 #   bench      python3 bench/compare.py --models lenet5,resnet20 --backends cupy --batch 256 --device gpu
+#              --no-compile (PyTorch eager; torch.compile takes minutes: run it on its own when time allows)
+#   profile    python3 bench/op_profile.py --backend cupy --batch 256: each op's GPU time in a training step
 # Logs and a summary go to ${OUT:-/tmp/gpu_check}. Step time limits add up to under 8 minutes.
 set -u
 
@@ -57,8 +59,11 @@ if reason is not None:
 import cnnkit
 print('cupy backend on', cnnkit.backend('cupy').device)
 "
-run_step gpu-tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT_DIR/gpu-tests.xml" \
-    tests/test_ops.py tests/test_cuda_launchers.py tests/test_cuda_models.py
+# with pytest-xdist (the GPU image has it), four workers share the GPU
+WORKERS=()
+python3 -c "import xdist" 2> /dev/null && WORKERS=(-n 4)
+run_step gpu-tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider "${WORKERS[@]}" -rfE \
+    --junitxml="$OUT_DIR/gpu-tests.xml" tests/test_ops.py tests/test_cuda_launchers.py tests/test_cuda_models.py
 
 if command -v compute-sanitizer > /dev/null 2>&1; then
     for tool in memcheck racecheck; do
@@ -72,7 +77,9 @@ else
     record racecheck "FAIL (compute-sanitizer missing)"
 fi
 
-run_step bench 130 python3 bench/compare.py --models lenet5,resnet20 --backends cupy --batch 256 --device gpu
+run_step bench 100 python3 bench/compare.py --models lenet5,resnet20 --backends cupy --batch 256 --device gpu \
+    --no-compile --out "$OUT_DIR/bench"
+run_step profile 40 python3 bench/op_profile.py --backend cupy --batch 256
 
 {
     echo "=== gpu_check summary (logs in $OUT_DIR)"

@@ -29,10 +29,11 @@ Pads = tuple[int, int, int, int]
 
 TILE_N, TILE_K = 64, 16
 """Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in {1, 4}."""
-TARGET_BLOCKS = 512
-"""The tiled weight gradient splits its reduction until about this many blocks run (enough for any GPU)."""
+TARGET_BLOCKS = 2048
+"""The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
+on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
 MIN_SPLIT_ITEMS = 256
-MAX_SPLITS = 64
+MAX_SPLITS = 256
 MAX_GRID_YZ = 65535
 
 

@@ -39,23 +39,25 @@ def random_batch(input_shape: tuple[int, ...], batch: int, num_classes: int,
 
 
 def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
-                before_update: Callable[[], None] | None = None) -> Step:
+                before_update: Callable[[], None] | None = None, synchronize: bool = True) -> Step:
     """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD, with
     ``before_update`` (e.g. a gradient allreduce) between the backward and the SGD update.
 
-    The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time.
+    The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time;
+    ``synchronize=False`` leaves it out (a GPU step then returns once issued: its host time).
     """
     from cnnkit.losses import softmax_cross_entropy
     from cnnkit.optim import SGD
 
     be = model.backend
+    sync = be.synchronize if synchronize else (lambda: None)
     xb, yb = be.asarray(x), be.asarray(labels)
     if mode == "infer":
         model.eval()
 
         def infer() -> None:
             model(xb)
-            be.synchronize()
+            sync()
         return infer
 
     model.train()
@@ -69,7 +71,7 @@ def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
         if before_update is not None:
             before_update()
         opt.step()
-        be.synchronize()
+        sync()
     return train
 
 

@@ -128,34 +128,44 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 
 // ------------------------------------------------------------------------------------------------ tiled
 // One BM x TILE_N output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + TILE_N) and reduction
-// [k_begin, k_end); Op supplies a(m, kk), b(kk, col) and store(m, col, value). When Op::kMasked, b is
-// b(kk, col, v) -> bool and a product whose b is false is skipped rather than added as a * 0.
+// [k_begin, k_end). The gathers' index arithmetic (divisions by runtime sizes) is done once, not per element:
+// Op::col(col) once per thread for the one B column it loads (GEMM_THREADS is a multiple of TILE_N), and
+// Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block reads. Op supplies
+// a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) -> bool and a
+// product whose b is false is skipped rather than added as a * 0.
 template <int TM, class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
                                           int n0) {
+    using Tap = typename Op::Tap;
     constexpr int BM = 16 * TM;
     __shared__ float As[TILE_K][BM + 1];  // +1: the column-wise stores below hit distinct banks
     __shared__ float Bs[TILE_K][TILE_N];
     __shared__ bool Bm[Op::kMasked ? TILE_K : 1][TILE_N];  // the B element exists (masked ops only)
+    __shared__ Tap taps[TILE_K];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int bcol = tid % TILE_N;
+    const bool bcol_inside = n0 + bcol < Ncol;
+    const typename Op::Col col = op.col(bcol_inside ? n0 + bcol : 0);
     float acc[TM][4];
     for (int i = 0; i < TM; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        if (tid < TILE_K && k0 + tid < k_end) taps[tid] = op.tap(k0 + tid);
+        __syncthreads();
         for (int l = 0; l < TM; ++l) {  // BM * TILE_K = 256 TM elements of A
             const int e = tid + GEMM_THREADS * l, kk = e % TILE_K, m = e / TILE_K;
-            As[kk][m] = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, k0 + kk) : 0.0f;
+            As[kk][m] = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, taps[kk]) : 0.0f;
         }
-        for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B
-            const int e = tid + GEMM_THREADS * l, col = e % TILE_N, kk = e / TILE_N;
-            const bool inside = n0 + col < Ncol && k0 + kk < k_end;
+        for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B, column bcol
+            const int kk = (tid + GEMM_THREADS * l) / TILE_N;
+            const bool inside = bcol_inside && k0 + kk < k_end;
             if constexpr (Op::kMasked) {
                 float v = 0.0f;
-                Bm[kk][col] = inside && op.b(k0 + kk, n0 + col, v);
-                Bs[kk][col] = v;
+                Bm[kk][bcol] = inside && op.b(taps[kk], col, v);
+                Bs[kk][bcol] = v;
             } else {
-                Bs[kk][col] = inside ? op.b(k0 + kk, n0 + col) : 0.0f;
+                Bs[kk][bcol] = inside ? op.b(taps[kk], col) : 0.0f;
             }
         }
         __syncthreads();
@@ -174,23 +184,56 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
     }
     for (int i = 0; i < TM; ++i)
         for (int j = 0; j < 4; ++j) {
-            const int m = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
-            if (m < M && col < Ncol) op.store(m, col, acc[i][j]);
+            const int m = m0 + ty + 16 * i, c = n0 + tx + 16 * j;
+            if (m < M && c < Ncol) op.store(m, c, acc[i][j]);
         }
+}
+
+// Where tap (r, s) of input channel c sits relative to an output pixel's window corner: the offset in x
+// (from the corner's flat index) and the row and column steps (for the padding test).
+struct XTap {
+    int off, dr, ds;
+};
+
+__device__ __forceinline__ XTap x_tap(const ConvGeom& q, int c, int rs) {
+    const int r = rs / q.S, s = rs % q.S;
+    return XTap{(c * q.H + r * q.dh) * q.W + s * q.dw, r * q.dh, s * q.dw};
+}
+
+// Output pixel p = (oh, ow) of image n: the flat index of its window corner in channel 0 of x (may be
+// negative: the corner can lie in the padding) and the corner's row and column.
+struct XWindow {
+    int base, ih0, iw0;
+};
+
+__device__ __forceinline__ XWindow x_window(const ConvGeom& q, int n, int c0, int p) {
+    const int ih0 = (p / q.OW) * q.sh - q.pt, iw0 = (p % q.OW) * q.sw - q.pl;
+    return XWindow{((n * q.C + c0) * q.H + ih0) * q.W + iw0, ih0, iw0};
+}
+
+// Xcol for a window and a tap: x at the tap, 0 in the padding.
+__device__ __forceinline__ float x_at(const ConvGeom& q, const float* x, const XWindow& win, const XTap& t) {
+    const int ih = win.ih0 + t.dr, iw = win.iw0 + t.ds;
+    if (ih < 0 || ih >= q.H || iw < 0 || iw >= q.W) return 0.0f;
+    return x[win.base + t.off];
 }
 
 // Forward, group g: A = W (Kg x Cg RS), B = Xcol (Cg RS x N P), output y with the fused epilogue.
 struct FwdOp {
     static constexpr bool kMasked = false;
+    struct Tap {
+        int kk;
+        XTap x;
+    };
+    using Col = XWindow;
     ConvGeom q;
     const float* x; const float* w; const float* bias; int has_bias, act; float slope; float* y; int g;
-    __device__ float a(int m, int kk) const { return w[(g * q.Kg + m) * q.Cg * q.RS + kk]; }
-    __device__ float b(int kk, int col) const {
-        const int c = kk / q.RS, r = (kk % q.RS) / q.S, s = kk % q.S, n = col / q.P, p = col % q.P;
-        return x_col(q, x, n, g * q.Cg + c, r, s, p / q.OW, p % q.OW);
-    }
-    __device__ void store(int m, int col, float v) const {
-        const int k = g * q.Kg + m, n = col / q.P, p = col % q.P;
+    __device__ Tap tap(int kk) const { return Tap{kk, x_tap(q, kk / q.RS, kk % q.RS)}; }
+    __device__ Col col(int c) const { return x_window(q, c / q.P, g * q.Cg, c % q.P); }
+    __device__ float a(int m, const Tap& t) const { return w[(g * q.Kg + m) * q.Cg * q.RS + t.kk]; }
+    __device__ float b(const Tap& t, const Col& win) const { return x_at(q, x, win, t.x); }
+    __device__ void store(int m, int c, float v) const {
+        const int k = g * q.Kg + m, n = c / q.P, p = c % q.P;
         y[(n * q.K + k) * q.P + p] = epilogue(v, bias, has_bias, k, act, slope);
     }
 };
@@ -198,20 +241,35 @@ struct FwdOp {
 // Backward data, group g: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W, masked), output dx.
 struct DataOp {
     static constexpr bool kMasked = true;
+    struct Tap {
+        int w_off, dy_off, th, tw;  // w[k, 0, r, s], dy[0, k, 0, 0], and pad - (r, s) * dilation
+    };
+    struct Col {
+        int dy_base, h, w;  // dy[n, 0, 0, 0] and the input pixel
+    };
     ConvGeom q;
     const float* dy; const float* w; float* dx; int g;
-    __device__ float a(int m, int kk) const {
-        const int kl = kk / q.RS, rs = kk % q.RS;
-        return w[((g * q.Kg + kl) * q.Cg + m) * q.RS + rs];
+    __device__ Tap tap(int kk) const {
+        const int k = g * q.Kg + kk / q.RS, rs = kk % q.RS, r = rs / q.S, s = rs % q.S;
+        return Tap{k * q.Cg * q.RS + rs, k * q.P, q.pt - r * q.dh, q.pl - s * q.dw};
     }
-    __device__ bool b(int kk, int col, float& v) const {
-        const int kl = kk / q.RS, r = (kk % q.RS) / q.S, s = kk % q.S;
-        const int hw = q.H * q.W, n = col / hw, h = (col % hw) / q.W, w_ = col % q.W;
-        return dy_tap(q, dy, n, g * q.Kg + kl, r, s, h, w_, v);
+    __device__ Col col(int c) const {
+        const int hw = q.H * q.W, n = c / hw;
+        return Col{n * q.K * q.P, (c % hw) / q.W, c % q.W};
     }
-    __device__ void store(int m, int col, float v) const {
-        const int hw = q.H * q.W, n = col / hw;
-        dx[(n * q.C + g * q.Cg + m) * hw + col % hw] = v;
+    __device__ float a(int m, const Tap& t) const { return w[t.w_off + m * q.RS]; }
+    __device__ bool b(const Tap& t, const Col& pix, float& v) const {
+        v = 0.0f;
+        const int th = pix.h + t.th, tw = pix.w + t.tw;
+        if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return false;
+        const int oh = th / q.sh, ow = tw / q.sw;
+        if (oh >= q.OH || ow >= q.OW) return false;
+        v = dy[pix.dy_base + t.dy_off + oh * q.OW + ow];
+        return true;
+    }
+    __device__ void store(int m, int c, float v) const {
+        const int hw = q.H * q.W, n = c / hw;
+        dx[(n * q.C + g * q.Cg + m) * hw + c % hw] = v;
     }
 };
 
@@ -219,19 +277,23 @@ struct DataOp {
 // output the chunk's partial dw at out[split][K][Cg RS].
 struct WeightOp {
     static constexpr bool kMasked = false;
+    struct Tap {
+        int dy_off;  // dy[n, g Kg, oh, ow]
+        XWindow x;   // the window of output pixel (n, oh, ow)
+    };
+    using Col = XTap;
     ConvGeom q;
     const float* dy; const float* x; float* out; int g, split;
-    __device__ float a(int m, int kk) const {
+    __device__ Tap tap(int kk) const {
         const int n = kk / q.P, p = kk % q.P;
-        return dy[(n * q.K + g * q.Kg + m) * q.P + p];
+        return Tap{(n * q.K + g * q.Kg) * q.P + p, x_window(q, n, g * q.Cg, p)};
     }
-    __device__ float b(int kk, int col) const {
-        const int c = col / q.RS, r = (col % q.RS) / q.S, s = col % q.S, n = kk / q.P, p = kk % q.P;
-        return x_col(q, x, n, g * q.Cg + c, r, s, p / q.OW, p % q.OW);
-    }
-    __device__ void store(int m, int col, float v) const {
+    __device__ Col col(int c) const { return x_tap(q, c / q.RS, c % q.RS); }
+    __device__ float a(int m, const Tap& t) const { return dy[t.dy_off + m * q.P]; }
+    __device__ float b(const Tap& t, const Col& xt) const { return x_at(q, x, t.x, xt); }
+    __device__ void store(int m, int c, float v) const {
         const int per_split = q.K * q.Cg * q.RS;
-        out[split * per_split + (g * q.Kg + m) * q.Cg * q.RS + col] = v;
+        out[split * per_split + (g * q.Kg + m) * q.Cg * q.RS + c] = v;
     }
 };
 
