@@ -77,7 +77,7 @@ else
     record racecheck "FAIL (compute-sanitizer missing)"
 fi
 
-run_step bench 100 python3 bench/compare.py --models lenet5,resnet20 --backends cupy --batch 256 --device gpu \
+run_step bench 90 python3 bench/compare.py --models lenet5,resnet20 --backends cupy --batch 256 --device gpu \
     --no-compile --out "$OUT_DIR/bench"
 run_step profile 40 python3 bench/op_profile.py --backend cupy --batch 256
 

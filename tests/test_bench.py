@@ -247,3 +247,18 @@ def test_bad_backend_or_model_is_a_clear_error(tmp_path, capsys, argv, message):
 def test_bad_numbers_are_rejected_by_the_parser(argv):
     with pytest.raises(SystemExit):
         bench.main(argv)
+
+
+def test_op_profile_times_each_op_of_a_step():
+    from cnnkit.backend import backend
+    from cnnkit.bench.opprofile import format_profile, profile
+
+    before = dict(vars(backend("numpy").ops))
+    result = profile("lenet5", "numpy", batch=2, steps=2, warmup=1)
+    assert dict(vars(backend("numpy").ops)) == before, "the ops are restored after the profile"
+    ops = result["ops"]
+    assert {"conv2d_forward", "conv2d_backward", "softmax_cross_entropy"} <= set(ops)
+    assert ops["conv2d_forward"]["calls"] == 3 and all(op["ms"] > 0 for op in ops.values())
+    assert result["wall_ms"] > 0 and result["host_ms"] > 0
+    text = format_profile(result)
+    assert "conv2d_backward" in text and "(outside the ops)" in text
