@@ -256,7 +256,7 @@ _CUDA_CONV = [
     _conv("direct-groups2-batch1", (1, 4, 8, 7), (6, 2, 3, 3), padding=(2, 2, 1, 1), dilation=(2, 1), groups=2),
     _conv("direct-1x1-s2-odd", (1, 5, 7, 9), (8, 5, 1, 1), stride=2),
     _conv("tiled-tm1-resnet-3x3", (2, 16, 8, 8), (16, 16, 3, 3), padding=1),
-    _conv("tiled-tm1-s2-downsample", (2, 16, 9, 9), (32, 16, 3, 3), stride=2, padding=1),
+    _conv("tiled-tm2-s2-downsample", (2, 16, 9, 9), (32, 16, 3, 3), stride=2, padding=1),
     _conv("tiled-fwd-tm4-dgrad-tm1", (1, 8, 6, 6), (64, 8, 3, 3), padding=(0, 1, 2, 0)),
     _conv("tiled-tm4-1x1-batch1", (1, 64, 5, 5), (64, 64, 1, 1)),
     _conv("tiled-groups2-dil2-asym-pad", (2, 8, 7, 7), (32, 4, 3, 3), stride=(1, 2), padding=(0, 2, 1, 3),

@@ -19,6 +19,7 @@ import pytest
 
 from cnnkit.backends import ACTIVATION_CODES, ACTIVATIONS, SCALED_TANH_A, SCALED_TANH_S
 from cnnkit.backends.cupy import _module
+from cnnkit.backends.cupy import conv as cuda_conv
 
 BACKEND_DIR = _module.KERNEL_DIR.parent
 KERNELS = sorted(_module.KERNEL_DIR.glob("*.cu"))
@@ -75,7 +76,7 @@ def _launched() -> set[tuple[str, str]]:
     found = set()
     for py in BACKEND_DIR.glob("*.py"):
         for file, name in pattern.findall(py.read_text()):
-            names = [name.replace("{tm}", str(tm)) for tm in (1, 4)] if "{tm}" in name else [name]
+            names = [name.replace("{tm}", str(tm)) for tm in cuda_conv.TMS] if "{tm}" in name else [name]
             found.update((file, n) for n in names)
     return found
 

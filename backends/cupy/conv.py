@@ -28,7 +28,9 @@ Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
 
 TILE_N, TILE_K = 64, 16
-"""Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in {1, 4}."""
+"""Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in TMS."""
+TMS = (1, 2, 4)
+"""The rows per thread that conv.cu has tiled kernels for (``conv2d_*_gemm_tm<TM>``)."""
 TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
@@ -59,8 +61,9 @@ def _kernel_params(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair
 
 
 def _tm(rows: int) -> int:
-    """Rows per thread of the GEMM tile: 4 (64-row tiles) for wide layers, 1 (16-row tiles) for narrow ones."""
-    return 4 if rows >= 64 else 1
+    """Rows per thread of the GEMM tile (tiles of 16 TM rows): the largest of TMS whose tile the GEMM's rows
+    fill, so a gathered B element serves as many rows as it can."""
+    return max(tm for tm in TMS if tm == 1 or rows >= 16 * tm)
 
 
 def _gemm_grid(rows: int, cols: int, tm: int, z: int) -> tuple[int, int, int]:

@@ -9,7 +9,8 @@
 //        backward data   dX[c, (n,h,w)]    = sum over (k,r,s)    W[k, c, r, s]    * dYcol[(k,r,s), (n,h,w)]
 //        backward weight dW[k, (c,r,s)]    = sum over (n,oh,ow)  dY[k, (n,oh,ow)] * Xcol[(c,r,s), (n,oh,ow)]
 //    256 threads per block in a 16 x 16 grid; thread (tx, ty) owns rows ty + 16 i (i < TM) and columns
-//    tx + 16 j (j < 4) of the BM x 64 output tile, BM = 16 TM.
+//    tx + 16 j (j < 4) of the BM x 64 output tile, BM = 16 TM with TM 1, 2 or 4 (the launcher picks the
+//    largest whose tile the layer's rows fill, so each gathered B element serves as many rows as it can).
 //
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
@@ -49,16 +50,28 @@ __device__ __forceinline__ float x_col(const ConvGeom& q, const float* x, int n,
     return x[((n * q.C + c) * q.H + ih) * q.W + iw];
 }
 
+// The output pixel (oh, ow) whose window corner lies th rows and tw columns above and left of an input pixel
+// (in padded coordinates): false when none does (out of range, or between strided output pixels). Stride 1
+// (most layers) needs no division.
+__device__ __forceinline__ bool out_pixel(const ConvGeom& q, int th, int tw, int& oh, int& ow) {
+    if (th < 0 || tw < 0) return false;
+    oh = th;
+    ow = tw;
+    if (q.sh != 1 || q.sw != 1) {
+        if (th % q.sh != 0 || tw % q.sw != 0) return false;
+        oh = th / q.sh;
+        ow = tw / q.sw;
+    }
+    return oh < q.OH && ow < q.OW;
+}
+
 // dYcol: true and v = the dy[n, k, oh, ow] that input pixel (h, w) meets through tap (r, s), or false (v = 0)
 // when no output pixel does (out of range, or between strided output pixels).
 __device__ __forceinline__ bool dy_tap(const ConvGeom& q, const float* dy, int n, int k, int r, int s, int h,
                                        int w, float& v) {
     v = 0.0f;
-    const int th = h + q.pt - r * q.dh;
-    const int tw = w + q.pl - s * q.dw;
-    if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return false;
-    const int oh = th / q.sh, ow = tw / q.sw;
-    if (oh >= q.OH || ow >= q.OW) return false;
+    int oh, ow;
+    if (!out_pixel(q, h + q.pt - r * q.dh, w + q.pl - s * q.dw, oh, ow)) return false;
     v = dy[((n * q.K + k) * q.OH + oh) * q.OW + ow];
     return true;
 }
@@ -260,10 +273,8 @@ struct DataOp {
     __device__ float a(int m, const Tap& t) const { return w[t.w_off + m * q.RS]; }
     __device__ bool b(const Tap& t, const Col& pix, float& v) const {
         v = 0.0f;
-        const int th = pix.h + t.th, tw = pix.w + t.tw;
-        if (th < 0 || tw < 0 || th % q.sh != 0 || tw % q.sw != 0) return false;
-        const int oh = th / q.sh, ow = tw / q.sw;
-        if (oh >= q.OH || ow >= q.OW) return false;
+        int oh, ow;
+        if (!out_pixel(q, pix.h + t.th, pix.w + t.tw, oh, ow)) return false;
         v = dy[pix.dy_base + t.dy_off + oh * q.OW + ow];
         return true;
     }
@@ -320,10 +331,18 @@ __device__ __forceinline__ void conv_weight_gemm(const float* dy, const float* x
     gemm_tile<TM>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
 }
 
+// The tiled kernels, one per TM (extern "C" functions cannot be templates, and the simulator's build and the
+// compile test read each kernel's name from its definition, so no macro writes them).
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_tm1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
     conv_fwd_gemm<1>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_fwd_gemm_tm2(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
+    conv_fwd_gemm<2>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -339,6 +358,12 @@ conv2d_bwd_data_gemm_tm1(const float* __restrict__ dy, const float* __restrict__
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_gemm_tm2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                         CONV_PARAMS) {
+    conv_data_gemm<2>(dy, w, dx, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                          CONV_PARAMS) {
     conv_data_gemm<4>(dy, w, dx, CONV_GEOM);
@@ -348,6 +373,12 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight_gemm_tm1(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                            int chunk, CONV_PARAMS) {
     conv_weight_gemm<1>(dy, x, out, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_gemm_tm2(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                           int chunk, CONV_PARAMS) {
+    conv_weight_gemm<2>(dy, x, out, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

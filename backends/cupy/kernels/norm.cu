@@ -21,10 +21,19 @@ channel_partials(const float* __restrict__ a, const float* __restrict__ b, const
     const float mu = mode == PARTIAL_SUM ? 0.0f : center[c];
     const float sc = mode == PARTIAL_DY_XHAT ? scale[c] : 1.0f;
     float acc = 0.0f;
+    // flat index i = n * HW + hw, stepped by blockDim.x = step_n * HW + step_hw without dividing per element
+    const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
+    int n = (begin + threadIdx.x) / HW, hw = (begin + threadIdx.x) % HW;
     for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const int off = ((i / HW) * C + c) * HW + i % HW;
+        const int off = (n * C + c) * HW + hw;
         const float d = a[off] - mu;
         acc += mode == PARTIAL_SUM ? a[off] : (mode == PARTIAL_SQDEV ? d * d : b[off] * (d * sc));
+        n += step_n;
+        hw += step_hw;
+        if (hw >= HW) {
+            hw -= HW;
+            ++n;
+        }
     }
     const float total = block_sum(acc, sh);
     if (threadIdx.x == 0) partial[c * splits + split] = total;
