@@ -213,7 +213,7 @@ __device__ __forceinline__ XTap x_tap(const ConvGeom& q, int c, int rs) {
     return XTap{(c * q.H + r * q.dh) * q.W + s * q.dw, r * q.dh, s * q.dw};
 }
 
-// Output pixel p = (oh, ow) of image n: the flat index of its window corner in channel 0 of x (may be
+// Output pixel p = (oh, ow) of image n: the flat index of its window corner in channel c0 of x (may be
 // negative: the corner can lie in the padding) and the corner's row and column.
 struct XWindow {
     int base, ih0, iw0;
