@@ -262,3 +262,18 @@ def test_op_profile_times_each_op_of_a_step():
     assert result["wall_ms"] > 0 and result["host_ms"] > 0
     text = format_profile(result)
     assert "conv2d_backward" in text and "(outside the ops)" in text
+    assert result["kernels"] == {} and "(all kernels)" not in text, "numpy launches no kernels"
+
+
+@pytest.mark.cudasim
+def test_op_profile_times_each_cuda_kernel():
+    from cnnkit.backends.cudasim.runtime import SimulatorRuntime
+    from cnnkit.bench.opprofile import format_profile, profile
+
+    launch = SimulatorRuntime.launch
+    result = profile("lenet5", "cudasim", batch=1, steps=1, warmup=0)
+    assert SimulatorRuntime.launch is launch, "the runtime's launch is restored after the profile"
+    kernels = result["kernels"]
+    assert {"conv2d_fwd_direct", "conv2d_bwd_weight_direct", "xent_rows"} <= set(kernels)
+    assert kernels["avg_pool2d_fwd"]["calls"] == 2 and all(k["ms"] > 0 for k in kernels.values())
+    assert "(all kernels)" in format_profile(result)
