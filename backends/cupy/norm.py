@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import implements
+from cnnkit.backends import LEAKY_SLOPE, implements
 
-from ._module import THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
-from .activation import activation_backward, activation_forward
+from ._module import ACT_CODES, THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
+from .activation import activation_backward
 
 PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
 """channel_partials modes (norm.cu)."""
@@ -61,7 +61,7 @@ def _running(a: Any, name: str) -> Any:
 def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, training: bool,
                        momentum: float, eps: float, activation: str | None = None) -> tuple[Any, tuple]:
     """(y, saved) per channel of NCHW; in training the running statistics move in place, on the device.
-    ``activation`` runs as the activation kernel after the normalisation (the numba backend fuses it)."""
+    ``activation`` runs in the normalisation kernel, on each value before it is stored."""
     xp = array_module()
     x, weight, bias = as_f32(x, "x"), as_f32(weight, "weight"), as_f32(bias, "bias")
     running_mean, running_var = _running(running_mean, "running_mean"), _running(running_var, "running_var")
@@ -79,9 +79,7 @@ def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, runnin
            np.int32(training), mean, invstd, running_mean, running_var)
     y = xp.empty_like(x)
     launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, weight, bias, y,
-           *i32(x.size, c, h * w))
-    if activation is not None:
-        y = activation_forward(y, activation)
+           *i32(x.size, c, h * w, ACT_CODES[activation]), f32(LEAKY_SLOPE))
     return y, (x, mean, invstd, bool(training), None if activation is None else y)
 
 

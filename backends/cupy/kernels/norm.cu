@@ -71,15 +71,15 @@ extern "C" __global__ void bn_stats(const float* __restrict__ sq_partial, int C,
     running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (var * ((float)count / (float)(count - 1)));
 }
 
-// y = ((x - mean) * invstd) * gamma + beta, one thread per element.
+// y = act(((x - mean) * invstd) * gamma + beta), one thread per element (act: common.cuh's codes).
 extern "C" __global__ void bn_normalize(const float* __restrict__ x, const float* __restrict__ mean,
                                         const float* __restrict__ invstd, const float* __restrict__ gamma,
                                         const float* __restrict__ beta, float* __restrict__ y, int total, int C,
-                                        int HW) {
+                                        int HW, int act, float slope) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     const int c = (i / HW) % C;
-    y[i] = ((x[i] - mean[c]) * invstd[c]) * gamma[c] + beta[c];
+    y[i] = activate(act, ((x[i] - mean[c]) * invstd[c]) * gamma[c] + beta[c], slope);
 }
 
 // Training: dx = gamma invstd (dy - dbeta / count - x_hat dgamma / count); eval: dx = gamma invstd dy.
