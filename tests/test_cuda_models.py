@@ -18,14 +18,13 @@ edge still runs), 10 training steps of the LeNets.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from tolerances import MODEL_REL_F32, assert_close_f32, max_rel_err, norm_rel_err
 
 from cnnkit import losses, models, nn, optim
 from cnnkit.backend import backend, unavailable_reason
+from cnnkit.bench.opprofile import wrapped_ops
 
 TRAIN_DRIFT_FACTOR = 10.0
 """How much further than the NumPy float32 run a CUDA float32 run may drift from float64: rounding differs in
@@ -112,12 +111,11 @@ def _arrays(out) -> list:
     return [a for a in (out if isinstance(out, tuple) else (out,)) if a is not None]
 
 
-@contextlib.contextmanager
-def _each_op_checked(be, failures: list[str], called: set[str]):
-    """Within: every op call on ``be`` runs again in NumPy float64 on the same inputs (a forward's saved state
-    is swapped for the reference forward's own), and each output array that differs beyond float32 tolerance
-    is added to ``failures``."""
-    ref, saved64, originals = backend("numpy"), {}, dict(vars(be.ops))
+def _op_checker(be, failures: list[str], called: set[str]):
+    """wrap(name, op) for :func:`cnnkit.bench.opprofile.wrapped_ops`: each call of the op runs again in NumPy
+    float64 on the same inputs (a forward's saved state is swapped for the reference forward's own), and each
+    output array that differs beyond float32 tolerance is added to ``failures``."""
+    ref, saved64 = backend("numpy"), {}
 
     def to64(a):
         if isinstance(a, be.array_type):
@@ -141,14 +139,7 @@ def _each_op_checked(be, failures: list[str], called: set[str]):
             called.add(name)
             return out
         return call
-
-    for name, op in originals.items():
-        setattr(be.ops, name, checked(name, op))
-    try:
-        yield
-    finally:
-        for name, op in originals.items():
-            setattr(be.ops, name, op)
+    return checked
 
 
 @pytest.mark.parametrize("be_name, name", _cases(trained_only=True))
@@ -160,7 +151,7 @@ def test_every_op_of_a_step_matches_float64_on_its_inputs(be_name, name):
     model = _build(name, be_name)
     x, labels = _batch(be_name, name)
     failures, called = [], set()
-    with _each_op_checked(be, failures, called):
+    with wrapped_ops(be, _op_checker(be, failures, called)):
         logits = model(be.asarray(x))
         _, dlogits = losses.softmax_cross_entropy(logits, be.asarray(labels), backend=be_name)
         model.backward(dlogits)

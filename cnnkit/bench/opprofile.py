@@ -48,10 +48,22 @@ def _clock(be: Any) -> Callable[[], Callable[[], Callable[[], float]]]:
 
 
 @contextlib.contextmanager
+def wrapped_ops(be: Any, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """Within: every op of backend ``be`` is ``wrap(name, op)``; the op table is restored on the way out."""
+    original = dict(vars(be.ops))
+    for name, op in original.items():
+        setattr(be.ops, name, wrap(name, op))
+    try:
+        yield
+    finally:
+        for name, op in original.items():
+            setattr(be.ops, name, op)
+
+
+@contextlib.contextmanager
 def timed_ops(be: Any, record: list[tuple[str, Callable[[], float]]]) -> Iterator[None]:
     """Within: every op of backend ``be`` appends (op name, seconds()) to ``record`` per call."""
     start = _clock(be)
-    original = dict(vars(be.ops))
 
     def timed(name: str, op: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -61,13 +73,8 @@ def timed_ops(be: Any, record: list[tuple[str, Callable[[], float]]]) -> Iterato
             return out
         return call
 
-    for name, op in original.items():
-        setattr(be.ops, name, timed(name, op))
-    try:
+    with wrapped_ops(be, timed):
         yield
-    finally:
-        for name, op in original.items():
-            setattr(be.ops, name, op)
 
 
 def _runtime_class(be: Any) -> type | None:
