@@ -277,3 +277,13 @@ def test_op_profile_times_each_cuda_kernel():
     assert {"conv2d_fwd_direct", "conv2d_bwd_weight_direct", "xent_rows"} <= set(kernels)
     assert kernels["avg_pool2d_fwd"]["calls"] == 2 and all(k["ms"] > 0 for k in kernels.values())
     assert "(all kernels)" in format_profile(result)
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps"), (["--batch", "-1"], "--batch"),
+                                           (["--mode", "eval"], "--mode")])
+def test_op_profile_refuses_bad_options_naming_them(argv, message, capsys):
+    from cnnkit.bench.opprofile import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err

@@ -18,7 +18,9 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterator
 
+from cnnkit.bench.cli import _csv
 from cnnkit.bench.steps import MODES, build_model, cnnkit_step, num_classes, random_batch
+from cnnkit.validate import at_least
 
 
 def _clock(be: Any) -> Callable[[], Callable[[], Callable[[], float]]]:
@@ -178,12 +180,13 @@ def format_profile(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``bench/op_profile.py``: print the profile of each model."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="lenet5,resnet20", help="comma-separated model names")
+    parser.add_argument("--models", type=_csv(str), default=["lenet5", "resnet20"],
+                        help="comma-separated model names")
     parser.add_argument("--backend", default="numpy", help="a cnnkit backend name (cupy for the GPU)")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=at_least(int, 1), default=64)
     parser.add_argument("--mode", choices=MODES, default="train")
-    parser.add_argument("--steps", type=int, default=5, help="measured steps (medians)")
+    parser.add_argument("--steps", type=at_least(int, 1), default=5, help="measured steps (medians)")
     args = parser.parse_args(argv)
-    for name in args.models.split(","):
+    for name in args.models:
         print(format_profile(profile(name, args.backend, args.batch, args.mode, args.steps)), flush=True)
     return 0
