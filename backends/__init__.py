@@ -183,9 +183,13 @@ def avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include
     input that ceil_mode adds."""
 
 
-@_op(lambda ops, make: ((make(2, 3, 4, 4), (2, 3, 8, 8), *_POOL, False, True), {}))
-def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad):
-    """dx of avg_pool2d_forward."""
+@_op(lambda ops, make: ((make(2, 3, 4, 4), (2, 3, 8, 8), *_POOL, False, True),
+                        {"activation": "tanh", "y": ops.activation_forward(make(2, 3, 8, 8), "tanh")}))
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, activation=None,
+                        y=None, negative_slope=LEAKY_SLOPE):
+    """dx of avg_pool2d_forward. With ``activation`` and ``y``, that activation's output (the pool's input, of
+    shape x_shape and dy's dtype): the gradient of the activation's input instead, activation_backward(dx, y,
+    activation, negative_slope): an activation-then-pool pair's two backward passes in one."""
 
 
 @_op(lambda ops, make: ((make(2, 3, 8, 8), 2.0, *_POOL, False), {}))

@@ -13,6 +13,7 @@ from cnnkit.backend import get_backend
 from cnnkit.backends import Backend, ConvGeometry, conv_output_size, pool_output_size
 from cnnkit.validate import (  # noqa: F401  (check_array, check_like, conv_padding, pair: public here too)
     FLOAT_DTYPES,
+    activation_before_pool,
     activation_kind,
     activation_name,
     batch_norm_args,
@@ -184,14 +185,18 @@ def avg_pool2d(x: Array, kernel_size: IntPair, stride: IntPair | None = None, pa
 
 def avg_pool2d_backward(dy: Array, x_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None,
                         padding: IntPair = 0, ceil_mode: bool = False, count_include_pad: bool = True, *,
+                        activation: str | None = None, y: Array | None = None, negative_slope: float = 0.01,
                         backend: str | Backend | None = None) -> Array:
-    """Gradient of avg_pool2d."""
+    """Gradient of avg_pool2d; with ``activation`` and its output ``y`` (the pool's input), that of the activation's
+    input: activation_backward of the pool's gradient, in one call (one pass where the backend fuses it)."""
     be = _be(backend)
     check_array(be, dy, "dy", ndim=4)
     x_shape = shape4(x_shape, "x_shape")
     kernel, stride, padding, _ = _pool_geometry(x_shape, kernel_size, stride, padding)
     check_dy(dy, pool2d_output_shape(x_shape, kernel, stride, padding, (1, 1), bool(ceil_mode)))
-    return be.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
+    activation, negative_slope = activation_before_pool(be, activation, y, negative_slope, dy, x_shape)
+    return be.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad),
+                                  activation=activation, y=y, negative_slope=negative_slope)
 
 
 def lp_pool2d(x: Array, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None,

@@ -172,6 +172,23 @@ def at_least(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]
                          f"a {getattr(kind, '__name__', 'number')} >= {minimum}")
 
 
+def activation_before_pool(be: Backend, activation: str | None, y: Array | None, negative_slope: float, dy: Array,
+                           x_shape: tuple[int, ...]) -> tuple[str | None, float]:
+    """A pool backward's optional activation (with its output y, the pool's input): both or neither; y an array of
+    the backend with x_shape and dy's dtype. Returns (activation, negative_slope), checked."""
+    if (activation is None) != (y is None):
+        raise ValueError("activation and y go together: pass both (the activation before the pool and its output) "
+                         f"or neither; got activation={activation!r} and y {'None' if y is None else 'given'}")
+    if activation is None:
+        return None, negative_slope
+    check_array(be, y, "y", ndim=4)
+    if y.dtype != dy.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but dy has {dy.dtype}; cast one of them")
+    if tuple(y.shape) != tuple(x_shape):
+        raise ValueError(f"y (the activation's output) must have x_shape {tuple(x_shape)}, got {tuple(y.shape)}")
+    return activation_kind(activation), negative_slope_value(negative_slope)
+
+
 def check_dy(dy: Array, expected: tuple[int, ...]) -> None:
     """A backward pass's dy must have the forward output's shape."""
     if tuple(dy.shape) != tuple(expected):

@@ -303,6 +303,20 @@ def test_pool_backward_checks_dy_against_forward_shape():
         F.max_pool2d_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), (1, 1, 4, 4), backend=BE)
 
 
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(activation="tanh"), ValueError, r"activation and y go together"),
+    (dict(y=np.zeros((1, 1, 4, 4))), ValueError, r"activation and y go together"),
+    (dict(activation="tanh", y=np.zeros((1, 1, 2, 2))), ValueError, r"y \(the activation's output\) must have "
+                                                                   r"x_shape \(1, 1, 4, 4\)"),
+    (dict(activation="tanh", y=np.zeros((1, 1, 4, 4), np.float32)), TypeError, r"y has dtype float32 but dy"),
+    (dict(activation="swish", y=np.zeros((1, 1, 4, 4))), ValueError, r"swish"),
+    (dict(activation="leaky_relu", y=np.zeros((1, 1, 4, 4)), negative_slope=-1), ValueError, r"negative_slope"),
+])
+def test_avg_pool_backward_through_an_activation_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        F.avg_pool2d_backward(np.zeros((1, 1, 2, 2)), (1, 1, 4, 4), 2, **kwargs, backend=BE)
+
+
 def test_batch_norm_parameter_dtype_must_match_x():
     x = np.zeros((2, 3, 2, 2), np.float32)
     c = np.zeros(3, np.float64)

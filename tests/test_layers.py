@@ -245,6 +245,41 @@ def test_batch_norm_fused_with_the_relu_after_it(backend, dtype, training, monke
     assert nn.SyncBatchNorm2d.fuse_activation is None
 
 
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("numba", "float32"), ("numba", "float64"),
+                                            pytest.param("cudasim", "float32", marks=pytest.mark.cudasim)])
+@pytest.mark.parametrize("name", sorted(ACTIVATION_LAYERS))
+def test_average_pool_runs_the_activation_backward_before_it(backend, dtype, name, monkeypatch):
+    """Sequential(conv, activation, AvgPool2d): the pool's backward runs the activation's too (its own backward is
+    skipped); the gradients equal the layers' backward passes one by one, exactly. Not when a batch norm has
+    absorbed the activation's backward (BatchNorm2d + ReLU + pool), nor for a max pool."""
+    rng = _rng("pool-through", backend, dtype, name)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), ACTIVATION_LAYERS[name](), nn.AvgPool2d(2))
+    model = model.to(backend, dtype=dtype)
+    conv, act, pool = model
+    be = conv.backend
+    x = be.asarray(rng.standard_normal((2, 2, 6, 5)), dtype=dtype)
+    y = model(x)
+    dy = be.asarray(rng.standard_normal(y.shape), dtype=dtype)
+    monkeypatch.setattr(act, "backward", lambda dy: pytest.fail("the pool runs the activation's backward"))
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = (conv.weight.grad, conv.bias.grad)
+    monkeypatch.undo()
+    conv.zero_grad()
+    dx_ref = conv.backward(act.backward(pool.backward(dy)))  # one by one
+    for what, got, ref in (("dx", dx, dx_ref), ("dweight", grads[0], conv.weight.grad),
+                           ("dbias", grads[1], conv.bias.grad)):
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(ref), err_msg=what)
+
+
+def test_average_pool_leaves_an_activation_a_batch_norm_absorbed(monkeypatch):
+    """BatchNorm2d + ReLU + AvgPool2d: the batch norm applies the ReLU's derivative, so the pool does not run it
+    again; the gradients agree with finite differences."""
+    model = nn.Sequential(f64(nn.BatchNorm2d(3)), nn.ReLU(), nn.AvgPool2d(2))
+    monkeypatch.setattr(model[2], "backward_through", lambda *args: pytest.fail("the ReLU's backward runs twice"))
+    gradcheck_layer(model, _rng("pool-through-bn").standard_normal((2, 3, 4, 4)), "bn-relu-avgpool")
+
+
 def test_sequential_with_fusion_gradients():
     model = f64(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Subsampling(2), nn.ScaledTanh(),
                               nn.Conv2d(2, 3, 2, connections=[[1, 0], [1, 1], [0, 1]]), nn.ReLU(),

@@ -187,6 +187,31 @@ def test_avg_pool2d(target, case):
     target.unchanged(xb, x, "x")
 
 
+# The activation-then-average-pool pairs (LeNet's): tiled windows (Numba fuses the 2x2 ones), a general window and
+# the NaN/inf cases
+THROUGH_CASES = [c for c in AVG_POOL_CASES if c.special or (c.padding == 0 and c.stride == c.kernel)
+                 or c.id == "x2x3x9x8-k3-s2-p1-ceil"]
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "sigmoid", "tanh", "scaled_tanh"])
+@pytest.mark.parametrize("case", THROUGH_CASES, ids=ids(THROUGH_CASES))
+def test_avg_pool2d_backward_through_activation(target, case, kind):
+    """The pool's backward and the preceding activation's in one call equal the two calls: against the float64
+    reference, and exactly the backend's own two calls. y is the reference activation of x rounded to the
+    backend's dtype (as in test_activation_backward)."""
+    x, dy = case.inputs()
+    with _quiet(case):
+        y = F.activation(x.ref, kind, backend=REF).astype(target.dtype)
+        dx_ref = F.activation_backward(F.avg_pool2d_backward(dy.ref, case.x, *case.args, backend=REF),
+                                       y.astype(np.float64), kind, backend=REF)
+        dyb, yb = target.put(dy), target.be.asarray(y)
+        dx = F.avg_pool2d_backward(dyb, case.x, *case.args, activation=kind, y=yb, backend=target.be)
+        two_calls = F.activation_backward(F.avg_pool2d_backward(dyb, case.x, *case.args, backend=target.be), yb,
+                                          kind, backend=target.be)
+    assert_close_act(target.host(dx, "dx"), dx_ref, target.dtype, "dx", gradient=True)
+    np.testing.assert_array_equal(target.host(dx, "dx"), target.host(two_calls, "two calls"))
+
+
 @pytest.mark.parametrize("case", LP_POOL_CASES, ids=ids(LP_POOL_CASES))
 def test_lp_pool2d(target, case):
     x, dy = case.inputs()

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import implements, pool_output_size
+from cnnkit.backends import LEAKY_SLOPE, implements, pool_output_size
 
 from ._module import THREADS, array_module, as_f32, blocks, check_elements, f32, i32, launch
+from .activation import activation_backward
 
 Pair = tuple[int, int]
 
@@ -68,15 +69,17 @@ def avg_pool2d_forward(x: Any, kernel_size: Pair, stride: Pair, padding: Pair, c
 
 @implements("cupy")
 def avg_pool2d_backward(dy: Any, x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
-                        ceil_mode: bool, count_include_pad: bool) -> Any:
-    """dx: each input cell gathers dy / divisor from the windows that hold it."""
+                        ceil_mode: bool, count_include_pad: bool, activation: str | None = None, y: Any = None,
+                        negative_slope: float = LEAKY_SLOPE) -> Any:
+    """dx: each input cell gathers dy / divisor from the windows that hold it; then, with ``activation``, the
+    activation's backward from its output y (a second kernel)."""
     xp = array_module()
     dy = as_f32(dy, "dy")
     check_elements(math.prod(x_shape), "dx")
     dx = xp.empty(x_shape, dtype=np.float32)
     launch("pool", "avg_pool2d_bwd", blocks(dx.size), THREADS, dy, dx,
            *_params(x_shape, dy.shape[2:], kernel_size, stride, padding), *i32(count_include_pad))
-    return dx
+    return dx if activation is None else activation_backward(dx, y, activation, negative_slope)
 
 
 @implements("cupy")

@@ -154,28 +154,57 @@ def costly_remainder(kind, itemsize):
     return kind == SIGMOID or ((kind == TANH or kind == SCALED_TANH) and itemsize != 4)
 
 
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def relu_grad(g, y, slope):
+    """The gradient g of a ReLU's output as its input's, from the output y: y <= 0, not "not y > 0", so a NaN
+    passes g on, as PyTorch's threshold_backward. The *_grad functions are the one definition of each
+    activation's backward (grad_run and the pooling backward loop over them, one loop per kind)."""
+    return 0.0 if y <= 0.0 else g
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def leaky_relu_grad(g, y, slope):
+    """y > 0 exactly where x > 0, since slope >= 0."""
+    return g if y > 0.0 else g * slope
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def sigmoid_grad(g, y, slope):
+    v = float(y)
+    return g * v * (1.0 - v)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def tanh_grad(g, y, slope):
+    v = float(y)
+    return g * (1.0 - v * v)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def scaled_tanh_grad(g, y, slope):
+    v = float(y)
+    return g * (_S_OVER_A * (_A2 - v * v))
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
 def grad_run(dx, dy, y, start, count, kind, slope):
     """dx = dy * kind'(x), written in terms of the output y, for elements start .. start+count-1."""
     o, n = np.uint64(start), np.uint64(count)
-    if kind == RELU:  # y <= 0, not "not y > 0": a NaN passes dy on, as PyTorch's threshold_backward
+    if kind == RELU:
         for u in range(n):
-            dx[o + u] = 0.0 if y[o + u] <= 0.0 else dy[o + u]
-    elif kind == LEAKY_RELU:  # y > 0 exactly where x > 0, since slope >= 0
+            dx[o + u] = relu_grad(dy[o + u], y[o + u], slope)
+    elif kind == LEAKY_RELU:
         for u in range(n):
-            dx[o + u] = dy[o + u] if y[o + u] > 0.0 else dy[o + u] * slope
+            dx[o + u] = leaky_relu_grad(dy[o + u], y[o + u], slope)
     elif kind == SIGMOID:
         for u in range(n):
-            v = float(y[o + u])
-            dx[o + u] = dy[o + u] * v * (1.0 - v)
+            dx[o + u] = sigmoid_grad(dy[o + u], y[o + u], slope)
     elif kind == TANH:
         for u in range(n):
-            v = float(y[o + u])
-            dx[o + u] = dy[o + u] * (1.0 - v * v)
+            dx[o + u] = tanh_grad(dy[o + u], y[o + u], slope)
     elif kind == SCALED_TANH:
         for u in range(n):
-            v = float(y[o + u])
-            dx[o + u] = dy[o + u] * (_S_OVER_A * (_A2 - v * v))
+            dx[o + u] = scaled_tanh_grad(dy[o + u], y[o + u], slope)
     else:
         for u in range(n):
             dx[o + u] = dy[o + u]

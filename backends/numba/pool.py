@@ -9,7 +9,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from cnnkit.backends import implements, pool_output_size
+from cnnkit.backends import LEAKY_SLOPE, implements, pool_output_size
+
+from .activation import (
+    LEAKY_RELU,
+    RELU,
+    SCALED_TANH,
+    SIGMOID,
+    TANH,
+    activation_backward,
+    code,
+    leaky_relu_grad,
+    relu_grad,
+    scaled_tanh_grad,
+    sigmoid_grad,
+    tanh_grad,
+)
 
 Pair = tuple[int, int]
 
@@ -210,24 +225,58 @@ def _tiled_backward(dy, dx, kh, kw):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tiled_2x2_backward(dy, dx):
+def _tiled_2x2_backward(dy, dx, y, kind, slope, quarter):
     """:func:`_tiled_backward` of 2x2 windows, written out with flat unsigned indices: each dy / 4 to both rows
-    of its window."""
+    of its window (``quarter``: 1/4 in the arrays' dtype, so g is what the plain backward stores), through the
+    backward of activation ``kind`` (from its output y) when there is one."""
     t_, h_, w_ = dx.shape
     oh_, ow_ = dy.shape[1], dy.shape[2]
-    dxf, dyf, width, covered = dx.reshape(-1), dy.reshape(-1), np.uint64(w_), np.uint64(2 * ow_)
+    dxf, dyf, yf, width, covered = dx.reshape(-1), dy.reshape(-1), y.reshape(-1), np.uint64(w_), np.uint64(2 * ow_)
     for t in prange(t_):
         for oh in range(oh_):
             row, src = np.uint64((t * h_ + 2 * oh) * w_), np.uint64((t * oh_ + oh) * ow_)
-            for iw in range(covered):
-                g = dyf[src + (iw >> np.uint64(1))] / 4.0
-                dxf[row + iw] = g
-                dxf[row + width + iw] = g
+            _spread_rows(dxf, row, width, dyf, src, covered, yf, kind, slope, quarter)
             for iw in range(covered, width):
                 dxf[row + iw] = 0
                 dxf[row + width + iw] = 0
         for iw in range(np.uint64((t * h_ + 2 * oh_) * w_), np.uint64((t + 1) * h_ * w_)):
             dxf[iw] = 0
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def _spread_rows(dx, row, width, dy, src, covered, y, kind, slope, quarter):
+    """dx at both rows of a row of 2x2 windows (from flat index row, width apart) = the window's dy / 4, through
+    activation ``kind``'s backward: one loop per kind (so each vectorises), the *_grad functions of activation.py."""
+    if kind == RELU:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = relu_grad(g, y[row + iw], slope)
+            dx[row + width + iw] = relu_grad(g, y[row + width + iw], slope)
+    elif kind == LEAKY_RELU:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = leaky_relu_grad(g, y[row + iw], slope)
+            dx[row + width + iw] = leaky_relu_grad(g, y[row + width + iw], slope)
+    elif kind == SIGMOID:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = sigmoid_grad(g, y[row + iw], slope)
+            dx[row + width + iw] = sigmoid_grad(g, y[row + width + iw], slope)
+    elif kind == TANH:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = tanh_grad(g, y[row + iw], slope)
+            dx[row + width + iw] = tanh_grad(g, y[row + width + iw], slope)
+    elif kind == SCALED_TANH:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = scaled_tanh_grad(g, y[row + iw], slope)
+            dx[row + width + iw] = scaled_tanh_grad(g, y[row + width + iw], slope)
+    else:
+        for iw in range(covered):
+            g = dy[src + (iw >> np.uint64(1))] * quarter
+            dx[row + iw] = g
+            dx[row + width + iw] = g
 
 
 def _tiled(x_shape, out: Pair, kernel: Pair, stride: Pair, padding: Pair) -> bool:
@@ -254,17 +303,23 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
 
 @implements("numba")
 def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
-                        count_include_pad: bool) -> np.ndarray:
-    """Each input cell gets dy / divisor from every window that holds it."""
+                        count_include_pad: bool, activation: str | None = None, y: np.ndarray | None = None,
+                        negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
+    """Each input cell gets dy / divisor from every window that holds it; then, with ``activation``, the
+    activation's backward from its output y (in the same pass for 2x2 tiles, LeNet's pools)."""
     n, c, h, w = x_shape
     dx = np.empty((n * c, h, w), dtype=dy.dtype)
-    if not _tiled(x_shape, dy.shape[2:], kernel_size, stride, padding):
-        _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
-    elif kernel_size == (2, 2):
-        _tiled_2x2_backward(_planes(dy), dx)
-    else:
+    tiled = _tiled(x_shape, dy.shape[2:], kernel_size, stride, padding)
+    if tiled and kernel_size == (2, 2):
+        _tiled_2x2_backward(_planes(dy), dx, dx if activation is None else _planes(y), code(activation),
+                            float(negative_slope), dy.dtype.type(0.25))
+        return dx.reshape(x_shape)
+    if tiled:
         _tiled_backward(_planes(dy), dx, *kernel_size)
-    return dx.reshape(x_shape)
+    else:
+        _avg_backward(_planes(dy), dx, *kernel_size, *stride, *padding, bool(count_include_pad))
+    dx = dx.reshape(x_shape)
+    return dx if activation is None else activation_backward(dx, y, activation, negative_slope)
 
 
 # ----------------------------------------------------------------------------------------------- Lp

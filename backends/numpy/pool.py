@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.backends import implements, pool_output_size
+from cnnkit.backends import LEAKY_SLOPE, implements, pool_output_size
 
+from .activation import activation_backward
 from .conv import pad_nchw, window_slice
 
 Pair = tuple[int, int]
@@ -116,10 +117,13 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: 
 
 @implements("numpy")
 def avg_pool2d_backward(dy: np.ndarray, x_shape, kernel_size: Pair, stride: Pair, padding: Pair, ceil_mode: bool,
-                        count_include_pad: bool) -> np.ndarray:
-    """Each input cell gets dy / divisor from every window that holds it."""
+                        count_include_pad: bool, activation: str | None = None, y: np.ndarray | None = None,
+                        negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
+    """Each input cell gets dy / divisor from every window that holds it; then, with ``activation``, the
+    activation's backward from its output y."""
     divisor = _divisor(x_shape, kernel_size, stride, padding, dy.shape[2:], count_include_pad).astype(dy.dtype)
-    return _window_scatter(dy / divisor, x_shape, kernel_size, stride, padding)
+    dx = _window_scatter(dy / divisor, x_shape, kernel_size, stride, padding)
+    return dx if activation is None else activation_backward(dx, y, activation, negative_slope)
 
 
 # ----------------------------------------------------------------------------------------------- Lp

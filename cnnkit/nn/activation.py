@@ -41,8 +41,12 @@ class Activation(Layer):
         return self._y
 
     def backward(self, dy: Array) -> Array:
-        return F.activation_backward(dy, init.saved(self, self._y), self.kind, self.negative_slope,
-                                     backend=self.backend)
+        return F.activation_backward(dy, *self.derivative(), backend=self.backend)
+
+    def derivative(self) -> tuple[Array, str, float]:
+        """(output, kind, negative_slope): what this layer's backward reads, for a following layer that runs it
+        inside its own backward (AvgPool2d.backward_through)."""
+        return init.saved(self, self._y), self.kind, self.negative_slope
 
 
 class ReLU(Activation):

@@ -248,7 +248,8 @@ class Sequential(Layer):
     applies the activation's derivative in its own backward, and the activation layer's is skipped. In eval mode a conv
     followed by batch norm (``fold_batchnorm``), and the activation after it, run as one conv with the
     normalisation folded into its weights; a backward after such a forward first re-runs the group unfused
-    from its saved input, so gradients in eval mode (e.g. saliency maps) are those of the unfused layers.
+    from its saved input, so gradients in eval mode (e.g. saliency maps) are those of the unfused layers. A pool
+    after an activation runs the activation's backward in its own (``backward_through``).
     """
 
     def __init__(self, *layers: Layer):
@@ -346,6 +347,7 @@ class Sequential(Layer):
         """Backward through the layers in reverse; ``dy`` must have the shape each layer's forward gave (a
         ValueError naming the layer and both shapes otherwise, e.g. for a gradient of another batch size)."""
         shapes = getattr(self, "_out_shapes", None)
+        through = -1  # an activation whose backward the pool after it ran
         for i in reversed(range(len(self.layers))):
             expected = None if shapes is None or len(shapes) != len(self.layers) else shapes[i]
             if dy is not None and expected is not None and tuple(dy.shape) != expected:
@@ -353,13 +355,16 @@ class Sequential(Layer):
                 raise ValueError(f"backward of layer {i} ({type(layer).__name__}({layer.extra_repr()})): the "
                                  f"gradient has shape {tuple(dy.shape)} but the layer's forward output had shape "
                                  f"{expected} (same batch size and shape as the last forward needed)")
-            if i in self._absorbed:  # the fused layer before it applies the activation's derivative
+            if i in self._absorbed or i == through:  # the layer before (after) it ran the activation's backward
                 continue
             if i in self._folded:  # a folded eval-mode group: run it unfused, so every layer saves its state
                 start, x = self._folded.pop(i)
                 for layer in self.layers[start:i + 1]:
                     x = layer.forward(x)
-            dy = self.layers[i].backward(dy)
+            fused = (i > 0 and hasattr(self.layers[i], "backward_through") and hasattr(self.layers[i - 1], "derivative")
+                     and i - 1 not in self._absorbed and i - 1 not in self._folded)  # the activation's own backward
+            dy = self.layers[i].backward_through(dy, self.layers[i - 1]) if fused else self.layers[i].backward(dy)
+            through = i - 1 if fused else through
         return dy
 
 

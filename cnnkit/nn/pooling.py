@@ -65,6 +65,14 @@ class AvgPool2d(_WindowPool):
         return F.avg_pool2d_backward(dy, init.saved(self, self._saved), self.kernel_size, self.stride,
                                      self.padding, self.ceil_mode, self.count_include_pad, backend=self.backend)
 
+    def backward_through(self, dy: Array, activation: Layer) -> Array:
+        """This pool's backward and then that of ``activation``, the layer before it (an Activation, whose
+        ``derivative`` gives its output and kind), in one call: the gradient of the activation's input."""
+        y, kind, slope = activation.derivative()
+        return F.avg_pool2d_backward(dy, init.saved(self, self._saved), self.kernel_size, self.stride,
+                                     self.padding, self.ceil_mode, self.count_include_pad, activation=kind, y=y,
+                                     negative_slope=slope, backend=self.backend)
+
 
 class LPPool2d(_WindowPool):
     """Power-average pooling (sum over the window of |x|^p)^(1/p); norm_type=2 is L2 pooling.
