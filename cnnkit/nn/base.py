@@ -355,7 +355,7 @@ class Sequential(Layer):
                 raise ValueError(f"backward of layer {i} ({type(layer).__name__}({layer.extra_repr()})): the "
                                  f"gradient has shape {tuple(dy.shape)} but the layer's forward output had shape "
                                  f"{expected} (same batch size and shape as the last forward needed)")
-            if i in self._absorbed or i == through:  # the layer before (after) it ran the activation's backward
+            if i in self._absorbed or i == through:  # its backward ran in the layer before (absorbed) or after it
                 continue
             if i in self._folded:  # a folded eval-mode group: run it unfused, so every layer saves its state
                 start, x = self._folded.pop(i)

@@ -62,16 +62,18 @@ class AvgPool2d(_WindowPool):
                             backend=self.backend)
 
     def backward(self, dy: Array) -> Array:
-        return F.avg_pool2d_backward(dy, init.saved(self, self._saved), self.kernel_size, self.stride,
-                                     self.padding, self.ceil_mode, self.count_include_pad, backend=self.backend)
+        return self._gradient(dy)
 
     def backward_through(self, dy: Array, activation: Layer) -> Array:
         """This pool's backward and then that of ``activation``, the layer before it (an Activation, whose
         ``derivative`` gives its output and kind), in one call: the gradient of the activation's input."""
         y, kind, slope = activation.derivative()
+        return self._gradient(dy, activation=kind, y=y, negative_slope=slope)
+
+    def _gradient(self, dy: Array, **activation: Any) -> Array:
         return F.avg_pool2d_backward(dy, init.saved(self, self._saved), self.kernel_size, self.stride,
-                                     self.padding, self.ceil_mode, self.count_include_pad, activation=kind, y=y,
-                                     negative_slope=slope, backend=self.backend)
+                                     self.padding, self.ceil_mode, self.count_include_pad, **activation,
+                                     backend=self.backend)
 
 
 class LPPool2d(_WindowPool):
