@@ -160,3 +160,45 @@ def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in
         builder.position_at_end(done)
         return count_
     return sig, codegen
+
+
+# ----------------------------------------------------------------------------------------------- transpose
+@intrinsic
+def transpose_block(typingctx, dst, d0, dstride, src, s0, sstride):
+    """``transpose_block(dst, d0, dstride, src, s0, sstride)``: dst[d0 + j*dstride + i] = src[s0 + i*sstride + j]
+    for i, j < L, L the elements per vector (16 float32 with AVX-512): L vector loads, log2(L) rounds of L
+    two-vector shuffles, L vector stores. dst and src are 1-D C-contiguous arrays of one float dtype; the
+    caller keeps every index in bounds."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
+            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
+            and dst.dtype in (types.float32, types.float64)):
+        raise numba.core.errors.TypingError("transpose_block needs 1-D C-contiguous float arrays of one dtype")
+    sig = types.void(dst, types.intp, types.intp, src, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
+                                                                      (signature.args[3], args[3])))
+        d0_, dstride_, s0_, sstride_ = args[1], args[2], args[4], args[5]
+        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+
+        def at(array, start, stride, i):
+            return builder.gep(array.data, [builder.add(start, builder.mul(stride, ir.Constant(I64, i)))])
+
+        rows = [load(builder, at(src_, s0_, sstride_, i), vec, itemsize) for i in range(lanes)]
+        half = lanes // 2
+        masks = ir.VectorType(I32, lanes)
+        while half:  # rows i and i + half swap their off-diagonal blocks of `half` elements
+            low = ir.Constant(masks, [j if j & half == 0 else j - half + lanes for j in range(lanes)])
+            high = ir.Constant(masks, [j + half if j & half == 0 else j + lanes for j in range(lanes)])
+            for i in range(lanes):
+                if i & half == 0:
+                    first, second = rows[i], rows[i + half]
+                    rows[i] = builder.shuffle_vector(first, second, low)
+                    rows[i + half] = builder.shuffle_vector(first, second, high)
+            half //= 2
+        for j in range(lanes):
+            store(builder, rows[j], at(dst_, d0_, dstride_, j), itemsize)
+        return context.get_dummy_value()
+    return sig, codegen

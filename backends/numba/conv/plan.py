@@ -12,6 +12,9 @@ Paths (one module each, all parallel over the output they write):
   (packed.py).
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
   blocks would be mostly empty (direct.py).
+* ``channels`` (forward only, any stride): the output channels as the vector axis, each task's input rows
+  transposed channel-last into a window; only real outputs computed (channels.py). Forcing it gives the
+  backward passes their automatic paths.
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
@@ -21,23 +24,27 @@ LeNet-5's C3), else shifted unless their width exceeds MAX_WIDE_WASTE (1.5) time
 packed); the forward is im2row from ROW_MIN weights per output when those planes are over ROW_WASTE (1.4)
 times the output (small planes with wide padding), else as a narrow weight gradient; the input
 gradient is im2row from Kg*R*S >= ROW_MIN when the planes are over ROW_WASTE times the input, else
-shifted when their width is at most 1.5 times both the output and the input width, else packed.
+shifted when their width is at most 1.5 times both the output and the input width, else packed. Whatever the
+stride, the forward is channels for kernels wider than 1x1 with at least CHANNELS_MIN_C (16) input channels per
+group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers.
 ``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
 times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
-taps, the lanes passes multiply exactly the real taps, and the shifted and im2row passes also multiply margins
-and wide-grid columns that are no real tap (0 * NaN is NaN). So a non-finite weight sends the direct forward and
-the shifted/im2row input gradient to the packed path, and a non-finite weight (or bias) gradient from the direct
-or shifted path is recomputed on the packed path; the checks read only the weights and the weight gradient
-(small arrays), and finite values take the paths the rule picks.
+taps, the lanes passes multiply exactly the real taps, the channels forward the real and padding taps, and the
+shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN is NaN). So
+a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed path, and a
+non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed path; the
+checks read only the weights and the weight gradient (small arrays), and finite values take the paths the rule
+picks.
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
 compiles these loops for the machine it runs on (AVX-512 where there is one).
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
-forward over (image, group, pixel tile) (lanes: (group, output row, run of pixels)); backward-data over (group,
+forward over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group,
+band of output rows)); backward-data over (group,
 position tile) for shifted and (image block, group) for packed (col2im scatters within its own images);
 backward-weight over (batch chunk, group) with one partial gradient per chunk (shifted: per run of pixels, see
 shifted.py; lanes: per chunk of output rows), summed afterwards.
@@ -50,7 +57,7 @@ from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
 from ..activation import add_forward, code
 from ..reduce import channel_sums
-from . import direct, im2row, lanes, packed, shifted
+from . import channels, direct, im2row, lanes, packed, shifted
 from ._loops import Pads, Pair
 
 GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
@@ -61,7 +68,9 @@ ROW_MIN_STRIDED = 64   # ... and strided ones (the packed path's tiles are short
 ROW_WASTE = 1.4        # ... when the shifted grid's planes exceed the output (forward) or input (dx) by this factor
 LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below ROW_MIN when the grid's planes
                        # exceed the output by this factor (the shifted path would compute them all)
-PATHS = ("direct", "shifted", "packed", "im2row", "lanes")
+CHANNELS_MIN_C = 16    # channels: the forward of convs with a kernel wider than 1x1, at least this many input ...
+CHANNELS_K = 32        # ... and a multiple of this many output channels per group (whole tiles), any stride
+PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
 
 
@@ -73,6 +82,8 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path in STRIDE_ONE_PATHS and stride != (1, 1):
             raise ValueError(f"path={path!r} needs stride 1")
+        if path == "channels":  # a forward path: the backward passes take the automatic ones
+            return ("channels", *plan(x_shape, w_shape, stride, padding, dilation, groups)[1:])
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -82,9 +93,10 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     if packed.dense_geometry(x_shape, w_shape, padding, groups, out_h * out_w):
         return "packed", "packed", "packed"
     reduction = w_shape[1] * w_shape[2] * w_shape[3]
+    channels_fit = w_shape[1] >= CHANNELS_MIN_C and kg % CHANNELS_K == 0 and w_shape[2] * w_shape[3] > 1
     if stride != (1, 1):
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
-        return route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
+        return "channels" if channels_fit else route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
     grid_h, grid_w = shifted.grid_shape(x_shape, (out_h, out_w), padding)
     wide_ok = grid_w <= MAX_WIDE_WASTE * out_w
     narrow = "shifted" if wide_ok else "packed"
@@ -92,6 +104,8 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         narrow = "lanes"
     weight = "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
+    if channels_fit:
+        forward = "channels"
     if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
             and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
@@ -120,9 +134,12 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
     if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
         route = "packed"
-    if route == "shifted":
+    if route in ("shifted", "channels"):
         res = None if residual is None else np.ascontiguousarray(residual, dtype=x.dtype)
-        shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
+        if route == "shifted":
+            shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
+        else:
+            channels.forward(x, w, b, y, stride, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
         return y
     kind = code(activation if residual is None else None)
     if route == "direct":

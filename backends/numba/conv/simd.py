@@ -25,6 +25,10 @@ TALL = 8 if VECTOR_BYTES == 64 else 4   # rows of a full tile: TALL x WIDE accum
 SHORT = TALL // 2                       # broadcast fit the 32 (16) vector registers; SHORT: the rows left over
 SIX = 6                                 # ... or, with AVX-512, six of them (LeNet-5's 6 channels) in one tile
 WIDE, NARROW = 3, 1                     # vectors per tile row: full tiles, then the columns left over
+# The channels path's tiles (rows = output positions, vectors = output channels): (rows, vectors) of the wide
+# tile and of the narrow one for the channels left over, and a multiple of both tiles' rows.
+CHANNEL_TILES = ((6, 4), (12, 2)) if VECTOR_BYTES == 64 else ((2, 4), (6, 2))
+CHANNEL_ROWS = 12
 
 
 def lanes(c):
@@ -142,3 +146,5 @@ fma_tile_narrow = _tile(TALL, NARROW)
 fma_tile_short_narrow = _tile(SHORT, NARROW)
 fma_tile_six = _tile(SIX, WIDE)
 fma_tile_six_narrow = _tile(SIX, NARROW)
+fma_tile_channels = _tile(*CHANNEL_TILES[0])
+fma_tile_channels_narrow = _tile(*CHANNEL_TILES[1])

@@ -1,0 +1,177 @@
+"""The ``channels`` conv path (forward, any stride), Numba: the output channels are the vector axis.
+
+Each task takes one image, one group and a band of output rows. It lays the input rows the band reads out
+channel-last in a zero-padded window (rows x Wp x Cg, channels innermost; NCHW transposed in L x L blocks by
+:func:`vectors.transpose_block`, L the elements per vector), then runs simd.py's register tiles with the operands
+the other way round from the shifted path: one broadcast window value per output position (a row of ``a``) times
+vectors of weights ((r, s, c) x output-channel rows of ``b``). For one kernel row the taps' (s, c) are one
+contiguous run of the window (one tile call per kernel row; per tap when dilated along the width), so only real
+outputs are computed, at any stride: the shifted path computes every position of its wide grid (1.27x the outputs
+of 8x8 planes) and im2row copies every window. The epilogue transposes the accumulators back to NCHW, adds the
+bias (and the residual) and applies the activation.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ..activation import RELU, act_run
+from ..vectors import VECTOR_BYTES, transpose_block
+from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, relu_sum_run, zero_run
+from .simd import CHANNEL_ROWS, CHANNEL_TILES, fma_tile_channels, fma_tile_channels_narrow, lanes
+
+POSITIONS = 256   # output positions per task at most, unless one output row has more
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _fill_window(win, x, n, c0, cg, ih0, rows, wp, left, tmp):
+    """win[((i * wp + left + iw) * cg + c] = x[n, c0 + c, ih0 + i, iw] for window rows i < rows, 0 in the margins
+    and in rows outside the image; L x L blocks of (channels, positions) transposed, straight into the window
+    along image rows at least L wide, else through tmp along the flat positions of the rows."""
+    _, c_, h_, w_ = x.shape
+    lane = lanes(win)
+    plane, row_len = h_ * w_, wp * cg
+    first, last = max(ih0, 0), min(ih0 + rows, h_)
+    for i in range(rows):
+        if i + ih0 < first or i + ih0 >= last:
+            zero_run(win, i * row_len, row_len)
+        else:
+            zero_run(win, i * row_len, left * cg)
+            zero_run(win, (i * wp + left + w_) * cg, (wp - left - w_) * cg)
+    flat = x.reshape(-1)
+    blocks_c = cg - cg % lane
+    for cb in range(0, blocks_c, lane):
+        src = (n * c_ + c0 + cb) * plane
+        if w_ >= lane:
+            for ih in range(first, last):
+                for w0 in range(0, w_ - w_ % lane, lane):
+                    transpose_block(win, ((ih - ih0) * wp + left + w0) * cg + cb, cg, flat, src + ih * w_ + w0, plane)
+        else:
+            for f0 in range(first * w_, last * w_ - lane + 1, lane):
+                transpose_block(tmp, 0, lane, flat, src + f0, plane)
+                for j in range(lane):
+                    f = f0 + j
+                    copy_run(win, ((f // w_ - ih0) * wp + left + f % w_) * cg + cb, tmp, j * lane, 1, lane)
+    whole_w = w_ - w_ % lane  # what the blocks covered: these columns of each row, or flat positions before whole_f
+    whole_f = last * w_ - (last - first) * w_ % lane
+    for f in range(first * w_, last * w_):  # the rest of the channels and positions
+        covered = f % w_ < whole_w if w_ >= lane else f < whole_f
+        dst = ((f // w_ - ih0) * wp + left + f % w_) * cg
+        for c in range(blocks_c if covered else 0, cg):
+            win[dst + c] = flat[(n * c_ + c0 + c) * plane + f]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _tiles(acc, win, arow, aoff, wg, brow, boff, count, q0, q1):
+    """acc[i, j] += sum over q0 <= q < q1 of win[aoff[i] + q] * wg[brow[q], j] for i < count (rounded up to the
+    tile's rows; acc has CHANNEL_ROWS-rounded rows) and every column of acc: wide tiles, then narrow ones for the
+    columns left over."""
+    lane, cols = lanes(acc), acc.shape[1]
+    wide_rows, wide_vectors = CHANNEL_TILES[0]
+    narrow_rows, narrow_vectors = CHANNEL_TILES[1]
+    j = 0
+    while j + wide_vectors * lane <= cols:
+        for i in range(0, count, wide_rows):
+            fma_tile_channels(acc, win, arow, aoff, wg, brow, boff, i, j, q0, q1)
+        j += wide_vectors * lane
+    while j < cols:
+        for i in range(0, count, narrow_rows):
+            fma_tile_channels_narrow(acc, win, arow, aoff, wg, brow, boff, i, j, q0, q1)
+        j += narrow_vectors * lane
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _epilogue(out, acc, count, b, res, n, k0, kg, h0, kind, slope, runs):
+    """out[n, k0 + k] from flat output position h0 * OW on: act(acc[p, k] + b (+ res)) for p < count, k < kg
+    (act((acc + bias) + res), as add_forward on the output): L channels at a time transposed back into runs
+    (L x stride), then one run per channel."""
+    _, k_, oh, ow = out.shape
+    lane, kpad = lanes(acc), acc.shape[1]
+    stride = runs.size // lane
+    out_flat, acc_flat, res_flat = out.reshape(-1), acc.reshape(-1), res.reshape(-1)
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for kb in range(0, kg, lane):
+        for p0 in range(0, count, lane):
+            transpose_block(runs, p0, stride, acc_flat, p0 * kpad + kb, kpad)
+        for kk in range(min(lane, kg - kb)):
+            k = k0 + kb + kk
+            dst = ((n * k_ + k) * oh + h0) * ow
+            if res.size == 0:
+                act_run(out_flat, dst, runs, kk * stride, count, b[k], kind, slope)
+            elif kind == RELU:
+                relu_sum_run(out_flat, dst, runs, kk * stride, b[k], res_flat, dst, count)
+            else:
+                add_bias_run(runs, kk * stride, b[k], res_flat, dst, count)
+                act_run(out_flat, dst, runs, kk * stride, count, zero, kind, slope)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw, r_, s_, wp, band, kind, slope):
+    """out = act(conv(x, w) + b (+ res)) (module docstring), wq the weights as (groups, (r, s, c), Kpad) with
+    Kpad a multiple of the narrow tile's columns, brow[q] the row of wq for window offset q (boff zeros)."""
+    n_, c_, _, _ = x.shape
+    groups, _, kpad = wq.shape
+    _, k_, oh, ow = out.shape
+    cg, kg = c_ // groups, k_ // groups
+    lane = lanes(out)
+    bands = (oh + band - 1) // band
+    win_rows = (band - 1) * sh + (r_ - 1) * dh + 1
+    span = s_ if dw == 1 else 1  # kernel columns per tile call: (s, c) contiguous in the window when dw == 1
+    for task in prange(n_ * groups * bands):
+        n, g, h0 = task // (groups * bands), task // bands % groups, task % bands * band
+        count = min(band, oh - h0) * ow
+        tmp = np.empty(lane * lane, dtype=out.dtype)
+        win = np.empty((1, win_rows * wp * cg), dtype=out.dtype)
+        _fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left, tmp)
+        rows = (count + CHANNEL_ROWS - 1) // CHANNEL_ROWS * CHANNEL_ROWS
+        acc = np.zeros((max(rows, (count + lane - 1) // lane * lane), kpad), dtype=out.dtype)
+        aoff = np.zeros(acc.shape[0], dtype=np.int64)  # rows past count read the window's start
+        for p in range(count):
+            aoff[p] = (p // ow * sh * wp + p % ow * sw) * cg
+        arow = np.zeros(acc.shape[0], dtype=np.int64)
+        for r in range(r_):
+            for s in range(0, s_, span):
+                q0 = (r * dh * wp + s * dw) * cg
+                _tiles(acc, win, arow, aoff, wq[g], brow, boff, count, q0, q0 + span * cg)
+        runs = np.empty(lane * ((count + lane - 1) // lane * lane), dtype=out.dtype)
+        _epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_rows(cg: int, r_: int, s_: int, wp: int, dh: int, dw: int) -> tuple[np.ndarray, np.ndarray]:
+    """(brow, boff): brow[(r * dh * wp + s * dw) * cg + c] = (r * s_ + s) * cg + c, the weight row of the window
+    offset of tap (r, s) and channel c; boff zeros (the callers never modify them)."""
+    size = ((r_ - 1) * dh * wp + (s_ - 1) * dw + 1) * cg
+    brow = np.zeros(size, dtype=np.int64)
+    for r in range(r_):
+        for s in range(s_):
+            start = (r * dh * wp + s * dw) * cg
+            brow[start:start + cg] = np.arange(cg) + (r * s_ + s) * cg
+    return brow, np.zeros(size, dtype=np.int64)
+
+
+def _padded_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """w (K, Cg, R, S) as (groups, R*S*Cg, Kpad): rows (r, s, c), columns the group's output channels and zeros up
+    to a multiple of the narrow tile's width."""
+    k, cg, r, s = w.shape
+    kg = k // groups
+    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // w.itemsize
+    wq = np.zeros((groups, r * s * cg, cdiv(kg, step) * step), dtype=w.dtype)
+    wq[:, :, :kg] = w.reshape(groups, kg, cg, r, s).transpose(0, 3, 4, 2, 1).reshape(groups, r * s * cg, kg)
+    return wq
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
+            dilation: Pair, groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
+    """y = act(cross_correlate(x, w) + b (+ residual)) by :func:`_channels_forward`."""
+    _, cg, r, s = w.shape
+    oh, ow = y.shape[2:]
+    wp = x.shape[3] + padding[2] + padding[3]
+    band = max(1, min(oh, POSITIONS // ow))
+    band = cdiv(oh, cdiv(oh, band))  # equal bands
+    brow, boff = _weight_rows(cg, r, s, wp, *dilation)
+    res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
+    _channels_forward(x, _padded_weights(w, groups), brow, boff, y, b, res, *stride, padding[0], padding[2],
+                      *dilation, r, s, wp, band, kind, slope)
