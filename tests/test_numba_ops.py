@@ -26,7 +26,7 @@ from cnnkit.backend import backend
 from cnnkit.backends import ACTIVATIONS, OPS
 from cnnkit.backends.numba import conv as nb_conv
 from cnnkit.backends.numba.activation import CODES, act_run
-from cnnkit.backends.numba.conv import im2row as nb_im2row
+from cnnkit.backends.numba.conv import _loops as nb_loops
 
 NB, NP = backend("numba"), backend("numpy")
 DTYPES = ("float64", "float32")
@@ -114,7 +114,7 @@ AUTOMATIC_PATHS = {
     "kernel-1x1": ("shifted", "shifted", "shifted"),
     "batch1-odd-sizes-tanh": ("shifted", "shifted", "shifted"),
     "pad-beyond-kernel": ("shifted", "shifted", "packed"),             # dx: padding past the kernel's reach
-    "im2row-288-per-output-relu": ("im2row", "im2row", "shifted"),     # 288 weights per output
+    "im2row-288-per-output-relu": ("im2row", "im2row", "channels"),    # 288 weights per output; dx: 16 in, 32 out
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("lanes", "lanes", "im2row"),              # 8x8-like planes: dx gathers rows
@@ -157,8 +157,8 @@ def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
-    resnet20 = {(16, 32, 1): ("shifted",) * 3, (32, 16, 1): ("channels", "im2row", "shifted"),  # (K, size, s)
-                (64, 8, 1): ("channels", "im2row", "shifted"), (32, 16, 2): ("channels", "im2row", "im2row"),
+    resnet20 = {(16, 32, 1): ("shifted",) * 3, (32, 16, 1): ("channels", "im2row", "channels"),  # (K, size, s)
+                (64, 8, 1): ("channels", "im2row", "channels"), (32, 16, 2): ("channels", "im2row", "im2row"),
                 (64, 8, 2): ("channels", "im2row", "im2row")}
     for (k, size, s), paths in resnet20.items():
         c, h = (k // s, size * s)
@@ -167,10 +167,10 @@ def test_conv_automatic_paths_are_the_documented_ones():
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1, path="shifted")
     with pytest.raises(ValueError, match="path"):
         nb_conv.plan((1, 1, 5, 5), (4, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, path="blas")
-    # im2row's dx: the flipped correlation where it fits (stride 1, pad within reach), else scattered rows
-    assert nb_im2row.data_grad_fits((1, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
-    assert not nb_im2row.data_grad_fits((1, 1), (3, 3, 3, 3), (1, 1), (4, 2, 2, 2))
-    assert not nb_im2row.data_grad_fits((2, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
+    # im2row's and channels' dx: the flipped correlation where it fits (stride 1, pad within reach)
+    assert nb_loops.flip_fits((1, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
+    assert not nb_loops.flip_fits((1, 1), (3, 3, 3, 3), (1, 1), (4, 2, 2, 2))
+    assert not nb_loops.flip_fits((2, 1), (1, 1, 1, 1), (1, 1), (4, 2, 3, 3))
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from cnnkit.backends import conv_output_size
 
-from ..activation import act_run
+from ..activation import NONE, act_run
 from .simd import (
     SHORT,
     SIX,
@@ -49,6 +49,28 @@ def geometry(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair):
     oh = conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0], padding[1], dilation[0])
     ow = conv_output_size(x_shape[3], w_shape[3], stride[1], padding[2], padding[3], dilation[1])
     return oh, ow, (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+
+
+def flip_fits(stride: Pair, padding: Pads, dilation: Pair, w_shape) -> bool:
+    """The input gradient is a forward conv of dy (:func:`flipped_data_grad`) when the stride is 1 and no side
+    is padded past the kernel's reach (the flipped correlation's padding, dil*(R-1) - pad, is then >= 0)."""
+    reach_h, reach_w = dilation[0] * (w_shape[2] - 1), dilation[1] * (w_shape[3] - 1)
+    return stride == (1, 1) and max(padding[:2]) <= reach_h and max(padding[2:]) <= reach_w
+
+
+def flipped_data_grad(forward, dy: np.ndarray, w: np.ndarray, padding: Pads, dilation: Pair, groups: int,
+                      x_shape) -> np.ndarray:
+    """Stride-1 input gradient by a path's ``forward``: dy correlated with the weights flipped and transposed per
+    group, padded by dil*(R-1) - pad on each side (needs :func:`flip_fits`)."""
+    k, cg, r, s = w.shape
+    kg = k // groups
+    wt = w.reshape(groups, kg, cg, r, s)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(groups * cg, kg, r, s)
+    reach_h, reach_w = dilation[0] * (r - 1), dilation[1] * (s - 1)
+    flipped = (reach_h - padding[0], reach_h - padding[1], reach_w - padding[2], reach_w - padding[3])
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    forward(dy, np.ascontiguousarray(wt), np.zeros(groups * cg, dtype=dy.dtype), dx, (1, 1), flipped, dilation,
+            groups, NONE, 0.0)
+    return dx
 
 
 # ----------------------------------------------------------------------------------------------- matmul

@@ -1,4 +1,5 @@
-"""The ``channels`` conv path (forward, any stride), Numba: the output channels are the vector axis.
+"""The ``channels`` conv path (forward at any stride; the stride-1 input gradient as the forward of dy with the
+flipped weights, ``_loops.flipped_data_grad``), Numba: the output channels are the vector axis.
 
 Each task takes one image, one group and a band of output rows. It lays the input rows the band reads out
 channel-last in a zero-padded window (rows x Wp x Cg, channels innermost; NCHW transposed in L x L blocks by

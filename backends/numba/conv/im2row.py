@@ -9,16 +9,17 @@ channel-major planes in the epilogue. With many input channels the reduction is 
 64-channel 3x3 layers: 288 and 576), and no work is spent on padding, which is most of a padded 8x8 plane.
 
 The stride-1 input gradient is the same correlation of dy, padded by dil*(R-1) - pad on each side, with the
-weights flipped and transposed (:func:`data_grad`). Other input gradients compute each output pixel's row of
-contributions (dy times the weight rows, a GEMM along the rows) and scatter it back onto its window
-(:func:`scatter_data_grad`); the weight gradient is dy times the gathered rows (:func:`weight_grad`).
+weights flipped and transposed (``_loops.flipped_data_grad`` with :func:`forward`). Other input gradients compute
+each output pixel's row of contributions (dy times the weight rows, a GEMM along the rows) and scatter it back
+onto its window (:func:`scatter_data_grad`); the weight gradient is dy times the gathered rows
+(:func:`weight_grad`).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ..activation import act_run, code
+from ..activation import act_run
 from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, gemm
 
 ROW_TILE = 64             # pixels per task tile (a multiple of 8: whole register tiles; see bench/NOTES.md)
@@ -182,28 +183,6 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     columns = np.ascontiguousarray(_weight_rows(w, groups).transpose(0, 2, 1))
     _im2row_conv(xh, columns, b, y, w.shape[2], w.shape[3], *stride, *dilation,
                  _tile(y.shape[2] * y.shape[3], n * groups), kind, slope)
-
-
-def data_grad_fits(stride: Pair, padding: Pads, dilation: Pair, w_shape) -> bool:
-    """The input gradient is a correlation of dy (:func:`data_grad`) when the stride is 1 and no side is
-    padded past the kernel's reach (the flipped correlation's padding, dil*(R-1) - pad, is then >= 0)."""
-    reach_h, reach_w = dilation[0] * (w_shape[2] - 1), dilation[1] * (w_shape[3] - 1)
-    return stride == (1, 1) and max(padding[:2]) <= reach_h and max(padding[2:]) <= reach_w
-
-
-def data_grad(dy: np.ndarray, w: np.ndarray, padding: Pads, dilation: Pair, groups: int,
-              x_shape) -> np.ndarray:
-    """Stride-1 input gradient: dy correlated with the flipped, transposed weights (per group), padded by
-    dil*(R-1) - pad on each side (needs :func:`data_grad_fits`)."""
-    k, cg, r, s = w.shape
-    kg = k // groups
-    wt = w.reshape(groups, kg, cg, r, s)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(groups * cg, kg, r, s)
-    reach_h, reach_w = dilation[0] * (r - 1), dilation[1] * (s - 1)
-    flipped = (reach_h - padding[0], reach_h - padding[1], reach_w - padding[2], reach_w - padding[3])
-    dx = np.empty(x_shape, dtype=dy.dtype)
-    forward(dy, np.ascontiguousarray(wt), np.zeros(groups * cg, dtype=dy.dtype), dx, (1, 1), flipped, dilation,
-              groups, code(None), 0.0)
-    return dx
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,

@@ -12,9 +12,9 @@ Paths (one module each, all parallel over the output they write):
   (packed.py).
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
   blocks would be mostly empty (direct.py).
-* ``channels`` (forward only, any stride): the output channels as the vector axis, each task's input rows
-  transposed channel-last into a window; only real outputs computed (channels.py). Forcing it gives the
-  backward passes their automatic paths.
+* ``channels`` (forward at any stride, stride-1 input gradient): the output channels as the vector axis, each
+  task's input rows transposed channel-last into a window; only real outputs computed (channels.py). Forcing it
+  gives the weight gradient its automatic path (and the input gradient where its flipped padding does not fit).
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
@@ -26,7 +26,9 @@ times the output (small planes with wide padding), else as a narrow weight gradi
 gradient is im2row from Kg*R*S >= ROW_MIN when the planes are over ROW_WASTE times the input, else
 shifted when their width is at most 1.5 times both the output and the input width, else packed. Whatever the
 stride, the forward is channels for kernels wider than 1x1 with at least CHANNELS_MIN_C (16) input channels per
-group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers.
+group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers;
+so is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg outputs) and its flipped padding
+fits (``_loops.flip_fits``), ahead of im2row's.
 ``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
@@ -58,7 +60,7 @@ from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 from ..activation import add_forward, code
 from ..reduce import channel_sums
 from . import channels, direct, im2row, lanes, packed, shifted
-from ._loops import Pads, Pair
+from ._loops import Pads, Pair, flip_fits, flipped_data_grad
 
 GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
 WEIGHT_GEMM_MIN = 8    # ... and below which a strided backward-weight does
@@ -82,8 +84,9 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path in STRIDE_ONE_PATHS and stride != (1, 1):
             raise ValueError(f"path={path!r} needs stride 1")
-        if path == "channels":  # a forward path: the backward passes take the automatic ones
-            return ("channels", *plan(x_shape, w_shape, stride, padding, dilation, groups)[1:])
+        if path == "channels":  # the weight gradient and an input gradient it cannot run take the automatic paths
+            _, weight, data = plan(x_shape, w_shape, stride, padding, dilation, groups)
+            return "channels", weight, "channels" if flip_fits(stride, padding, dilation, w_shape) else data
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -93,7 +96,7 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     if packed.dense_geometry(x_shape, w_shape, padding, groups, out_h * out_w):
         return "packed", "packed", "packed"
     reduction = w_shape[1] * w_shape[2] * w_shape[3]
-    channels_fit = w_shape[1] >= CHANNELS_MIN_C and kg % CHANNELS_K == 0 and w_shape[2] * w_shape[3] > 1
+    channels_fit = _channels_fit(w_shape[1], kg, w_shape)
     if stride != (1, 1):
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
         return "channels" if channels_fit else route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
@@ -106,12 +109,19 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
     if channels_fit:
         forward = "channels"
-    if (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
-            and im2row.data_grad_fits(stride, padding, dilation, w_shape)):
+    if _channels_fit(kg, w_shape[1], w_shape) and flip_fits(stride, padding, dilation, w_shape):
+        data = "channels"  # the flipped correlation: Kg inputs, Cg outputs per group
+    elif (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
+            and flip_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
     else:
         data = "shifted" if wide_ok and grid_w <= MAX_WIDE_WASTE * x_shape[3] else "packed"
     return forward, weight, data
+
+
+def _channels_fit(inputs: int, outputs: int, w_shape) -> bool:
+    """Whether a correlation with these input and output channels per group suits the channels path."""
+    return inputs >= CHANNELS_MIN_C and outputs % CHANNELS_K == 0 and w_shape[2] * w_shape[3] > 1
 
 
 def _finite(a: np.ndarray) -> bool:
@@ -166,7 +176,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         db = np.empty(k, dtype=x.dtype)
         channel_sums(dy.reshape(n, k, oh * ow), db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
-    if need_dx and data_route in ("shifted", "im2row") and not _finite(w):  # see the module docstring
+    if need_dx and data_route in ("shifted", "im2row", "channels") and not _finite(w):  # see the module docstring
         data_route = "packed"
     if data_route == "packed" and packed.dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         return (*packed.dense_backward(dy, x, w, need_dx, need_dw), db)
@@ -192,8 +202,10 @@ def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation
     """dx by the backward-data path ``route`` (see :func:`plan`)."""
     if route == "shifted":
         return shifted.data_grad(dy, x_shape, w, padding, dilation, groups)
-    if route == "im2row" and im2row.data_grad_fits(stride, padding, dilation, w.shape):
-        return im2row.data_grad(dy, w, padding, dilation, groups, x_shape)
+    if route == "channels":
+        return flipped_data_grad(channels.forward, dy, w, padding, dilation, groups, x_shape)
+    if route == "im2row" and flip_fits(stride, padding, dilation, w.shape):
+        return flipped_data_grad(im2row.forward, dy, w, padding, dilation, groups, x_shape)
     if route == "im2row":
         return im2row.scatter_data_grad(dy, w, stride, padding, dilation, groups, x_shape)
     path = {"direct": direct, "packed": packed}[route]
