@@ -114,12 +114,12 @@ AUTOMATIC_PATHS = {
     "kernel-1x1": ("shifted", "shifted", "shifted"),
     "batch1-odd-sizes-tanh": ("shifted", "shifted", "shifted"),
     "pad-beyond-kernel": ("shifted", "shifted", "packed"),             # dx: padding past the kernel's reach
-    "im2row-288-per-output-relu": ("im2row", "im2row", "channels"),    # 288 weights per output; dx: 16 in, 32 out
+    "im2row-288-per-output-relu": ("im2row", "channels", "channels"),  # 288 weights per output; dx: 16 in, 32 out
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("lanes", "lanes", "im2row"),              # 8x8-like planes: dx gathers rows
-    "channels-s2-wide-rows-relu": ("channels", "im2row", "im2row"),    # Cg >= 16, Kg = 32: any stride
-    "channels-groups2-dil1x2-tanh": ("channels", "im2row", "im2row"),
+    "channels-s2-wide-rows-relu": ("channels", "channels", "im2row"),  # Cg >= 16, Kg = 32: any stride
+    "channels-groups2-dil1x2-tanh": ("channels", "channels", "im2row"),
 }
 # Every conv path (forced) runs these: the cases above and those with non-finite values (whose NaN and inf must
 # land where PyTorch puts them on every path).
@@ -157,9 +157,9 @@ def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
-    resnet20 = {(16, 32, 1): ("shifted",) * 3, (32, 16, 1): ("channels", "im2row", "channels"),  # (K, size, s)
-                (64, 8, 1): ("channels", "im2row", "channels"), (32, 16, 2): ("channels", "im2row", "im2row"),
-                (64, 8, 2): ("channels", "im2row", "im2row")}
+    resnet20 = {(16, 32, 1): ("shifted", "channels", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, size, s)
+                (64, 8, 1): ("channels",) * 3, (32, 16, 2): ("channels", "channels", "im2row"),
+                (64, 8, 2): ("channels", "channels", "im2row")}
     for (k, size, s), paths in resnet20.items():
         c, h = (k // s, size * s)
         assert nb_conv.plan((128, c, h, h), (k, c, 3, 3), (s, s), (1, 1, 1, 1), (1, 1), 1) == paths, (k, size, s)

@@ -20,10 +20,11 @@ from numba import njit, prange
 
 from ..activation import RELU, act_run
 from ..vectors import VECTOR_BYTES, transpose_block
-from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, relu_sum_run, zero_run
+from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, gemm, relu_sum_run, zero_run
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, fma_tile_channels, fma_tile_channels_narrow, lanes
 
-POSITIONS = 256   # output positions per task at most, unless one output row has more
+POSITIONS = 256   # forward: output positions per task at most, unless one output row has more
+WEIGHT_CHUNKS = 8  # weight gradient: partials (chunks of images) at most
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -140,6 +141,41 @@ def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw,
         _epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
 
 
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _channels_weight(dy, x, part, sh, sw, top, left, dh, dw, r_, s_, wp):
+    """part[chunk, g, r * (S / span) + s / span, k, (s', c)] = sum over the chunk's images and output positions p
+    of dy[n, g*Kg + k, p] * window(p + tap (r, s + s'), c): per image the window of the forward (the whole
+    image), then per kernel row (per tap when dilated along the width) one GEMM whose b rows are the window's
+    (s', c) runs at the output positions: dy's rows times them, nothing gathered, only real outputs."""
+    chunks, groups, _, kg, cols = part.shape
+    n_, k_, oh, ow = dy.shape
+    cg = x.shape[1] // groups
+    lane = lanes(part)
+    span = s_ if dw == 1 else 1
+    positions = oh * ow
+    rows = (oh - 1) * sh + (r_ - 1) * dh + 1
+    dy2 = dy.reshape(n_ * k_, positions)
+    for task in prange(chunks * groups):
+        chunk, g = task // groups, task % groups
+        mine = part[chunk, g]
+        mine[:] = 0
+        tmp = np.empty(lane * lane, dtype=part.dtype)
+        win = np.empty((1, rows * wp * cg), dtype=part.dtype)
+        base = np.empty(positions, dtype=np.int64)
+        for p in range(positions):
+            base[p] = (p // ow * sh * wp + p % ow * sw) * cg
+        boff, zeros = np.empty(positions, dtype=np.int64), np.zeros(max(positions, kg), dtype=np.int64)
+        for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
+            _fill_window(win.reshape(-1), x, n, g * cg, cg, -top, rows, wp, left, tmp)
+            arow = np.arange(kg) + n * k_ + g * kg
+            for r in range(r_):
+                for s in range(0, s_, span):
+                    shift = (r * dh * wp + s * dw) * cg
+                    for p in range(positions):
+                        boff[p] = base[p] + shift
+                    gemm(dy2, arow, zeros, win, zeros, boff, mine[r * (s_ // span) + s // span], kg, positions, cols)
+
+
 @functools.lru_cache(maxsize=64)
 def _weight_rows(cg: int, r_: int, s_: int, wp: int, dh: int, dw: int) -> tuple[np.ndarray, np.ndarray]:
     """(brow, boff): brow[(r * dh * wp + s * dw) * cg + c] = (r * s_ + s) * cg + c, the weight row of the window
@@ -176,3 +212,17 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
     _channels_forward(x, _padded_weights(w, groups), brow, boff, y, b, res, *stride, padding[0], padding[2],
                       *dilation, r, s, wp, band, kind, slope)
+
+
+def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,
+                groups: int) -> np.ndarray:
+    """dw (K, Cg, R, S) by :func:`_channels_weight`: at most WEIGHT_CHUNKS partials over the batch, summed in
+    order (results do not depend on the thread count)."""
+    k, cg, r, s = w_shape
+    kg = k // groups
+    span = s if dilation[1] == 1 else 1
+    wp = x.shape[3] + padding[2] + padding[3]
+    part = np.empty((min(WEIGHT_CHUNKS, x.shape[0]), groups, r * (s // span), kg, span * cg), dtype=x.dtype)
+    _channels_weight(dy, x, part, *stride, padding[0], padding[2], *dilation, r, s, wp)
+    summed = part.sum(axis=0).reshape(groups, r, s // span, kg, span, cg)  # (g, r, s-block, k, s', c)
+    return np.ascontiguousarray(summed.transpose(0, 3, 5, 1, 2, 4)).reshape(w_shape)

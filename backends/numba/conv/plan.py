@@ -12,9 +12,10 @@ Paths (one module each, all parallel over the output they write):
   (packed.py).
 * ``direct`` (few outputs per group, e.g. depthwise): plain loops per output plane; the GEMM's 4x4 register
   blocks would be mostly empty (direct.py).
-* ``channels`` (forward at any stride, stride-1 input gradient): the output channels as the vector axis, each
-  task's input rows transposed channel-last into a window; only real outputs computed (channels.py). Forcing it
-  gives the weight gradient its automatic path (and the input gradient where its flipped padding does not fit).
+* ``channels`` (any stride; the input gradient at stride 1): each task's input rows transposed channel-last into
+  a window; the forward with the output channels as the vector axis, the weight gradient as dy's rows times the
+  window's (s, c) runs; only real outputs computed (channels.py). Forcing it gives an input gradient whose
+  flipped padding does not fit its automatic path.
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
 for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
@@ -28,12 +29,13 @@ shifted when their width is at most 1.5 times both the output and the input widt
 stride, the forward is channels for kernels wider than 1x1 with at least CHANNELS_MIN_C (16) input channels per
 group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers;
 so is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg outputs) and its flipped padding
-fits (``_loops.flip_fits``), ahead of im2row's.
+fits (``_loops.flip_fits``), ahead of im2row's; and the weight gradient from CHANNELS_MIN_C input channels and
+WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's.
 ``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
 times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
-taps, the lanes passes multiply exactly the real taps, the channels forward the real and padding taps, and the
+taps, the lanes passes multiply exactly the real taps, the channels passes the real and padding taps, and the
 shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN is NaN). So
 a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed path, and a
 non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed path; the
@@ -84,9 +86,9 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path in STRIDE_ONE_PATHS and stride != (1, 1):
             raise ValueError(f"path={path!r} needs stride 1")
-        if path == "channels":  # the weight gradient and an input gradient it cannot run take the automatic paths
-            _, weight, data = plan(x_shape, w_shape, stride, padding, dilation, groups)
-            return "channels", weight, "channels" if flip_fits(stride, padding, dilation, w_shape) else data
+        if path == "channels":  # an input gradient it cannot run takes the automatic path
+            data = plan(x_shape, w_shape, stride, padding, dilation, groups)[2]
+            return "channels", "channels", "channels" if flip_fits(stride, padding, dilation, w_shape) else data
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -97,15 +99,17 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         return "packed", "packed", "packed"
     reduction = w_shape[1] * w_shape[2] * w_shape[3]
     channels_fit = _channels_fit(w_shape[1], kg, w_shape)
+    channels_weight = w_shape[1] >= CHANNELS_MIN_C and kg >= WEIGHT_GEMM_MIN and w_shape[2] * w_shape[3] > 1
     if stride != (1, 1):
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
-        return "channels" if channels_fit else route, "direct" if kg < WEIGHT_GEMM_MIN else route, route
+        weight = "channels" if channels_weight else "direct" if kg < WEIGHT_GEMM_MIN else route
+        return "channels" if channels_fit else route, weight, route
     grid_h, grid_w = shifted.grid_shape(x_shape, (out_h, out_w), padding)
     wide_ok = grid_w <= MAX_WIDE_WASTE * out_w
     narrow = "shifted" if wide_ok else "packed"
     if reduction < ROW_MIN and grid_h * grid_w > LANES_WASTE * out_h * out_w:
         narrow = "lanes"
-    weight = "im2row" if reduction >= ROW_MIN else narrow
+    weight = "channels" if channels_weight else "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
     if channels_fit:
         forward = "channels"
@@ -194,7 +198,7 @@ def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilati
         return shifted.weight_grad(dy, x, w_shape, padding, dilation, groups)
     if route == "lanes":
         return lanes.weight_grad(dy, x, w_shape, padding, dilation, groups)
-    path = {"direct": direct, "im2row": im2row, "packed": packed}[route]
+    path = {"direct": direct, "im2row": im2row, "packed": packed, "channels": channels}[route]
     return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
 
 
