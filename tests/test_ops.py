@@ -124,10 +124,12 @@ def test_conv2d(target, case):
 
 
 @pytest.mark.parametrize("case_id", ["resnet-3x3-relu", "batch1-odd-sizes-tanh", "dilation2-leaky-relu",
-                                     "stride2-downsample", "lenet-c1-like-tanh"])
+                                     "stride2-downsample", "lenet-c1-like-tanh", "channels-s2-wide-rows-relu",
+                                     "channels-groups2-dil1x2-tanh"])
 def test_conv2d_with_a_residual(target, case_id):
     """act(conv + b + residual), the residual added before the activation (numba: in the shifted path's epilogue
-    for the first three cases, add_forward after the conv on the others); the residual is not modified."""
+    for the first three cases, the channels path's for the last two, add_forward after the conv on the others);
+    the residual is not modified."""
     case = by_id(CONV_CASES, case_id)
     x, w, b, residual = case.inputs()  # dy has the output's shape
     pre = F.conv2d(x.ref, w.ref, b and b.ref, backend=REF, **case.kwargs) + residual.ref
