@@ -153,6 +153,31 @@ def test_conv_every_path_matches_numpy(case, dtype):
             _check(got, ref, dtype, f"{what} {path}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", [
+    ((2, 16, 40, 36), (32, 16, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ((1, 32, 50, 45), (64, 16, 3, 2), (2, 1), (2, 0, 1, 2), (2, 2), 2),
+])
+def test_channels_path_in_bands_of_output_rows(x_shape, w_shape, stride, padding, dilation, groups, dtype):
+    """Planes with more outputs than one channels task (POSITIONS) or weight-gradient window (WEIGHT_POSITIONS)
+    holds run in bands of output rows, the last band shorter."""
+    from cnnkit.backends.numba.conv import channels
+
+    x, w, b = _data(x_shape, "bands-x"), _data(w_shape, "bands-w", scale=0.2), _data(w_shape[:1], "bands-b")
+    geometry = (stride, padding, dilation, groups)
+    y_ref = F.conv2d(x, w, b, *geometry, activation="relu", backend=NP)
+    assert y_ref.shape[2] * y_ref.shape[3] > max(channels.POSITIONS, channels.WEIGHT_POSITIONS)
+    dy = _data(y_ref.shape, "bands-dy")
+    refs = F.conv2d_backward(dy, x, w, *geometry, backend=NP)
+    xd, wd = x.astype(dtype), w.astype(dtype)
+    _check(nb_conv.conv2d_forward(xd, wd, b.astype(dtype), *geometry, activation="relu", path="channels"), y_ref,
+           dtype, "y")
+    assert nb_conv.plan(x_shape, w_shape, *geometry, path="channels")[1] == "channels"
+    for what, got, ref in zip(("dx", "dw", "db"), nb_conv.conv2d_backward(dy.astype(dtype), xd, wd, *geometry,
+                                                                          path="channels"), refs):
+        _check(got, ref, dtype, what)
+
+
 def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \

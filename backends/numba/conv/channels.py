@@ -24,7 +24,8 @@ from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, gemm, relu_sum_run
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, fma_tile_channels, fma_tile_channels_narrow, lanes
 
 POSITIONS = 256   # forward: output positions per task at most, unless one output row has more
-WEIGHT_CHUNKS = 8  # weight gradient: partials (chunks of images) at most
+WEIGHT_POSITIONS = 1024  # weight gradient: output positions per window at most (ResNet-20's whole images) ...
+WEIGHT_CHUNKS = 8  # ... and partials (chunks of images) at most
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -142,38 +143,38 @@ def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw,
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _channels_weight(dy, x, part, sh, sw, top, left, dh, dw, r_, s_, wp):
+def _channels_weight(dy, x, part, sh, sw, top, left, dh, dw, r_, s_, wp, band):
     """part[chunk, g, r * (S / span) + s / span, k, (s', c)] = sum over the chunk's images and output positions p
-    of dy[n, g*Kg + k, p] * window(p + tap (r, s + s'), c): per image the window of the forward (the whole
-    image), then per kernel row (per tap when dilated along the width) one GEMM whose b rows are the window's
-    (s', c) runs at the output positions: dy's rows times them, nothing gathered, only real outputs."""
+    of dy[n, g*Kg + k, p] * window(p + tap (r, s + s'), c): per band of ``band`` output rows the forward's
+    window, then per kernel row (per tap when dilated along the width) one GEMM whose b rows are the window's
+    (s', c) runs at the band's output positions: dy's rows times them, nothing gathered, only real outputs."""
     chunks, groups, _, kg, cols = part.shape
     n_, k_, oh, ow = dy.shape
     cg = x.shape[1] // groups
     lane = lanes(part)
     span = s_ if dw == 1 else 1
-    positions = oh * ow
-    rows = (oh - 1) * sh + (r_ - 1) * dh + 1
-    dy2 = dy.reshape(n_ * k_, positions)
+    rows = (band - 1) * sh + (r_ - 1) * dh + 1
+    dy2 = dy.reshape(n_ * k_, oh * ow)
     for task in prange(chunks * groups):
         chunk, g = task // groups, task % groups
         mine = part[chunk, g]
         mine[:] = 0
         tmp = np.empty(lane * lane, dtype=part.dtype)
         win = np.empty((1, rows * wp * cg), dtype=part.dtype)
-        base = np.empty(positions, dtype=np.int64)
-        for p in range(positions):
-            base[p] = (p // ow * sh * wp + p % ow * sw) * cg
-        boff, zeros = np.empty(positions, dtype=np.int64), np.zeros(max(positions, kg), dtype=np.int64)
+        boff, aoff = np.empty(band * ow, dtype=np.int64), np.empty(kg, dtype=np.int64)
+        brow = np.zeros(band * ow, dtype=np.int64)
         for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
-            _fill_window(win.reshape(-1), x, n, g * cg, cg, -top, rows, wp, left, tmp)
             arow = np.arange(kg) + n * k_ + g * kg
-            for r in range(r_):
-                for s in range(0, s_, span):
-                    shift = (r * dh * wp + s * dw) * cg
-                    for p in range(positions):
-                        boff[p] = base[p] + shift
-                    gemm(dy2, arow, zeros, win, zeros, boff, mine[r * (s_ // span) + s // span], kg, positions, cols)
+            for h0 in range(0, oh, band):
+                count = min(band, oh - h0) * ow
+                _fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, rows, wp, left, tmp)
+                aoff[:] = h0 * ow  # dy's rows from the band's first position
+                for r in range(r_):
+                    for s in range(0, s_, span):
+                        shift = (r * dh * wp + s * dw) * cg
+                        for p in range(count):
+                            boff[p] = (p // ow * sh * wp + p % ow * sw) * cg + shift
+                        gemm(dy2, arow, aoff, win, brow, boff, mine[r * (s_ // span) + s // span], kg, count, cols)
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,18 +201,22 @@ def _padded_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return wq
 
 
+def _band(out_hw: Pair, positions: int) -> int:
+    """Output rows per task or window: equal bands of at most ``positions`` outputs (at least one row)."""
+    oh, ow = out_hw
+    return cdiv(oh, cdiv(oh, max(1, min(oh, positions // ow))))
+
+
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
             dilation: Pair, groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
     """y = act(cross_correlate(x, w) + b (+ residual)) by :func:`_channels_forward`."""
     _, cg, r, s = w.shape
     oh, ow = y.shape[2:]
     wp = x.shape[3] + padding[2] + padding[3]
-    band = max(1, min(oh, POSITIONS // ow))
-    band = cdiv(oh, cdiv(oh, band))  # equal bands
     brow, boff = _weight_rows(cg, r, s, wp, *dilation)
     res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
     _channels_forward(x, _padded_weights(w, groups), brow, boff, y, b, res, *stride, padding[0], padding[2],
-                      *dilation, r, s, wp, band, kind, slope)
+                      *dilation, r, s, wp, _band((oh, ow), POSITIONS), kind, slope)
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,
@@ -223,6 +228,7 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: P
     span = s if dilation[1] == 1 else 1
     wp = x.shape[3] + padding[2] + padding[3]
     part = np.empty((min(WEIGHT_CHUNKS, x.shape[0]), groups, r * (s // span), kg, span * cg), dtype=x.dtype)
-    _channels_weight(dy, x, part, *stride, padding[0], padding[2], *dilation, r, s, wp)
+    band = _band(dy.shape[2:], WEIGHT_POSITIONS)
+    _channels_weight(dy, x, part, *stride, padding[0], padding[2], *dilation, r, s, wp, band)
     summed = part.sum(axis=0).reshape(groups, r, s // span, kg, span, cg)  # (g, r, s-block, k, s', c)
     return np.ascontiguousarray(summed.transpose(0, 3, 5, 1, 2, 4)).reshape(w_shape)
