@@ -182,7 +182,7 @@ def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
-    resnet20 = {(16, 32, 1): ("shifted", "channels", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, size, s)
+    resnet20 = {(16, 32, 1): ("shifted", "channels", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, OH, s)
                 (64, 8, 1): ("channels",) * 3, (32, 16, 2): ("channels", "channels", "im2row"),
                 (64, 8, 2): ("channels", "channels", "im2row")}
     for (k, size, s), paths in resnet20.items():
@@ -252,6 +252,28 @@ def test_results_do_not_depend_on_the_thread_count(path, stride):
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_block(dtype):
+    """vectors.transpose_block (the channels path's layout changes): an L x L block between rows of different
+    strides and offsets, nothing else written."""
+    from numba import njit
+
+    from cnnkit.backends.numba.vectors import VECTOR_BYTES, transpose_block
+
+    lane = VECTOR_BYTES // np.dtype(dtype).itemsize
+
+    @njit
+    def run(dst, src):
+        transpose_block(dst, 3, lane + 5, src, 2, lane + 1)
+
+    src = np.arange(2 + lane * (lane + 1), dtype=dtype)
+    dst = np.zeros(3 + lane * (lane + 5), dtype=dtype)
+    run(dst, src)
+    rows = dst[3:].reshape(lane, lane + 5)
+    np.testing.assert_array_equal(rows[:, :lane], src[2:].reshape(lane, lane + 1)[:, :lane].T)
+    assert not dst[:3].any() and not rows[:, lane:].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -48,10 +48,10 @@ compiles these loops for the machine it runs on (AVX-512 where there is one).
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
 forward over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group,
-band of output rows)); backward-data over (group,
-position tile) for shifted and (image block, group) for packed (col2im scatters within its own images);
-backward-weight over (batch chunk, group) with one partial gradient per chunk (shifted: per run of pixels, see
-shifted.py; lanes: per chunk of output rows), summed afterwards.
+band of output rows)); backward-data over (group, position tile) for shifted and (image block, group) for packed
+(col2im scatters within its own images); backward-weight over (batch chunk, group) with one partial gradient per
+chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of output rows; channels: per chunk of
+images), summed afterwards.
 """
 from __future__ import annotations
 
