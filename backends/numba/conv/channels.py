@@ -1,15 +1,19 @@
-"""The ``channels`` conv path (forward at any stride; the stride-1 input gradient as the forward of dy with the
-flipped weights, ``_loops.flipped_data_grad``), Numba: the output channels are the vector axis.
+"""The ``channels`` conv path, Numba: every pass reads a channel-last window of the input rows it needs.
 
-Each task takes one image, one group and a band of output rows. It lays the input rows the band reads out
-channel-last in a zero-padded window (rows x Wp x Cg, channels innermost; NCHW transposed in L x L blocks by
-:func:`vectors.transpose_block`, L the elements per vector), then runs simd.py's register tiles with the operands
-the other way round from the shifted path: one broadcast window value per output position (a row of ``a``) times
-vectors of weights ((r, s, c) x output-channel rows of ``b``). For one kernel row the taps' (s, c) are one
-contiguous run of the window (one tile call per kernel row; per tap when dilated along the width), so only real
-outputs are computed, at any stride: the shifted path computes every position of its wide grid (1.27x the outputs
-of 8x8 planes) and im2row copies every window. The epilogue transposes the accumulators back to NCHW, adds the
-bias (and the residual) and applies the activation.
+Each task lays out the input rows of a band of output rows channel-last in a zero-padded window (rows x Wp x Cg,
+channels innermost; NCHW transposed in L x L blocks by :func:`vectors.transpose_block`, L the elements per
+vector). For one kernel row the taps' (s, c) are then one contiguous run of the window, so only real outputs
+are computed, at any stride, and nothing is gathered: the shifted path computes every position of its wide grid
+(1.27x the outputs of 8x8 planes) and im2row copies every window.
+
+* Forward (:func:`_channels_forward`; task: image, group, band): simd.py's register tiles with the operands the
+  other way round from the shifted path, the output channels as the vector axis: one broadcast window value per
+  output position (a row of ``a``) times vectors of weights ((r, s, c) x output-channel rows of ``b``), one tile
+  call per kernel row (per tap when dilated along the width). The epilogue transposes the accumulators back to
+  NCHW, adds the bias (and the residual) and applies the activation.
+* Input gradient (stride 1): that forward on dy with the weights flipped (``_loops.flipped_data_grad``).
+* Weight gradient (:func:`_channels_weight`; task: chunk of images, group): dy's rows, as they are, times the
+  window's (s, c) runs at the output positions, by the shared ``gemm``; one partial per chunk, summed in order.
 """
 from __future__ import annotations
 
