@@ -102,7 +102,7 @@ def test_warmup_compiles_and_reports_seconds(capsys):
 # as conv/plan.py's docstring states the rule.
 AUTOMATIC_PATHS = {
     "lenet-c1-like-tanh": ("lanes", "lanes", "shifted"),               # Kg = 6; 12x12 planes, 8x8 outputs
-    "lenet-c3-scaled-tanh": ("lanes", "lanes", "shifted"),             # Kg = 16; 14x14 planes, 10x10 outputs
+    "lenet-c3-scaled-tanh": ("planar", "planar", "shifted"),           # Kg = 16; 14x14 planes, 10x10 outputs
     "lenet-c5-1x1-output": ("packed", "packed", "packed"),             # the plain matmul (one output pixel)
     "resnet-3x3-relu": ("shifted", "shifted", "shifted"),              # 3x3 on 8x8: 9x9 grid planes (1.27x)
     "stride2-downsample": ("packed", "packed", "packed"),
@@ -117,7 +117,7 @@ AUTOMATIC_PATHS = {
     "im2row-288-per-output-relu": ("im2row", "channels", "channels"),  # 288 weights per output; dx: 16 in, 32 out
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
-    "dx-im2row-32-filters": ("lanes", "lanes", "im2row"),              # 8x8-like planes: dx gathers rows
+    "dx-im2row-32-filters": ("planar", "planar", "im2row"),            # 8x8-like planes: dx gathers rows
     "channels-s2-wide-rows-relu": ("channels", "channels", "im2row"),  # Cg >= 16, Kg = 32: any stride
     "channels-groups2-dil1x2-tanh": ("channels", "channels", "im2row"),
 }

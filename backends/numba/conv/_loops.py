@@ -16,10 +16,12 @@ from cnnkit.backends import conv_output_size
 
 from ..activation import NONE, act_run
 from .simd import (
+    DOT_TILE,
     SHORT,
     SIX,
     TALL,
     WIDE,
+    dot_tile,
     fma_tile,
     fma_tile_narrow,
     fma_tile_short,
@@ -214,45 +216,32 @@ def _gemm_row(a, arow, aoff, b, brow, boff, c, row, kd, j0, t):
             c[i0, j] += w00 * b[r0, f0 + j]
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def dots4x4(d, k0, k1, k2, k3, xs, c0, c1, c2, c3, o0, o1, o2, o3, u0, u1, zero):
-    """The 16 dot products sum over u0 <= u < u1 of d[ki, u] * xs[cj, u + oj]: one pass over the eight rows,
-    16 accumulators (reassociation lets LLVM keep them as vectors; the order is fixed by the compiled code,
-    so results do not depend on the thread count)."""
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    a0, a1, a2, a3 = np.uint64(k0), np.uint64(k1), np.uint64(k2), np.uint64(k3)
-    b0, b1, b2, b3 = np.uint64(c0), np.uint64(c1), np.uint64(c2), np.uint64(c3)
-    f0, f1, f2, f3 = np.uint64(o0), np.uint64(o1), np.uint64(o2), np.uint64(o3)
-    for u in range(np.uint64(u0), np.uint64(u1)):
-        y0, y1, y2, y3 = d[a0, u], d[a1, u], d[a2, u], d[a3, u]
-        x0, x1, x2, x3 = xs[b0, u + f0], xs[b1, u + f1], xs[b2, u + f2], xs[b3, u + f3]
-        s00, s01, s02, s03 = s00 + y0 * x0, s01 + y0 * x1, s02 + y0 * x2, s03 + y0 * x3
-        s10, s11, s12, s13 = s10 + y1 * x0, s11 + y1 * x1, s12 + y1 * x2, s13 + y1 * x3
-        s20, s21, s22, s23 = s20 + y2 * x0, s21 + y2 * x1, s22 + y2 * x2, s23 + y2 * x3
-        s30, s31, s32, s33 = s30 + y3 * x0, s31 + y3 * x1, s32 + y3 * x2, s33 + y3 * x3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
-
-
 @njit(cache=True, fastmath=False, error_model="numpy")
 def dot_blocks(part, chunk, g, d, xs, chan, off, shift, u0, u1, zero):
     """part[chunk, g, k, q] += sum over u0 <= u < u1 of d[g*Kg + k, u] * xs[g*Cg + chan[q], u + off[q] + shift]
-    for every (k, q), in 4x4 blocks by :func:`dots4x4` (a short block repeats its last row): the weight
-    gradients' shifted dot products over one run."""
-    groups, kg, rows = part.shape[1], part.shape[2], part.shape[3]
+    for every (k, q): the weight gradients' shifted dot products over one run, in blocks of simd.DOT_TILE (k, q)
+    pairs (a short block repeats its last row or column into a scratch block)."""
+    groups, kg, taps = part.shape[1], part.shape[2], part.shape[3]
     cg = xs.shape[0] // groups
-    last = g * kg + kg - 1
-    for kb in range(0, kg, 4):
-        k0, k1, k2, k3 = g * kg + kb, min(g * kg + kb + 1, last), min(g * kg + kb + 2, last), \
-            min(g * kg + kb + 3, last)
-        for qb in range(0, rows, 4):
-            q0, q1, q2, q3 = qb, min(qb + 1, rows - 1), min(qb + 2, rows - 1), min(qb + 3, rows - 1)
-            sums = dots4x4(d, k0, k1, k2, k3, xs, g * cg + chan[q0], g * cg + chan[q1], g * cg + chan[q2],
-                           g * cg + chan[q3], off[q0] + shift, off[q1] + shift, off[q2] + shift, off[q3] + shift,
-                           u0, u1, zero)
-            for i in range(min(4, kg - kb)):
-                for j in range(min(4, rows - qb)):
-                    part[chunk, g, kb + i, qb + j] += sums[i * 4 + j]
+    rows, cols = DOT_TILE
+    block = np.empty((rows, cols), dtype=part.dtype)
+    astart, bstart = np.empty(rows, dtype=np.int64), np.empty(cols, dtype=np.int64)
+    mine = part[chunk, g]
+    for kb in range(0, kg, rows):
+        for i in range(rows):
+            astart[i] = (g * kg + min(kb + i, kg - 1)) * d.shape[1] + u0
+        for qb in range(0, taps, cols):
+            for j in range(cols):
+                q = min(qb + j, taps - 1)
+                bstart[j] = (g * cg + chan[q]) * xs.shape[1] + u0 + off[q] + shift
+            if kb + rows <= kg and qb + cols <= taps:
+                dot_tile(mine, kb, qb, d, astart, xs, bstart, u1 - u0)
+                continue
+            block[:] = zero
+            dot_tile(block, 0, 0, d, astart, xs, bstart, u1 - u0)
+            for i in range(min(rows, kg - kb)):
+                for j in range(min(cols, taps - qb)):
+                    mine[kb + i, qb + j] += block[i, j]
 
 
 # ----------------------------------------------------------------------------------------------- runs

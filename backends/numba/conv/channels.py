@@ -90,7 +90,7 @@ def _tiles(acc, win, arow, aoff, wg, brow, boff, count, q0, q1):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _epilogue(out, acc, count, b, res, n, k0, kg, h0, kind, slope, runs):
+def epilogue(out, acc, count, b, res, n, k0, kg, h0, kind, slope, runs):
     """out[n, k0 + k] from flat output position h0 * OW on: act(acc[p, k] + b (+ res)) for p < count, k < kg
     (act((acc + bias) + res), as add_forward on the output): L channels at a time transposed back into runs
     (L x stride), then one run per channel."""
@@ -143,7 +143,7 @@ def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw,
                 q0 = (r * dh * wp + s * dw) * cg
                 _tiles(acc, win, arow, aoff, wq[g], brow, boff, count, q0, q0 + span * cg)
         runs = np.empty(lane * ((count + lane - 1) // lane * lane), dtype=out.dtype)
-        _epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+        epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -205,7 +205,7 @@ def _padded_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return wq
 
 
-def _band(out_hw: Pair, positions: int) -> int:
+def band_rows(out_hw: Pair, positions: int) -> int:
     """Output rows per task or window: equal bands of at most ``positions`` outputs (at least one row)."""
     oh, ow = out_hw
     return cdiv(oh, cdiv(oh, max(1, min(oh, positions // ow))))
@@ -220,7 +220,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     brow, boff = _weight_rows(cg, r, s, wp, *dilation)
     res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
     _channels_forward(x, _padded_weights(w, groups), brow, boff, y, b, res, *stride, padding[0], padding[2],
-                      *dilation, r, s, wp, _band((oh, ow), POSITIONS), kind, slope)
+                      *dilation, r, s, wp, band_rows((oh, ow), POSITIONS), kind, slope)
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,
@@ -232,7 +232,7 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: P
     span = s if dilation[1] == 1 else 1
     wp = x.shape[3] + padding[2] + padding[3]
     part = np.empty((min(WEIGHT_CHUNKS, x.shape[0]), groups, r * (s // span), kg, span * cg), dtype=x.dtype)
-    band = _band(dy.shape[2:], WEIGHT_POSITIONS)
+    band = band_rows(dy.shape[2:], WEIGHT_POSITIONS)
     _channels_weight(dy, x, part, *stride, padding[0], padding[2], *dilation, r, s, wp, band)
     summed = part.sum(axis=0).reshape(groups, r, s // span, kg, span, cg)  # (g, r, s-block, k, s', c)
     return np.ascontiguousarray(summed.transpose(0, 3, 5, 1, 2, 4)).reshape(w_shape)

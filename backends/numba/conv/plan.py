@@ -16,42 +16,43 @@ Paths (one module each, all parallel over the output they write):
   a window; the forward with the output channels as the vector axis, the weight gradient as dy's rows times the
   window's (s, c) runs; only real outputs computed (channels.py). Forcing it gives an input gradient whose
   flipped padding does not fit its automatic path.
+* ``planar`` (any stride; the input gradient at stride 1): the channels path's operands for few input channels,
+  the input rows copied as planes (no transpose) and read through per-position and per-tap offsets (planar.py).
 
-Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul
-for LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed
-(direct weight gradient when Kg < 8); stride 1: the weight gradient is im2row from ROW_MIN (256) weights per
-output, else lanes when the shifted path's planes (shifted.grid_shape) exceed the output by LANES_WASTE (1.5:
-LeNet-5's C3), else shifted unless their width exceeds MAX_WIDE_WASTE (1.5) times the output width (then
-packed); the forward is im2row from ROW_MIN weights per output when those planes are over ROW_WASTE (1.4)
-times the output (small planes with wide padding), else as a narrow weight gradient; the input
-gradient is im2row from Kg*R*S >= ROW_MIN when the planes are over ROW_WASTE times the input, else
-shifted when their width is at most 1.5 times both the output and the input width, else packed. Whatever the
-stride, the forward is channels for kernels wider than 1x1 with at least CHANNELS_MIN_C (16) input channels per
-group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers;
-so is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg outputs) and its flipped padding
-fits (``_loops.flip_fits``), ahead of im2row's; and the weight gradient from CHANNELS_MIN_C input channels and
-WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's.
-``path=`` forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
+Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul for
+LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed (direct
+weight gradient when Kg < 8); stride 1: the weight gradient is im2row from ROW_MIN (256) weights per output, else
+lanes when the shifted path's planes (shifted.grid_shape) exceed the output by LANES_WASTE (1.5: LeNet-5's C3;
+planar instead where Kg is a multiple of PLANAR_K (16), whole vectors), else shifted unless their width exceeds
+MAX_WIDE_WASTE (1.5) times the output width (then packed); the forward is im2row from ROW_MIN weights per output
+when those planes are over ROW_WASTE (1.4) times the output (small planes with wide padding), else as a narrow
+weight gradient; the input gradient is im2row from Kg*R*S >= ROW_MIN when the planes are over ROW_WASTE times the
+input, else shifted when their width is at most 1.5 times both the output and the input width, else packed. Whatever
+the stride, the forward is channels for kernels wider than 1x1 with at least CHANNELS_MIN_C (16) input channels per
+group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers; so
+is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg outputs) and its flipped padding fits
+(``_loops.flip_fits``), ahead of im2row's; and the weight gradient from CHANNELS_MIN_C input channels and
+WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's. ``path=``
+forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
-Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight
-times a padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding
-taps, the lanes passes multiply exactly the real taps, the channels passes the real and padding taps, and the
-shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN is NaN). So
-a non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed path, and a
-non-finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed path; the
-checks read only the weights and the weight gradient (small arrays), and finite values take the paths the rule
-picks.
+Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight times a
+padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding taps, the
+lanes passes multiply exactly the real taps, the channels and planar passes the real and padding taps, and the
+shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN is NaN). So a
+non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed path, and a non-
+finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed path; the checks read
+only the weights and the weight gradient (small arrays), and finite values take the paths the rule picks.
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
 compiles these loops for the machine it runs on (AVX-512 where there is one).
 
-Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS):
-forward over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group,
-band of output rows)); backward-data over (group, position tile) for shifted and (image block, group) for packed
-(col2im scatters within its own images); backward-weight over (batch chunk, group) with one partial gradient per
-chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of output rows; channels: per chunk of
-images), summed afterwards.
+Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS): forward
+over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group, band of output
+rows); planar: (group, run of images)); backward-data over (group, position tile) for shifted and (image block,
+group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group) with one
+partial gradient per chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of output rows; channels
+and planar: per chunk of images), summed afterwards.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
 
 from ..activation import add_forward, code
 from ..reduce import channel_sums
-from . import channels, direct, im2row, lanes, packed, shifted
+from . import channels, direct, im2row, lanes, packed, planar, shifted
 from ._loops import Pads, Pair, flip_fits, flipped_data_grad
 
 GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
@@ -74,7 +75,8 @@ LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below R
                        # exceed the output by this factor (the shifted path would compute them all)
 CHANNELS_MIN_C = 16    # channels: the forward of convs with a kernel wider than 1x1, at least this many input ...
 CHANNELS_K = 32        # ... and a multiple of this many output channels per group (whole tiles), any stride
-PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels")
+PLANAR_K = 16          # planar: where lanes would run, with a multiple of this many outputs per group (whole vectors)
+PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels", "planar")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
 
 
@@ -86,9 +88,9 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")
         if path in STRIDE_ONE_PATHS and stride != (1, 1):
             raise ValueError(f"path={path!r} needs stride 1")
-        if path == "channels":  # an input gradient it cannot run takes the automatic path
+        if path in ("channels", "planar"):  # an input gradient they cannot run takes the automatic path
             data = plan(x_shape, w_shape, stride, padding, dilation, groups)[2]
-            return "channels", "channels", "channels" if flip_fits(stride, padding, dilation, w_shape) else data
+            return path, path, path if flip_fits(stride, padding, dilation, w_shape) else data
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -108,7 +110,7 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     wide_ok = grid_w <= MAX_WIDE_WASTE * out_w
     narrow = "shifted" if wide_ok else "packed"
     if reduction < ROW_MIN and grid_h * grid_w > LANES_WASTE * out_h * out_w:
-        narrow = "lanes"
+        narrow = "planar" if kg % PLANAR_K == 0 else "lanes"
     weight = "channels" if channels_weight else "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
     if channels_fit:
@@ -148,12 +150,13 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
     if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
         route = "packed"
-    if route in ("shifted", "channels"):
+    if route in ("shifted", "channels", "planar"):
         res = None if residual is None else np.ascontiguousarray(residual, dtype=x.dtype)
         if route == "shifted":
             shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
         else:
-            channels.forward(x, w, b, y, stride, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
+            path_module = channels if route == "channels" else planar
+            path_module.forward(x, w, b, y, stride, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
         return y
     kind = code(activation if residual is None else None)
     if route == "direct":
@@ -180,7 +183,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         db = np.empty(k, dtype=x.dtype)
         channel_sums(dy.reshape(n, k, oh * ow), db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
-    if need_dx and data_route in ("shifted", "im2row", "channels") and not _finite(w):  # see the module docstring
+    if need_dx and data_route in ("shifted", "im2row", "channels", "planar") and not _finite(w):  # module docstring
         data_route = "packed"
     if data_route == "packed" and packed.dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         return (*packed.dense_backward(dy, x, w, need_dx, need_dw), db)
@@ -198,7 +201,7 @@ def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilati
         return shifted.weight_grad(dy, x, w_shape, padding, dilation, groups)
     if route == "lanes":
         return lanes.weight_grad(dy, x, w_shape, padding, dilation, groups)
-    path = {"direct": direct, "im2row": im2row, "packed": packed, "channels": channels}[route]
+    path = {"direct": direct, "im2row": im2row, "packed": packed, "channels": channels, "planar": planar}[route]
     return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
 
 
@@ -206,8 +209,9 @@ def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation
     """dx by the backward-data path ``route`` (see :func:`plan`)."""
     if route == "shifted":
         return shifted.data_grad(dy, x_shape, w, padding, dilation, groups)
-    if route == "channels":
-        return flipped_data_grad(channels.forward, dy, w, padding, dilation, groups, x_shape)
+    if route in ("channels", "planar"):
+        forward = channels.forward if route == "channels" else planar.forward
+        return flipped_data_grad(forward, dy, w, padding, dilation, groups, x_shape)
     if route == "im2row" and flip_fits(stride, padding, dilation, w.shape):
         return flipped_data_grad(im2row.forward, dy, w, padding, dilation, groups, x_shape)
     if route == "im2row":

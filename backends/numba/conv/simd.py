@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 
-from ..vectors import VECTOR_BYTES, load, store
+from ..vectors import VECTOR_BYTES, load, masked_load, splat, store
 
 TALL = 8 if VECTOR_BYTES == 64 else 4   # rows of a full tile: TALL x WIDE accumulators, WIDE B vectors and a
 SHORT = TALL // 2                       # broadcast fit the 32 (16) vector registers; SHORT: the rows left over
@@ -29,6 +29,15 @@ WIDE, NARROW = 3, 1                     # vectors per tile row: full tiles, then
 # tile and of the narrow one for the channels left over, and a multiple of both tiles' rows.
 CHANNEL_TILES = ((6, 4), (12, 2)) if VECTOR_BYTES == 64 else ((2, 4), (6, 2))
 CHANNEL_ROWS = 12
+# The planar path's gather tiles (rows = output positions or taps, one vector of output channels): the wide one's
+# rows, and the narrow one's for the rows left over; and the rows of its line tile, lines of LINE consecutive
+# elements of a (five output positions along a row, or five taps along a kernel row): one address per line.
+PLANAR_TILES = ((24, 1), (8, 1)) if VECTOR_BYTES == 64 else ((12, 1), (4, 1))
+LINE = 5
+LINE_ROWS = 5 * LINE if VECTOR_BYTES == 64 else 2 * LINE
+# The weight gradients' blocks of long dot products: (output channels, taps), rows x cols accumulators beside
+# cols b vectors and one a vector.
+DOT_TILE = (6, 4) if VECTOR_BYTES == 64 else (3, 3)
 
 
 def lanes(c):
@@ -72,8 +81,27 @@ def _tile(rows: int, vectors: int):
     needs q1 > q0 and arrays for which tile_fits holds."""
 
     def tile(typingctx, c, a, arow, aoff, b, brow, boff, i0, j0, q0, q1):
-        return _signature(c, a, arow, aoff, b, brow, boff), _codegen(rows, vectors)
+        return _signature(c, a, arow, aoff, b, brow, boff), _codegen(rows, vectors, False)
     tile.__name__ = tile.__qualname__ = f"fma_tile_{rows}x{vectors}"
+    return intrinsic(tile)
+
+
+def _gather_tile(rows: int, vectors: int, line: int = 1):
+    """The tile of ``rows`` x ``vectors`` whose ``a`` elements are gathered along the reduction:
+
+    ``tile(c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1)``: as :func:`_tile` with a[arow[i0 + i],
+    aoff[i0 + i] + aq[q]] for a[arow[i0 + i], aoff[i0 + i] + q] (a conv's input planes read in place: aoff an
+    output position's offset, aq a tap's). With ``line`` > 1 the caller promises that each run of ``line``
+    rows from i0 on reads consecutive elements (row i at the address of row i - i % line, plus i % line): the
+    tile then holds one address per line (24 row addresses would not fit the registers beside 24 accumulators;
+    reloading them costs a load per FMA)."""
+
+    def tile(typingctx, c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1):
+        sig = _signature(c, a, arow, aoff, b, brow, boff)
+        if aq != types.Array(types.int64, 1, "C"):
+            raise numba.core.errors.TypingError("the gather tile needs an int64 C-contiguous aq")
+        return types.void(*sig.args[:4], aq, *sig.args[4:]), _codegen(rows, vectors, True, line)
+    tile.__name__ = tile.__qualname__ = f"fma_gather_tile_{rows}x{vectors}_{line}"
     return intrinsic(tile)
 
 
@@ -85,12 +113,16 @@ def _signature(c, a, arow, aoff, b, brow, boff):
     return types.void(c, a, arow, aoff, b, brow, boff, types.intp, types.intp, types.intp, types.intp)
 
 
-def _codegen(rows: int, vectors: int):
+def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
     """The LLVM IR of a tile: rows x vectors accumulators as loop phis, stored (added to c) after the loop."""
     def codegen(context, builder, signature, args):
-        c_, a_, arow_, aoff_, b_, brow_, boff_ = (make_array(t)(context, builder, v)
-                                                   for t, v in zip(signature.args[:7], args[:7]))
-        i0_, j0_, q0_, q1_ = args[7:]
+        arrays = [make_array(t)(context, builder, v) for t, v in zip(signature.args, args)
+                  if isinstance(t, types.Array)]
+        if gather:
+            c_, a_, arow_, aoff_, aq_, b_, brow_, boff_ = arrays
+        else:
+            c_, a_, arow_, aoff_, b_, brow_, boff_ = arrays
+        i0_, j0_, q0_, q1_ = args[-4:]
         itemsize = np.dtype(signature.args[0].dtype.name).itemsize
         lanes = VECTOR_BYTES // itemsize
         vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
@@ -100,6 +132,9 @@ def _codegen(rows: int, vectors: int):
         lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
         a_rows = []
         for i in range(rows):
+            if i % line:  # rows i - i % line ... i are consecutive elements of a
+                a_rows.append(builder.gep(a_rows[-1], [ir.Constant(i64, 1)]))
+                continue
             row = builder.add(i0_, ir.Constant(i64, i))
             start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
                                 builder.load(builder.gep(aoff_.data, [row])))
@@ -115,8 +150,9 @@ def _codegen(rows: int, vectors: int):
         b_vecs = [load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
                         itemsize) for v in range(vectors)]
         summed = []
+        at = builder.load(builder.gep(aq_.data, [q])) if gather else q
         for i in range(rows):
-            scalar = builder.load(builder.gep(a_rows[i], [q]))
+            scalar = builder.load(builder.gep(a_rows[i], [at]))
             spread = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
                                                                    ir.Constant(ir.IntType(32), 0)),
                                             ir.Constant(vec, ir.Undefined),
@@ -148,3 +184,93 @@ fma_tile_six = _tile(SIX, WIDE)
 fma_tile_six_narrow = _tile(SIX, NARROW)
 fma_tile_channels = _tile(*CHANNEL_TILES[0])
 fma_tile_channels_narrow = _tile(*CHANNEL_TILES[1])
+def _dot_tile(rows: int, cols: int):
+    """The block of ``rows`` x ``cols`` long dot products (the weight gradients' (output channel, tap) pairs):
+
+    ``tile(c, ci, cj, a, astart, b, bstart, count)``: c[ci + i, cj + j] += sum over u < count of
+    a.flat[astart[i] + u] * b.flat[bstart[j] + u] for i < rows, j < cols; a, b and c 2-D C-contiguous arrays of
+    one float dtype, the caller keeping every index in bounds. One vector accumulator per pair over whole vectors
+    of u, then one masked vector for the rest (nothing past count is read), each summed across its lanes in a
+    fixed halving order: results do not depend on the thread count."""
+
+    def tile(typingctx, c, ci, cj, a, astart, b, bstart, count):
+        index = types.Array(types.int64, 1, "C")
+        if astart != index or bstart != index or not _tileable(a, b, c):
+            raise numba.core.errors.TypingError("dot_tile needs 2-D C-contiguous a, b, c of one float dtype and "
+                                                "int64 C-contiguous start vectors")
+        return types.void(c, types.intp, types.intp, a, astart, b, bstart, types.intp), _dot_codegen(rows, cols)
+    tile.__name__ = tile.__qualname__ = f"dot_tile_{rows}x{cols}"
+    return intrinsic(tile)
+
+
+def _dot_codegen(rows: int, cols: int):
+    def codegen(context, builder, signature, args):
+        c_, a_, astart_, b_, bstart_ = (make_array(signature.args[k])(context, builder, args[k])
+                                        for k in (0, 3, 4, 5, 6))
+        ci_, cj_, count_ = args[1], args[2], args[7]
+        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        i64 = ir.IntType(64)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fma.v{lanes}f{8 * itemsize}")
+        a_rows = [builder.gep(a_.data, [builder.load(builder.gep(astart_.data, [ir.Constant(i64, i)]))])
+                  for i in range(rows)]
+        b_rows = [builder.gep(b_.data, [builder.load(builder.gep(bstart_.data, [ir.Constant(i64, j)]))])
+                  for j in range(cols)]
+        zero = ir.Constant(vec, [0.0] * lanes)
+        whole = builder.mul(builder.sdiv(count_, ir.Constant(i64, lanes)), ir.Constant(i64, lanes))
+        entry = builder.block
+        loop, after = builder.append_basic_block("dot_loop"), builder.append_basic_block("dot_rest")
+        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(i64, 0)), loop, after)
+
+        def step(acc, u, read):
+            bv = [read(builder.gep(b_rows[j], [u])) for j in range(cols)]
+            out = []
+            for i in range(rows):
+                av = read(builder.gep(a_rows[i], [u]))
+                out += [builder.call(fma, [av, bv[j], acc[i * cols + j]]) for j in range(cols)]
+            return out
+
+        builder.position_at_end(loop)
+        u = builder.phi(i64)
+        acc = [builder.phi(vec) for _ in range(rows * cols)]
+        summed = step(acc, u, lambda ptr: load(builder, ptr, vec, itemsize))
+        u_next = builder.add(u, ir.Constant(i64, lanes))
+        u.add_incoming(ir.Constant(i64, 0), entry)
+        u.add_incoming(u_next, loop)
+        for phi, value in zip(acc, summed):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", u_next, whole), loop, after)
+        builder.position_at_end(after)
+        looped = [builder.phi(vec) for _ in range(rows * cols)]
+        for phi, value in zip(looped, summed):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+        mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, lanes), list(range(lanes))),
+                                   splat(builder, ir.VectorType(i64, lanes), builder.sub(count_, whole)))
+        final = step(looped, whole, lambda ptr: masked_load(builder, ptr, vec, mask))  # an all-false mask reads 0
+        ldc = _row_stride(builder, c_, itemsize)
+        for i in range(rows):
+            row = builder.mul(builder.add(ci_, ir.Constant(i64, i)), ldc)
+            for j in range(cols):
+                total, width = final[i * cols + j], lanes
+                while width > 1:  # lanes [0, w/2) + [w/2, w), then the halves of that
+                    width //= 2
+                    low = builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                                           list(range(width))))
+                    high = builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                                            list(range(width, 2 * width))))
+                    total = builder.fadd(low, high)
+                ptr = builder.gep(c_.data, [builder.add(row, builder.add(cj_, ir.Constant(i64, j)))])
+                builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(
+                    ir.IntType(32), 0))), ptr)
+        return context.get_dummy_value()
+    return codegen
+
+
+fma_gather_tile = _gather_tile(*PLANAR_TILES[0])
+fma_gather_tile_narrow = _gather_tile(*PLANAR_TILES[1])
+fma_line_tile = _gather_tile(LINE_ROWS, 1, LINE)
+dot_tile = _dot_tile(*DOT_TILE)
