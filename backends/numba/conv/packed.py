@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import act_run, costly_remainder
+from ..vectors import VECTOR_BYTES
 from ._loops import (
     MIN_TASKS,
     MIN_TILE,
@@ -144,20 +145,24 @@ def _dense(a, b, c):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _dense_forward(w2, xt, b, yt, kind, slope):
-    """yt[k, n] = act(b[k] + sum over q of w2[k, q] * xt[q, n]), one task per block of TALL rows of yt."""
-    m, kd = w2.shape
-    n_ = yt.shape[1]
+def _dense_forward(x2, wt, b, y2, kind, slope):
+    """y2[n, k] = act(b[k] + sum over q of x2[n, q] * wt[q, k]), one task per block of TALL images (rows of y2,
+    which is the NCHW output: nothing is transposed but the weights); wt's columns past K (zeros up to whole
+    vectors: the register tiles' columns) are computed and dropped."""
+    m, kd = x2.shape
+    k_, cols = y2.shape[1], wt.shape[1]
     brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
-    yt_flat = yt.reshape(-1)
+    y_flat = y2.reshape(-1)
     for task in prange((m + TALL - 1) // TALL):
         i0 = task * TALL
         rows = min(TALL, m - i0)
-        acc = np.zeros((rows, n_), dtype=yt.dtype)
-        gemm(w2, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), xt, brow, boff, acc, rows, kd, n_)
+        acc = np.zeros((rows, cols), dtype=y2.dtype)
+        gemm(x2, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), wt, brow, boff, acc, rows, kd, cols)
         flat = acc.reshape(-1)
         for i in range(rows):
-            act_run(yt_flat, (i0 + i) * n_, flat, i * n_, n_, b[i0 + i], kind, slope)
+            for k in range(k_):
+                flat[i * cols + k] += b[k]
+            act_run(y_flat, (i0 + i) * k_, flat, i * cols, k_, 0.0, kind, slope)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -219,9 +224,10 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
     oh, ow, geo = geometry(x.shape, w.shape, stride, padding, dilation)
     if dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
-        yt = np.empty((k, n), dtype=x.dtype)
-        _dense_forward(w.reshape(k, -1), np.ascontiguousarray(x.reshape(n, -1).T), b, yt, kind, slope)
-        y.reshape(n, k)[:] = yt.T
+        lane = VECTOR_BYTES // x.itemsize
+        wt = np.zeros((w[0].size, cdiv(k, lane) * lane), dtype=x.dtype)
+        wt[:, :k] = w.reshape(k, -1).T
+        _dense_forward(x.reshape(n, -1), wt, b, y.reshape(n, k), kind, slope)
         return
     w3 = w.reshape(groups, k // groups, -1)
     tp = _tile(w3.shape[2], n * oh * ow, groups)
