@@ -13,8 +13,9 @@ import numpy as np
 
 from cnnkit import io as ckio
 from cnnkit.nn.activation import Activation
-from cnnkit.nn.base import Layer, Sequential
+from cnnkit.nn.base import Layer
 from cnnkit.nn.conv import Conv2d
+from cnnkit.nn.sequential import Sequential
 from cnnkit.train import eval_mode, predict
 
 

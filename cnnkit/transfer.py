@@ -1,8 +1,8 @@
 """Transfer learning: swap a model's classifier head (re-exported by :mod:`cnnkit.train`)."""
 from __future__ import annotations
 
-from cnnkit.nn.base import Sequential
 from cnnkit.nn.linear import Linear
+from cnnkit.nn.sequential import Sequential
 
 
 def replace_head(model: Sequential, num_classes: int) -> Linear:

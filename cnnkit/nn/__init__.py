@@ -16,12 +16,13 @@ from cnnkit.nn.activation import (
     Softmax,
     Tanh,
 )
-from cnnkit.nn.base import Layer, Parameter, Sequential, ShapeError
+from cnnkit.nn.base import Layer, Parameter
 from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.linear import Dropout, Flatten, Linear
 from cnnkit.nn.norm import BatchNorm2d, SyncBatchNorm2d, convert_sync_batchnorm
 from cnnkit.nn.pooling import AvgPool2d, FeaturePool, GlobalAvgPool2d, LPPool2d, MaxPool2d, Subsampling
 from cnnkit.nn.residual import Residual, ZeroPadShortcut
+from cnnkit.nn.sequential import Sequential, ShapeError
 
 __all__ = [
     "Layer", "Parameter", "Sequential", "ShapeError", "Residual", "ZeroPadShortcut", "init",
