@@ -160,6 +160,17 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     and not computed, unless its ``need_*`` flag is set (a frozen conv skips its weight gradient)."""
 
 
+CONV_POOL = ((2, 2), (2, 2), (0, 0), False, True)
+"""The pool of conv2d_pool_forward, as avg_pool2d_forward's arguments after x: 2x2, stride 2, no padding."""
+
+
+@_op(lambda ops, make: ((make(2, 3, 9, 10), make(4, 3, 3, 3), make(4), *_CONV), {"activation": "tanh"}))
+def conv2d_pool_forward(x, w, b, stride, padding, dilation, groups, activation=None, keep=True):
+    """(y, pooled): y = conv2d_forward(x, w, b, stride, padding, dilation, groups, activation), or None unless
+    ``keep`` (a training step's activation backward reads it), and pooled = avg_pool2d_forward(y, *CONV_POOL):
+    a conv, its activation and LeNet's 2x2 subsampling in one call. The conv's output is at least 2x2."""
+
+
 @_op(lambda ops, make: ((make(2, 3, 8, 8), *_POOL, (1, 1), False), {}))
 def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     """(y, argmax): PyTorch max_pool2d; padding counts as -inf. ``argmax`` (int64 array, y's shape) is the flat

@@ -55,6 +55,19 @@ def conv2d(x: Array, weight: Array, bias: Array | None = None, stride: IntPair =
     return be.conv2d_forward(x_, w_, b_, *geometry, activation=activation_name(activation), residual=residual)
 
 
+def conv2d_pool(x: Array, weight: Array, bias: Array | None = None, stride: IntPair = 1, padding: IntPair | str = 0,
+                dilation: IntPair = 1, groups: int = 1, activation: str | None = None, *, keep: bool = True,
+                backend: str | Backend | None = None) -> tuple[Array | None, Array]:
+    """(y, pooled): y = conv2d(x, weight, bias, ..., activation) (None unless ``keep``) and its 2x2, stride-2
+    average pool (LeNet's subsampling), in one call: fused into the conv's epilogue where the backend can."""
+    be = _be(backend)
+    x_, w_, b_, geometry = _conv_args(be, x, weight, bias, stride, padding, dilation, groups)
+    out = conv2d_output_shape(x_.shape, w_.shape, *geometry)
+    if min(out[2:]) < 2:
+        raise ValueError(f"the conv output {out} is smaller than the 2x2 pool window")
+    return be.conv2d_pool_forward(x_, w_, b_, *geometry, activation=activation_name(activation), keep=bool(keep))
+
+
 def conv2d_backward(dy: Array, x: Array, weight: Array, stride: IntPair = 1, padding: IntPair | str = 0,
                     dilation: IntPair = 1, groups: int = 1, need_dx: bool = True, need_db: bool = True,
                     need_dw: bool = True, *, backend: str | Backend | None = None, need_bias: bool | None = None,

@@ -246,6 +246,7 @@ _NUMBA_CONV = [
           groups=2, activation="tanh"),
     _conv("im2row-strided", (2, 8, 9, 9), (8, 8, 3, 3), stride=2, padding=1),
     _conv("dx-im2row-32-filters", (1, 4, 4, 4), (32, 4, 3, 3), padding=1),
+    _conv("planar-odd-bands-tanh", (1, 2, 34, 14), (16, 2, 5, 5), activation="tanh"),  # 30 rows in bands of 15
     _conv("channels-s2-wide-rows-relu", (1, 17, 5, 19), (32, 17, 3, 3), stride=2, padding=1, activation="relu"),
     _conv("channels-groups2-dil1x2-tanh", (1, 32, 6, 7), (64, 16, 2, 2), stride=(1, 2), padding=(1, 0, 2, 1),
           dilation=(1, 2), groups=2, activation="tanh"),

@@ -87,17 +87,26 @@ def test_unavailable_backends_and_oversized_cpu_runs_are_skipped_not_failed():
 
 def test_op_shapes_are_the_shapes_the_models_run(monkeypatch):
     """The per-op lists are exactly LeNet-5's and ResNet-20's calls (recorded from one training forward of each:
-    eval mode folds batch norm into the convs)."""
+    eval mode folds batch norm into the convs; a conv whose 2x2 subsampling runs in the same call counts as both)."""
     convs, pools, norms = set(), set(), set()
-    real = {name: getattr(F, name) for name in ("conv2d", "avg_pool2d", "batch_norm")}
+    real = {name: getattr(F, name) for name in ("conv2d", "conv2d_pool", "avg_pool2d", "batch_norm")}
 
-    def conv2d(x, weight, bias=None, stride=1, padding=0, *args, **kwargs):
+    def record_conv(x, weight, bias, stride, padding):
         k, c, r, s = weight.shape
         strides = F.pair(stride, "stride")
         pads = F.conv_padding(padding, (r, s), (1, 1), strides)
         assert r == s and len(set(pads)) == 1 and strides[0] == strides[1], "the bench lists square convs only"
         convs.add(BENCH_OPS.ConvShape(c, x.shape[2], x.shape[3], k, r, strides[0], pads[0], bias is not None))
+
+    def conv2d(x, weight, bias=None, stride=1, padding=0, *args, **kwargs):
+        record_conv(x, weight, bias, stride, padding)
         return real["conv2d"](x, weight, bias, stride, padding, *args, **kwargs)
+
+    def conv2d_pool(x, weight, bias=None, stride=1, padding=0, *args, **kwargs):
+        record_conv(x, weight, bias, stride, padding)
+        y, pooled = real["conv2d_pool"](x, weight, bias, stride, padding, *args, **kwargs)
+        pools.add((pooled.shape[1], 2 * pooled.shape[2], 2 * pooled.shape[3]))
+        return y, pooled
 
     def avg_pool2d(x, kernel_size, *args, **kwargs):
         assert F.pair(kernel_size, "kernel_size") == (2, 2), "the bench times 2x2 pooling"
@@ -108,7 +117,8 @@ def test_op_shapes_are_the_shapes_the_models_run(monkeypatch):
         norms.add(tuple(x.shape[1:]))
         return real["batch_norm"](x, *args, **kwargs)
 
-    for name, fake in (("conv2d", conv2d), ("avg_pool2d", avg_pool2d), ("batch_norm", batch_norm)):
+    for name, fake in (("conv2d", conv2d), ("conv2d_pool", conv2d_pool), ("avg_pool2d", avg_pool2d),
+                       ("batch_norm", batch_norm)):
         monkeypatch.setattr(F, name, fake)
     for name in ("lenet5", "resnet20"):
         model = models.create(name)
@@ -257,8 +267,9 @@ def test_op_profile_times_each_op_of_a_step():
     result = profile("lenet5", "numpy", batch=2, steps=2, warmup=1)
     assert dict(vars(backend("numpy").ops)) == before, "the ops are restored after the profile"
     ops = result["ops"]
-    assert {"conv2d_forward", "conv2d_backward", "softmax_cross_entropy"} <= set(ops)
-    assert ops["conv2d_forward"]["calls"] == 3 and all(op["ms"] > 0 for op in ops.values())
+    assert {"conv2d_forward", "conv2d_pool_forward", "conv2d_backward", "softmax_cross_entropy"} <= set(ops)
+    assert ops["conv2d_pool_forward"]["calls"] == 2 and ops["conv2d_forward"]["calls"] == 1  # C1, C3 pooled; C5
+    assert all(op["ms"] > 0 for op in ops.values())
     assert result["wall_ms"] > 0 and result["host_ms"] > 0
     text = format_profile(result)
     assert "conv2d_backward" in text and "(outside the ops)" in text

@@ -272,6 +272,42 @@ def test_average_pool_runs_the_activation_backward_before_it(backend, dtype, nam
         np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(ref), err_msg=what)
 
 
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("numba", "float32"), ("numba", "float64"),
+                                            pytest.param("cudasim", "float32", marks=pytest.mark.cudasim)])
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_activation_and_subsampling_run_as_one_call(backend, dtype, training, monkeypatch):
+    """Sequential(conv, activation, AvgPool2d(2)) forwards as one conv2d_pool_forward call that keeps the conv's
+    output only in training (in eval mode a backward first re-runs the three layers unfused); outputs and
+    gradients equal the layers run one by one, exactly. A pool of another geometry is not fused."""
+    def model():
+        nn.init.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(2, 16, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(16, 4, 2), nn.ReLU(),
+                             nn.AvgPool2d(2, stride=1), nn.Conv2d(4, 2, 1), nn.Sigmoid(),
+                             nn.AvgPool2d(2)).to(backend, dtype=dtype).train(training)
+
+    rng = _rng("conv-pool", backend, dtype, training)
+    fused, plain = model(), model()
+    kept = []
+    for i in (0, 3, 6):
+        monkeypatch.setattr(fused[i], "fuse_activation_pool", lambda x, kind, keep, _i=i,
+                            _f=fused[i].fuse_activation_pool: kept.append((_i, keep)) or _f(x, kind, keep))
+    conv, be = fused[0], fused[0].backend
+    x = be.asarray(rng.standard_normal((2, 2, 11, 10)), dtype=dtype)  # conv outputs 9x8, 3x3 and 2x2
+    y = fused(x)
+    assert kept == [(0, training), (6, training)]
+    dy = be.asarray(rng.standard_normal(y.shape), dtype=dtype)
+    dx = fused.backward(dy)
+    y_ref = x
+    for layer in plain:
+        y_ref = layer.forward(y_ref)
+    dx_ref = dy
+    for layer in reversed(plain.layers):
+        dx_ref = layer.backward(dx_ref)
+    for what, got, ref in (("y", y, y_ref), ("dx", dx, dx_ref), ("dweight", conv.weight.grad, plain[0].weight.grad),
+                           ("dbias", conv.bias.grad, plain[0].bias.grad)):
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(ref), err_msg=what)
+
+
 def test_average_pool_leaves_an_activation_a_batch_norm_absorbed(monkeypatch):
     """BatchNorm2d + ReLU + AvgPool2d: the batch norm applies the ReLU's derivative, so the pool does not run it
     again; the gradients agree with finite differences."""

@@ -118,6 +118,7 @@ AUTOMATIC_PATHS = {
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("planar", "planar", "im2row"),            # 8x8-like planes: dx gathers rows
+    "planar-odd-bands-tanh": ("planar", "planar", "shifted"),          # 300 outputs: two bands of 15 rows
     "channels-s2-wide-rows-relu": ("channels", "channels", "im2row"),  # Cg >= 16, Kg = 32: any stride
     "channels-groups2-dil1x2-tanh": ("channels", "channels", "im2row"),
 }

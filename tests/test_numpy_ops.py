@@ -211,7 +211,7 @@ def test_dropout_mask_is_deterministic_per_seed():
 
 # ----------------------------------------------------------------------------------------------- contract
 def _every_op(x: np.ndarray):
-    """(name, result arrays) for one call of each of the 18 ops on inputs derived from ``x`` (N, C, H, W)."""
+    """(name, result arrays) for one call of each op on inputs derived from ``x`` (N, C, H, W)."""
     dt = x.dtype
     rng = np.random.default_rng(5)
     w, b = rng.standard_normal((4, x.shape[1], 3, 3)).astype(dt), rng.standard_normal(4).astype(dt)
@@ -219,6 +219,7 @@ def _every_op(x: np.ndarray):
     y = OP.conv2d_forward(x, w, b, *geometry, activation="tanh")
     yield "conv2d_forward", [y]
     yield "conv2d_backward", OP.conv2d_backward(np.ones_like(y), x, w, *geometry)
+    yield "conv2d_pool_forward", OP.conv2d_pool_forward(x, w, b, *geometry, activation="tanh")
     pool = ((3, 3), (2, 2), (1, 1))
     ym, idx = OP.max_pool2d_forward(x, *pool, (1, 1), True)
     yield "max_pool2d_forward", [ym]

@@ -141,6 +141,34 @@ def test_conv2d_with_a_residual(target, case_id):
     target.unchanged(rb, residual, "residual")
 
 
+@pytest.mark.parametrize("case_id", ["lenet-c1-like-tanh", "lenet-c3-scaled-tanh", "batch1-odd-sizes-tanh",
+                                     "planar-odd-bands-tanh", "dx-im2row-32-filters", "stride2-downsample",
+                                     "groups2-asym-pad-dil2x1"])
+def test_conv2d_pool(target, case_id):
+    """conv2d_pool_forward: the conv (and its activation) and a 2x2 stride-2 average pool of its output in one
+    call (numba: in the shifted path's epilogue for the first three cases, the planar path's for the next two,
+    the two ops in turn on the others), y only when kept."""
+    case = by_id(CONV_CASES, case_id)
+    x, w, b, _ = case.inputs()
+    y_ref = F.conv2d(x.ref, w.ref, b and b.ref, activation=case.activation, backend=REF, **case.kwargs)
+    pooled_ref = F.avg_pool2d(y_ref, 2, backend=REF)
+    xb, wb, bb = target.put(x), target.put(w), target.put(b)
+    for keep in (True, False):
+        y, pooled = F.conv2d_pool(xb, wb, bb, activation=case.activation, keep=keep, backend=target.be, **case.kwargs)
+        target.check(pooled, pooled_ref, f"pooled, keep={keep}")
+        if keep:
+            target.check(y, y_ref, "y")
+        else:
+            assert y is None
+    target.unchanged(xb, x, "x")
+
+
+def test_conv2d_pool_needs_a_2x2_output():
+    x, w = np.zeros((1, 1, 5, 3)), np.zeros((2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"conv output \(1, 2, 3, 1\) is smaller than the 2x2 pool window"):
+        F.conv2d_pool(x, w, backend=REF)
+
+
 @pytest.mark.parametrize("case_id", ["plain", "direct-depthwise-s2", "tiled-tm1-resnet-3x3"])
 def test_conv2d_backward_computes_only_what_is_needed(target, case_id):
     """A frozen conv asks for no weight gradient, an input layer for no dx: what is not needed is None, and what

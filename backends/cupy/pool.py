@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnkit.backends import LEAKY_SLOPE, implements, pool_output_size
+from cnnkit.backends import CONV_POOL, LEAKY_SLOPE, implements, pool_output_size
 
 from ._module import THREADS, array_module, as_f32, blocks, check_elements, f32, i32, launch
 from .activation import activation_backward
+from .conv import conv2d_forward
 
 Pair = tuple[int, int]
 
@@ -104,3 +105,12 @@ def lp_pool2d_backward(dy: Any, x: Any, y: Any, p: float, kernel_size: Pair, str
     launch("pool", "lp_pool2d_bwd", blocks(dx.size), THREADS, dy, x, y, dx, f32(p),
            *_params(x.shape, dy.shape[2:], kernel_size, stride, padding))
     return dx
+
+
+@implements("cupy")
+def conv2d_pool_forward(x: Any, w: Any, b: Any | None, stride: tuple[int, int],
+                        padding: tuple[int, int, int, int], dilation: tuple[int, int], groups: int,
+                        activation: str | None = None, keep: bool = True):
+    """(y or None, avg_pool2d(y)): the two ops in turn."""
+    y = conv2d_forward(x, w, b, stride, padding, dilation, groups, activation)
+    return (y if keep else None), avg_pool2d_forward(y, *CONV_POOL)

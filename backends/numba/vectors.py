@@ -202,3 +202,60 @@ def transpose_block(typingctx, dst, d0, dstride, src, s0, sstride):
             store(builder, rows[j], at(dst_, d0_, dstride_, j), itemsize)
         return context.get_dummy_value()
     return sig, codegen
+
+
+# ----------------------------------------------------------------------------------------------- 2x2 pool
+@intrinsic
+def pool_pairs(typingctx, dst, d0, src, s0, width, count):
+    """``pool_pairs(dst, d0, src, s0, width, count)``: dst[d0 + j] = (((a[2j] + a[2j + 1]) + b[2j]) + b[2j + 1])
+    / 4 for j < count, a the row of src at s0 and b the one at s0 + width: the 2x2 average pool of two rows, L
+    outputs per step (their inputs' even and odd lanes shuffled apart), masked at the end (nothing past the
+    2 * count inputs of a row is read). dst and src are 1-D C-contiguous arrays of one float dtype."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
+            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
+            and dst.dtype in (types.float32, types.float64)):
+        raise numba.core.errors.TypingError("pool_pairs needs 1-D C-contiguous float arrays of one dtype")
+    sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
+                                                                      (signature.args[2], args[2])))
+        d0_, s0_, width_, count_ = args[1], args[3], args[4], args[5]
+        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        ivec = ir.VectorType(I64, lanes)
+        evens = ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2)))
+        odds = ir.Constant(ir.VectorType(I32, lanes), list(range(1, 2 * lanes, 2)))
+        quarter = ir.Constant(vec, [0.25] * lanes)
+        step = ir.Constant(I64, lanes)
+        entry = builder.block
+        loop, done = builder.append_basic_block("pool_loop"), builder.append_basic_block("pool_done")
+        builder.cbranch(builder.icmp_signed(">", count_, ir.Constant(I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(I64)
+        rest = builder.sub(count_, j)  # outputs left: a full vector when >= lanes, else masked
+        inputs = builder.mul(rest, ir.Constant(I64, 2))
+        index = ir.Constant(ivec, list(range(lanes)))
+        low = builder.icmp_signed("<", index, splat(builder, ivec, inputs))
+        high = builder.icmp_signed("<", index, splat(builder, ivec, builder.sub(inputs, step)))
+        out_mask = builder.icmp_signed("<", index, splat(builder, ivec, rest))
+
+        def row_sum(start):  # (even + odd) lanes of 2 * lanes inputs from start
+            first = masked_load(builder, builder.gep(src_.data, [start]), vec, low)
+            second = masked_load(builder, builder.gep(src_.data, [builder.add(start, step)]), vec, high)
+            return (builder.shuffle_vector(first, second, evens), builder.shuffle_vector(first, second, odds))
+
+        a0 = builder.add(s0_, builder.mul(j, ir.Constant(I64, 2)))
+        ea, oa = row_sum(a0)
+        eb, ob = row_sum(builder.add(a0, width_))
+        total = builder.fadd(builder.fadd(builder.fadd(ea, oa), eb), ob)
+        masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
+                     out_mask)
+        j_next = builder.add(j, step)
+        j.add_incoming(ir.Constant(I64, 0), entry)
+        j.add_incoming(j_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count_), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+    return sig, codegen

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.backends import LEAKY_SLOPE, implements, pool_output_size
+from cnnkit.backends import CONV_POOL, LEAKY_SLOPE, implements, pool_output_size
 
 from .activation import activation_backward
-from .conv import pad_nchw, window_slice
+from .conv import conv2d_forward, pad_nchw, window_slice
 
 Pair = tuple[int, int]
 
@@ -149,3 +149,12 @@ def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, p: float, k
     sign = np.sign(np.where(np.isnan(x), 0, x))
     local = sign * np.power(ax, p - 1, out=np.zeros_like(ax), where=ax != 0)   # 0 at x == 0, even for p < 1
     return _window_scatter(g, x.shape, kernel_size, stride, padding) * local
+
+
+@implements("numpy")
+def conv2d_pool_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
+                        padding: tuple[int, int, int, int], dilation: tuple[int, int], groups: int,
+                        activation: str | None = None, keep: bool = True):
+    """(y or None, avg_pool2d(y)): the two ops in turn."""
+    y = conv2d_forward(x, w, b, stride, padding, dilation, groups, activation)
+    return (y if keep else None), avg_pool2d_forward(y, *CONV_POOL)

@@ -101,6 +101,14 @@ class Conv2d(Layer):
         """Forward with activation ``kind`` applied in the conv kernel's epilogue (used by Sequential)."""
         return self._conv(x, kind)
 
+    def fuse_activation_pool(self, x: Array, kind: str, keep: bool) -> tuple[Array | None, Array]:
+        """Forward with activation ``kind`` and a 2x2 average pool after it in one call (used by Sequential):
+        (output, or None unless ``keep``; pooled output)."""
+        self._x = x
+        bias = None if self.bias is None else self.bias.data
+        return F.conv2d_pool(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation,
+                             self.groups, activation=kind, keep=keep, backend=self.backend)
+
     def fold_batchnorm(self, x: Array, norm: Layer, activation: str | None, residual: Array | None = None) -> Array:
         """Eval-mode forward of this conv followed by batch norm ``norm`` (then + ``residual``, then
         ``activation``) as one conv: the running statistics folded into the weights and bias (used by

@@ -64,6 +64,17 @@ class AvgPool2d(_WindowPool):
     def backward(self, dy: Array) -> Array:
         return self._gradient(dy)
 
+    @property
+    def subsamples(self) -> bool:
+        """True for LeNet's subsampling (2x2 windows, stride 2, no padding, floor): the pool a conv can run in
+        its epilogue (F.conv2d_pool)."""
+        return (self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
+                and not self.ceil_mode)
+
+    def set_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Record the input shape of a forward a fused conv ran for this pool, for the backward."""
+        self._saved = tuple(shape)
+
     def backward_through(self, dy: Array, activation: Layer) -> Array:
         """This pool's backward and then that of ``activation``, the layer before it (an Activation, whose
         ``derivative`` gives its output and kind), in one call: the gradient of the activation's input."""

@@ -13,15 +13,17 @@ Array = Any
 class Sequential(Layer):
     """Layers applied in order; children are named "0", "1", ... as in PyTorch.
 
-    When a layer can take a following activation into its own kernel (``fuse_activation``, for the kinds in
-    its ``fusable_activations`` if it lists them), Sequential runs the pair as one fused call (conv + bias +
-    activation in one pass) and hands the output to the activation layer for its backward, so results and
-    gradients are the same as unfused; a layer with ``fuses_activation_backward`` (batch norm + ReLU) also
-    applies the activation's derivative in its own backward, and the activation layer's is skipped. In eval mode a conv
-    followed by batch norm (``fold_batchnorm``), and the activation after it, run as one conv with the
-    normalisation folded into its weights; a backward after such a forward first re-runs the group unfused
-    from its saved input, so gradients in eval mode (e.g. saliency maps) are those of the unfused layers. A pool
-    after an activation runs the activation's backward in its own (``backward_through``).
+    When a layer can take a following activation into its own kernel (``fuse_activation``, for the kinds in its
+    ``fusable_activations`` if it lists them), Sequential runs the pair as one fused call (conv + bias + activation
+    in one pass) and hands the output to the activation layer for its backward, so results and gradients are the
+    same as unfused; a layer with ``fuses_activation_backward`` (batch norm + ReLU) also applies the activation's
+    derivative in its own backward, and the activation layer's is skipped. In eval mode a conv followed by batch
+    norm (``fold_batchnorm``), and the activation after it, run as one conv with the normalisation folded into its
+    weights; a backward after such a forward first re-runs the group unfused from its saved input, so gradients in
+    eval mode (e.g. saliency maps) are those of the unfused layers. A conv, an activation it fuses and LeNet's 2x2
+    subsampling (``AvgPool2d.subsamples``) run as one call (``fuse_activation_pool``), the conv's output written
+    only in training (in eval mode a backward re-runs the three unfused first). A pool after an activation runs the
+    activation's backward in its own (``backward_through``).
     """
 
     def __init__(self, *layers: Layer):
@@ -65,11 +67,13 @@ class Sequential(Layer):
             while i < len(self.layers):
                 if residual is not None and i == len(self.layers) - 2 and self._folds_residual(x, residual):
                     y, taken, added = self._fold_last(x, residual, activation), 2, True
+                    shapes += [tuple(y.shape)] * 2
                 else:
-                    y, taken = self._fused(i, x)
-                if taken == 0:
-                    y, taken = self.layers[i].forward(x), 1
-                shapes += [tuple(y.shape)] * taken
+                    y, out_shapes = self._fused(i, x)
+                    if y is None:
+                        y, out_shapes = self.layers[i].forward(x), [None]
+                    shapes += [tuple(y.shape) if shape is None else shape for shape in out_shapes]
+                    taken = len(out_shapes)
                 x, i = y, i + taken
         except ValueError as exc:
             raise self._shape_error(exc, i, shapes[-1] if shapes else tuple(x.shape)) from exc
@@ -86,26 +90,50 @@ class Sequential(Layer):
         self._folded[start + 1] = (start, x)
         return self.layers[start].fold_batchnorm(x, self.layers[start + 1], activation, residual)
 
-    def _fused(self, i: int, x: Array) -> tuple[Array | None, int]:
-        """Layers i, i+1 (, i+2) as one fused call when they form a fusable pattern: (output, layers taken),
-        or (None, 0) when they do not."""
+    def _fused(self, i: int, x: Array) -> tuple[Array | None, list]:
+        """Layers i, i+1 (, i+2) as one fused call when they form a fusable pattern: (output, the output shape of
+        each layer taken, None for the call's output), or (None, []) when they do not."""
         layer, after = self.layers[i], self.layers[i + 1:i + 3]
         fold = getattr(layer, "fold_batchnorm", None)
+        kind = getattr(after[0], "fusable_kind", None) if after else None
         if fold is not None and after and not after[0].training and hasattr(after[0], "eval_affine"):
             act = after[1] if len(after) > 1 and getattr(after[1], "fusable_kind", None) is not None else None
             y = fold(x, after[0], None if act is None else act.fusable_kind)
-            taken = 2 if act is None else 3
-            self._folded[i + taken - 1] = (i, x)
-        elif getattr(layer, "fuse_activation", None) is not None and after and \
-                getattr(after[0], "fusable_kind", None) in getattr(layer, "fusable_activations", ACTIVATIONS):
-            y, act, taken = layer.fuse_activation(x, after[0].fusable_kind), after[0], 2
+            shapes = [None] * (2 if act is None else 3)
+            self._folded[i + len(shapes) - 1] = (i, x)
+        elif self._pools_after(i, x, kind):
+            return self._fused_pool(i, x, kind)
+        elif getattr(layer, "fuse_activation", None) is not None and \
+                kind in getattr(layer, "fusable_activations", ACTIVATIONS):
+            y, act, shapes = layer.fuse_activation(x, kind), after[0], [None, None]
             if getattr(layer, "fuses_activation_backward", False):
                 self._absorbed.add(i + 1)
         else:
-            return None, 0
+            return None, []
         if act is not None:
             act.set_output(y)
-        return y, taken
+        return y, shapes
+
+    def _pools_after(self, i: int, x: Array, kind: str | None) -> bool:
+        """Layers i, i+1, i+2 are a conv, an activation it can fuse and LeNet's 2x2 subsampling, on an output
+        of at least 2x2."""
+        layer, after = self.layers[i], self.layers[i + 1:i + 3]
+        return (getattr(layer, "fuse_activation_pool", None) is not None and len(after) == 2 and len(x.shape) == 4
+                and kind in getattr(layer, "fusable_activations", ACTIVATIONS)
+                and getattr(after[1], "subsamples", False) and min(layer.output_shape(x.shape)[2:]) >= 2)
+
+    def _fused_pool(self, i: int, x: Array, kind: str) -> tuple[Array, list]:
+        """Conv, activation and pool in one call. In training the conv's output is kept for the activation's
+        backward; in eval mode it is not written, and a backward first re-runs the three unfused."""
+        conv, act, pool = self.layers[i:i + 3]
+        y, pooled = conv.fuse_activation_pool(x, kind, keep=conv.training)
+        full = conv.output_shape(x.shape)
+        if y is None:
+            self._folded[i + 2] = (i, x)
+        else:
+            act.set_output(y)
+            pool.set_input_shape(full)
+        return pooled, [full, full, tuple(pooled.shape)]
 
     def _shape_error(self, exc: ValueError, index: int, got: tuple[int, ...]) -> ShapeError:
         error = exc if isinstance(exc, ShapeError) else ShapeError(self.layers[index], got, str(exc))

@@ -58,9 +58,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnkit.backends import LEAKY_SLOPE, conv_output_size, implements
+from cnnkit.backends import CONV_POOL, LEAKY_SLOPE, conv_output_size, implements
 
 from ..activation import add_forward, code
+from ..pool import avg_pool2d_forward
 from ..reduce import channel_sums
 from . import channels, direct, im2row, lanes, packed, planar, shifted
 from ._loops import Pads, Pair, flip_fits, flipped_data_grad
@@ -168,6 +169,30 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     else:
         packed.forward(x, w, b, y, stride, padding, dilation, groups, kind, LEAKY_SLOPE)
     return y if residual is None else add_forward(y, residual, activation)
+
+
+@implements("numba")
+def conv2d_pool_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pads,
+                        dilation: Pair, groups: int, activation: str | None = None, keep: bool = True):
+    """(y or None, avg_pool2d(y)): on the shifted and planar paths the pool runs in the conv's epilogue, where
+    the output is still in cache (and y is not written unless kept); elsewhere the two ops in turn."""
+    route = plan(x.shape, w.shape, stride, padding, dilation, groups)[0]
+    if route not in ("shifted", "planar"):
+        y = conv2d_forward(x, w, b, stride, padding, dilation, groups, activation)
+        return (y if keep else None), avg_pool2d_forward(y, *CONV_POOL)
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w, dtype=x.dtype)
+    n, k = x.shape[0], w.shape[0]
+    oh = conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(x.shape[3], w.shape[3], stride[1], padding[2], padding[3], dilation[1])
+    b = np.zeros(k, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((n, k, oh, ow) if keep else (0, 0, 0, 0), dtype=x.dtype)
+    pooled = np.empty((n, k, oh // 2, ow // 2), dtype=x.dtype)
+    if route == "shifted":
+        shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, None, pooled, (oh, ow))
+    else:
+        planar.forward(x, w, b, y, stride, padding, dilation, groups, code(activation), LEAKY_SLOPE, None, pooled,
+                       (oh, ow))
+    return (y if keep else None), pooled
 
 
 @implements("numba")

@@ -22,7 +22,8 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..vectors import VECTOR_BYTES, transpose_block
+from ..activation import act_run
+from ..vectors import VECTOR_BYTES, pool_pairs, transpose_block
 from ._loops import MIN_TASKS, Pads, Pair, cdiv, copy_run, zero_run
 from .channels import POSITIONS, WEIGHT_CHUNKS, band_rows, epilogue
 from .simd import LINE, LINE_ROWS, PLANAR_TILES, fma_gather_tile, fma_gather_tile_narrow, fma_line_tile, lanes
@@ -75,12 +76,15 @@ def _position_offsets(aoff, count, ow, sh, sw, wp, shift):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_rows, wp, band, kind, slope):
+def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_rows, wp, band, kind, slope,
+                    pooled, oh, ow):
     """out = act(conv(x, w) + b (+ res)) (module docstring), wq the weights as (groups, (c, r, s), Kpad), aq the
-    window offset of each row of wq. A task takes a run of images (its buffers allocated once), band by band."""
+    window offset of each row of wq. A task takes a run of images (its buffers allocated once), band by band.
+    With a non-empty ``pooled`` (band then even, or all oh rows) also its 2x2 average pool, out written only if it
+    is not empty (:func:`_pool_epilogue`)."""
     n_, c_, _, _ = x.shape
     groups, taps, kpad = wq.shape
-    _, k_, oh, ow = out.shape
+    k_ = b.size
     cg, kg = c_ // groups, k_ // groups
     lane, narrow = lanes(out), PLANAR_TILES[1][0]
     rows = max(band * ow + narrow, (band * ow + lane - 1) // lane * lane)  # narrow tiles after the wide ones;
@@ -99,7 +103,34 @@ def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_r
                 _position_offsets(aoff, count, ow, sh, sw, wp, 0)
                 acc[:] = 0
                 _gather_tiles(acc, win, arow, aoff, aq, wq[g], brow, boff, count, 0, taps, sw == 1 and ow % LINE == 0)
-                epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+                if pooled.size > 0:
+                    _pool_epilogue(out, pooled, acc, count, b, n, g * kg, kg, h0, ow, kind, slope, runs)
+                else:
+                    epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _pool_epilogue(out, pooled, acc, count, b, n, k0, kg, h0, ow, kind, slope, runs):
+    """The channels path's epilogue for a band of count / ow rows from output row h0 (even): each channel's rows
+    transposed back and activated (act(acc + bias)) into runs, copied to out when it is not empty, and averaged
+    in 2x2 windows into pooled (an odd last row or column is in no window)."""
+    k_, ph_, pw_ = pooled.shape[1], pooled.shape[2], pooled.shape[3]
+    lane, kpad = lanes(acc), acc.shape[1]
+    stride = runs.size // lane
+    rows, oh = count // ow, out.shape[2]
+    out_flat, acc_flat, pooled_flat = out.reshape(-1), acc.reshape(-1), pooled.reshape(-1)
+    for kb in range(0, kg, lane):
+        for p0 in range(0, count, lane):
+            transpose_block(runs, p0, stride, acc_flat, p0 * kpad + kb, kpad)
+        for kk in range(min(lane, kg - kb)):
+            k = k0 + kb + kk
+            act_run(runs, kk * stride, runs, kk * stride, count, b[k], kind, slope)
+            if out.size > 0:
+                copy_run(out_flat, ((n * k_ + k) * oh + h0) * ow, runs, kk * stride, 1, count)
+            for r in range(0, rows - 1, 2):
+                if (h0 + r) // 2 < ph_:
+                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + (h0 + r) // 2) * pw_, runs, kk * stride + r * ow,
+                               ow, pw_)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -154,25 +185,33 @@ def _tap_offsets(cg: int, r_: int, s_: int, win_rows: int, wp: int, dh: int, dw:
     return np.concatenate([taps, np.zeros(rows - taps.size, dtype=np.int64)]).astype(np.int64)
 
 
-def _window(x_shape, w_shape, out_hw: Pair, stride: Pair, padding: Pads, dilation: Pair, positions: int):
-    """(band, window rows, Wp): output rows per task and the planar window they read."""
+def _window(x_shape, w_shape, out_hw: Pair, stride: Pair, padding: Pads, dilation: Pair, positions: int,
+            pairs: bool = False):
+    """(band, window rows, Wp): output rows per task (an even number unless all, with ``pairs``) and the planar
+    window they read."""
     band = band_rows(out_hw, positions)
+    band += pairs and band % 2 and band < out_hw[0]
     return band, (band - 1) * stride[0] + (w_shape[2] - 1) * dilation[0] + 1, x_shape[3] + padding[2] + padding[3]
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
-            dilation: Pair, groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
-    """y = act(cross_correlate(x, w) + b (+ residual)) by :func:`_planar_forward`."""
+            dilation: Pair, groups: int, kind: int, slope: float, residual: np.ndarray | None = None,
+            pooled: np.ndarray | None = None, out_hw: Pair | None = None) -> None:
+    """y = act(cross_correlate(x, w) + b (+ residual)) by :func:`_planar_forward`; with ``pooled``, also its 2x2
+    average pool there, y (empty when not needed) of output size ``out_hw``."""
     k, cg, r, s = w.shape
     kg, lane = k // groups, VECTOR_BYTES // w.itemsize
-    band, win_rows, wp = _window(x.shape, w.shape, y.shape[2:], stride, padding, dilation, POSITIONS)
+    oh, ow = y.shape[2:] if out_hw is None else out_hw
+    band, win_rows, wp = _window(x.shape, w.shape, (oh, ow), stride, padding, dilation, POSITIONS,
+                                 pooled is not None)
     wq = np.zeros((groups, cg * r * s, cdiv(kg, lane) * lane), dtype=w.dtype)
     wq[:, :, :kg] = w.reshape(groups, kg, cg * r * s).transpose(0, 2, 1)
     taps = cg * r * s
     aq = _tap_offsets(cg, r, s, win_rows, wp, *dilation, taps)
-    res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
+    empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
+    res = empty if residual is None else residual
     _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, res, *stride, padding[0],
-                    padding[2], win_rows, wp, band, kind, slope)
+                    padding[2], win_rows, wp, band, kind, slope, empty if pooled is None else pooled, oh, ow)
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import NONE, RELU, act_run, costly_remainder
+from ..vectors import pool_pairs
 from ._loops import (
     MIN_TASKS,
     Pads,
@@ -119,16 +120,18 @@ def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slope):
+def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slope, pooled, oh, ow):
     """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
     v + lo + boff[q]) (+ res[n, g*M + i, h, w] when res is not empty, after the bias), 0 <= boff[q] <= reach,
     at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one
     GEMM over all the batch's planes, tiles of tu positions, each task copying the window of the grid its tile
     reads. The forward (x's grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps:
-    -offsets) are both this correlation."""
+    -offsets) are both this correlation. With a non-empty ``pooled`` (tu then a multiple of the plane: whole
+    images per tile) the epilogue also writes the 2x2 average pool of the (oh, ow) output, and out only if it
+    is not empty (:func:`_grid_pool_epilogue`)."""
     groups, m, kd = wq.shape
     kq = src.shape[1] // groups
-    total = out.shape[0] * hp * wp
+    total = src.shape[0] * hp * wp
     tiles = (total + tu - 1) // tu
     for task in prange(groups * tiles):
         g, v0 = task // tiles, task % tiles * tu
@@ -137,7 +140,33 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
         grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + lo, hp, wp)
         acc = np.zeros((m, tu), dtype=out.dtype)
         gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff, acc, m, kd, t)
-        _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope)
+        if pooled.size > 0:
+            _grid_pool_epilogue(out, pooled, acc, t, b, g, v0, hp * wp, wp, oh, ow, kind, slope)
+        else:
+            _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _grid_pool_epilogue(out, pooled, acc, t, b, g, v0, plane, wp, oh, ow, kind, slope):
+    """For the whole images of the tile (t positions from v0, a multiple of the plane): two output rows at a
+    time activated (act(acc + bias)) into a buffer, copied to out when it is not empty, and averaged in 2x2
+    windows into pooled (an odd last row or column is in no window)."""
+    m, tu = acc.shape
+    k_, ph_, pw_ = pooled.shape[1], pooled.shape[2], pooled.shape[3]
+    flat, pooled_flat, out_flat = acc.reshape(-1), pooled.reshape(-1), out.reshape(-1)
+    pair = np.empty(2 * ow, dtype=acc.dtype)
+    for img in range(t // plane):
+        n = v0 // plane + img
+        for i in range(m):
+            k = g * m + i
+            for h in range(0, oh, 2):
+                rows = min(2, oh - h)
+                for r in range(rows):
+                    act_run(pair, r * ow, flat, i * tu + img * plane + (h + r) * wp, ow, b[k], kind, slope)
+                if out.size > 0:
+                    copy_run(out_flat, ((n * k_ + k) * oh + h) * ow, pair, 0, 1, rows * ow)
+                if rows == 2:
+                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + h // 2) * pw_, pair, 0, ow, pw_)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -215,14 +244,20 @@ def _grid_tile(positions: int, outputs: int, groups: int) -> int:
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding: Pads, dilation: Pair,
-            groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
-    """y = act(cross_correlate(x, w) + b + residual) at stride 1 by :func:`_tap_gemm` on x's wide grid."""
+            groups: int, kind: int, slope: float, residual: np.ndarray | None = None,
+            pooled: np.ndarray | None = None, out_hw: Pair | None = None) -> None:
+    """y = act(cross_correlate(x, w) + b + residual) at stride 1 by :func:`_tap_gemm` on x's wide grid; with
+    ``pooled``, also its 2x2 average pool there, y (empty when not needed) of output size ``out_hw``."""
     k, cg, r, s = w.shape
-    hp, wp = grid_shape(x.shape, y.shape[2:], padding)
+    oh, ow = y.shape[2:] if out_hw is None else out_hw
+    hp, wp = grid_shape(x.shape, (oh, ow), padding)
     chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
-    res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, res, chan, *_from_lowest(off), hp, wp,
-              _grid_tile(x.shape[0] * hp * wp, k // groups, groups), kind, slope)
+    empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
+    tile = _grid_tile(x.shape[0] * hp * wp, k // groups, groups)
+    if pooled is not None:
+        tile = max(1, tile // (hp * wp)) * hp * wp  # whole images per tile
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, empty if residual is None else residual, chan,
+              *_from_lowest(off), hp, wp, tile, kind, slope, empty if pooled is None else pooled, oh, ow)
 
 
 def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
@@ -235,5 +270,5 @@ def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: P
     dx = np.empty(x_shape, dtype=dy.dtype)
     no_residual = np.empty((0, 0, 0, 0), dtype=dy.dtype)
     _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, chan, *_from_lowest(-off), hp, wp,
-              _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0)
+              _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0, no_residual, *x_shape[2:])
     return dx
