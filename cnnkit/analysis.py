@@ -202,7 +202,7 @@ def _recording(model: Layer, calls: list) -> Iterator[None]:
             if id(layer) in seen:  # a layer shared at two places is patched once
                 continue
             seen.add(id(layer))
-            for fusion in ("fuse_activation", "fold_batchnorm"):
+            for fusion in ("fuse_activation", "fuse_activation_pool", "fold_batchnorm"):
                 if hasattr(layer, fusion):
                     patch(layer, fusion, None)
             if not list(layer.children()):

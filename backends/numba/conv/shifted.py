@@ -148,25 +148,24 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
 
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _grid_pool_epilogue(out, pooled, acc, t, b, g, v0, plane, wp, oh, ow, kind, slope):
-    """For the whole images of the tile (t positions from v0, a multiple of the plane): two output rows at a
-    time activated (act(acc + bias)) into a buffer, copied to out when it is not empty, and averaged in 2x2
-    windows into pooled (an odd last row or column is in no window)."""
+    """For the whole images of the tile (t positions from v0, a multiple of the plane): act(acc + bias) over the
+    tile's whole rows (one long run per channel), then two output rows at a time copied to out when it is not
+    empty and averaged in 2x2 windows into pooled (an odd last row or column is in no window)."""
     m, tu = acc.shape
     k_, ph_, pw_ = pooled.shape[1], pooled.shape[2], pooled.shape[3]
-    flat, pooled_flat, out_flat = acc.reshape(-1), pooled.reshape(-1), out.reshape(-1)
-    pair = np.empty(2 * ow, dtype=acc.dtype)
+    pooled_flat, out_flat = pooled.reshape(-1), out.reshape(-1)
+    done = activate_rows(acc, t, b, g * m, kind, slope)
     for img in range(t // plane):
         n = v0 // plane + img
         for i in range(m):
             k = g * m + i
             for h in range(0, oh, 2):
-                rows = min(2, oh - h)
-                for r in range(rows):
-                    act_run(pair, r * ow, flat, i * tu + img * plane + (h + r) * wp, ow, b[k], kind, slope)
+                at = i * tu + img * plane + h * wp
                 if out.size > 0:
-                    copy_run(out_flat, ((n * k_ + k) * oh + h) * ow, pair, 0, 1, rows * ow)
-                if rows == 2:
-                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + h // 2) * pw_, pair, 0, ow, pw_)
+                    for r in range(min(2, oh - h)):
+                        copy_run(out_flat, ((n * k_ + k) * oh + h + r) * ow, done, at + r * wp, 1, ow)
+                if h + 1 < oh:
+                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + h // 2) * pw_, done, at, wp, pw_)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
