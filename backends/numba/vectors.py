@@ -259,3 +259,44 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
         builder.position_at_end(done)
         return context.get_dummy_value()
     return sig, codegen
+
+
+# ----------------------------------------------------------------------------------------------- padded copy
+@intrinsic
+def copy_padded(typingctx, dst, d0, src, s0, count, total):
+    """``copy_padded(dst, d0, src, s0, count, total)``: dst[d0 + j] = src[s0 + j] for j < count and 0 for count <=
+    j < total (count <= total): a short image row and its zero margin in one pass of masked vectors (no loop
+    remainders; nothing past count is read, nothing past total written). dst and src are 1-D C-contiguous arrays
+    of one float dtype."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
+            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
+            and dst.dtype in (types.float32, types.float64)):
+        raise numba.core.errors.TypingError("copy_padded needs 1-D C-contiguous float arrays of one dtype")
+    sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
+                                                                      (signature.args[2], args[2])))
+        d0_, s0_, count_, total_ = args[1], args[3], args[4], args[5]
+        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
+        lanes = VECTOR_BYTES // itemsize
+        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        ivec = ir.VectorType(I64, lanes)
+        index = ir.Constant(ivec, list(range(lanes)))
+        entry = builder.block
+        loop, done = builder.append_basic_block("pad_loop"), builder.append_basic_block("pad_done")
+        builder.cbranch(builder.icmp_signed(">", total_, ir.Constant(I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        j = builder.phi(I64)
+        lane_at = builder.add(index, splat(builder, ivec, j))
+        read = builder.icmp_signed("<", lane_at, splat(builder, ivec, count_))
+        write = builder.icmp_signed("<", lane_at, splat(builder, ivec, total_))
+        value = masked_load(builder, builder.gep(src_.data, [builder.add(s0_, j)]), vec, read)
+        masked_store(builder, value, builder.gep(dst_.data, [builder.add(d0_, j)]), write)
+        j_next = builder.add(j, ir.Constant(I64, lanes))
+        j.add_incoming(ir.Constant(I64, 0), entry)
+        j.add_incoming(j_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, total_), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+    return sig, codegen

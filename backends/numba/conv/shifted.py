@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import NONE, RELU, act_run, costly_remainder
-from ..vectors import pool_pairs
+from ..vectors import copy_padded, pool_pairs
 from ._loops import (
     MIN_TASKS,
     Pads,
@@ -99,24 +99,33 @@ def grid_window(dst, r0, chans, count, src, c0, u0, hp, wp):
     plane, width = hp * wp, dst.shape[1]
     end, last = u0 + count, n_ * plane
     flat, out = src.reshape(-1), dst.reshape(-1)
-    u = u0
-    while u < end:  # one padded row (or the stretch before the first plane / past the last) at a time
-        if u < 0 or u >= last:
-            stop, h = min(end, 0) if u < 0 else end, h_  # no row: zeros
-        else:
-            row = u - u % wp
-            stop, h = min(end, row + wp), u % plane // wp
-        if h < h_:  # the row's image columns from u on, then its zero columns
-            hi = max(u, min(stop, row + w_))
-            at = ((u // plane * c_ + c0) * h_ + h) * w_ + u - row
-            for c in range(chans):
-                base = (r0 + c) * width - u0
-                copy_run(out, base + u, flat, at + c * h_ * w_, 1, hi - u)
-                zero_run(out, base + hi, stop - hi)
-        else:
-            for c in range(chans):
-                zero_run(out, (r0 + c) * width + u - u0, stop - u)
-        u = stop
+    u = min(u0, end)
+    if u < 0:  # before the first plane: zeros
+        _zero_columns(out, r0, chans, width, u - u0, min(end, 0) - u)
+        u = min(end, 0)
+    if u < min(end, last):
+        n, h, row = u // plane, u % plane // wp, u - u % wp  # then kept up row by row: no divisions
+        while u < min(end, last):  # one padded row at a time
+            stop = min(end, row + wp)
+            if h < h_:  # the row's image columns from u on, then its zero columns
+                hi = max(u, min(stop, row + w_))
+                at = ((n * c_ + c0) * h_ + h) * w_ + u - row
+                for c in range(chans):
+                    copy_padded(out, (r0 + c) * width - u0 + u, flat, at + c * h_ * w_, hi - u, stop - u)
+            else:
+                _zero_columns(out, r0, chans, width, u - u0, stop - u)
+            u, row, h = stop, row + wp, h + 1
+            if h == hp:
+                n, h = n + 1, 0
+    if u < end:  # past the last plane
+        _zero_columns(out, r0, chans, width, u - u0, end - u)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def _zero_columns(out, r0, chans, width, j, count):
+    """Columns j ... j + count - 1 of rows r0 ... r0 + chans - 1 of a (rows, width) array (flat) set to 0."""
+    for c in range(chans):
+        zero_run(out, (r0 + c) * width + j, count)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
