@@ -278,6 +278,74 @@ def test_transpose_block(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count, total", [(0, 0), (0, 5), (3, 3), (7, 16), (28, 32), (33, 40), (40, 40)])
+def test_copy_padded(dtype, count, total):
+    """vectors.copy_padded (the shifted path's grid rows): count elements then zeros up to total, masked at both
+    ends: nothing read past count, nothing written past total."""
+    from numba import njit
+
+    from cnnkit.backends.numba.vectors import copy_padded
+
+    @njit
+    def run(dst, src):
+        copy_padded(dst, 2, src, 1, count, total)
+
+    src = np.arange(1.0, 2 + count, dtype=dtype)  # src[1:1 + count] is all there is after the offset
+    dst = np.full(total + 9, -1.0, dtype=dtype)
+    run(dst, src)
+    np.testing.assert_array_equal(dst[2:2 + count], src[1:1 + count])
+    assert not dst[2 + count:2 + total].any() and (dst[:2] == -1).all() and (dst[2 + total:] == -1).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [0, 1, 5, 14, 16, 17, 40])
+def test_pool_pairs(dtype, count):
+    """vectors.pool_pairs (the pooled conv epilogues): the 2x2 means of two rows of a given width, as
+    ((a0 + a1) + b0) + b1 over 4, nothing written past count."""
+    from numba import njit
+
+    from cnnkit.backends.numba.vectors import pool_pairs
+
+    width = 2 * count + 3  # an odd row: its last element is in no window
+    rng = np.random.default_rng(count)
+    src = rng.standard_normal(4 + 2 * width).astype(dtype)
+
+    @njit
+    def run(dst, src):
+        pool_pairs(dst, 1, src, 4, width, count)
+
+    dst = np.full(count + 4, 7.0, dtype=dtype)
+    run(dst, src)
+    a, b = src[4:4 + width], src[4 + width:4 + 2 * width]
+    ref = (((a[0:2 * count:2] + a[1:2 * count:2]) + b[0:2 * count:2]) + b[1:2 * count:2]) / 4
+    np.testing.assert_array_equal(dst[1:1 + count], ref)
+    assert dst[0] == 7 and (dst[1 + count:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [0, 5, 16, 37, 100])
+def test_dot_tile(dtype, count):
+    """simd.dot_tile (the weight gradients' blocks): rows x cols long dot products added to c, the last vector
+    masked."""
+    from cnnkit.backends.numba.conv import simd
+
+    rows, cols = simd.DOT_TILE
+    rng = np.random.default_rng(count + 1)
+    a, b = rng.standard_normal((rows + 1, count + 7)), rng.standard_normal((cols + 2, count + 9))
+    astart = np.array([(i + 1) * a.shape[1] + i % 3 for i in range(rows)], dtype=np.int64)
+    bstart = np.array([(j % (cols + 2)) * b.shape[1] + j for j in range(cols)], dtype=np.int64)
+    c = rng.standard_normal((rows + 2, cols + 3))
+    ref = c.copy()
+    for i in range(rows):
+        for j in range(cols):
+            ref[1 + i, 2 + j] += a.reshape(-1)[astart[i]:astart[i] + count] @ b.reshape(-1)[bstart[j]:bstart[j] + count]
+    got = c.astype(dtype)
+    numba.njit(lambda c, a, astart, b, bstart: simd.dot_tile(c, 1, 2, a, astart, b, bstart, count))(
+        got, a.astype(dtype), astart, b.astype(dtype), bstart)
+    _check(got, ref, dtype, "dot_tile")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, kd, t", [(8, 1, 48), (16, 37, 64), (13, 20, 70), (7, 9, 40), (24, 5, 31), (9, 3, 100),
                                      (6, 25, 131), (4, 2, 16), (12, 300, 97),
                                      (14, 11, 50)])
