@@ -1,6 +1,6 @@
 """The loops every conv path shares, Numba: one register-blocked matmul whose operand rows may be shifted windows
-into other arrays, the 4x4 block of long dot products, the short run helpers (copy, zero, add, axpy, padded
-planes), and the tiling constants and geometry helpers of the paths.
+into other arrays, the blocks of long dot products (the weight gradients'), the short run helpers (copy, zero, add,
+axpy, padded planes), and the tiling constants and geometry helpers of the paths.
 
 Plain indexed loops only (no slices in hot loops: a slice costs more than a short row copy). Every inner loop
 runs along a contiguous axis, so LLVM vectorises it without fastmath. Numba's cache keys a kernel on its own

@@ -9,7 +9,7 @@ that layout and one out of it, so the path rule takes it for small planes with f
 * Forward: per (group, output row, run of pixels) one :func:`_loops.gemm` over the run's columns; the
   epilogue adds the bias, applies the activation and writes NCHW.
 * Weight gradient: dw[k, (c, r, s)] = sum over output rows of the dot product of dy's row run (dy in the same
-  layout) with x's run shifted by the tap, 4x4 blocks of (k, tap) by :func:`_loops.dot_blocks`; one partial per
+  layout) with x's run shifted by the tap, blocks of (k, tap) by :func:`_loops.dot_blocks`; one partial per
   chunk of output rows (a fixed number), summed in a fixed order: results do not depend on the thread count.
 
 The input gradient has no lanes pass: its correlation runs over the input's own positions, where the shifted

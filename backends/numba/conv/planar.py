@@ -6,10 +6,11 @@ rows x Wp, NCHW as it is), and every operand element is then an offset into it: 
 ``aoff[p]`` (its top-left tap), tap (c, r, s) at ``aq[q]``. simd.py's gather tiles take a's element at the sum
 of the two, so nothing is transposed on the way in and only real outputs are computed, at any stride.
 
-* Forward (task: image, group, band of output rows): rows = output positions, one broadcast window value per
-  position times a vector of weights ((c, r, s) x output-channel rows), the whole reduction in one tile call;
-  the channels path's epilogue transposes the accumulators back to NCHW, adds the bias (and the residual) and
-  applies the activation.
+* Forward (task: group, run of images, taken band of output rows by band): rows = output positions, one
+  broadcast window value per position times a vector of weights ((c, r, s) x output-channel rows), the whole
+  reduction in one tile call; the channels path's epilogue transposes the accumulators back to NCHW, adds the
+  bias (and the residual) and applies the activation, or (conv2d_pool_forward) the pooled epilogue also
+  averages 2x2 windows while the band is in cache.
 * Weight gradient (task: chunk of images, group): the transpose, dw^T[(c, r, s), k] = sum over output positions p
   of window(aoff[(c, r, s)] + aq[p]) * dy^T[p, k], dy's rows transposed per image to positions x channels; one
   partial per chunk of images, summed in order (results do not depend on the thread count).
@@ -68,11 +69,11 @@ def _gather_tiles(acc, a, arow, aoff, aq, b, brow, boff, count, q0, q1, lined):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _position_offsets(aoff, count, ow, sh, sw, wp, shift):
-    """aoff[p] = shift + the window offset of output position p's top-left tap, for p < count; later entries 0."""
+def _position_offsets(aoff, count, ow, sh, sw, wp):
+    """aoff[p] = the window offset of output position p's top-left tap, for p < count; later entries 0."""
     aoff[:] = 0
     for p in range(count):
-        aoff[p] = shift + p // ow * sh * wp + p % ow * sw
+        aoff[p] = p // ow * sh * wp + p % ow * sw
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
@@ -95,25 +96,26 @@ def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_r
         win = np.empty((1, cg * win_rows * wp), dtype=out.dtype)
         aoff, arow = np.empty(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
         acc = np.empty((rows, kpad), dtype=out.dtype)
-        runs = np.empty(lane * rows, dtype=out.dtype)
+        runs, done = np.empty(lane * rows, dtype=out.dtype), np.empty(rows, dtype=out.dtype)
         for n in range(run * n_ // runs_of, (run + 1) * n_ // runs_of):
             for h0 in range(0, oh, band):
                 count = min(band, oh - h0) * ow
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
-                _position_offsets(aoff, count, ow, sh, sw, wp, 0)
+                _position_offsets(aoff, count, ow, sh, sw, wp)
                 acc[:] = 0
                 _gather_tiles(acc, win, arow, aoff, aq, wq[g], brow, boff, count, 0, taps, sw == 1 and ow % LINE == 0)
                 if pooled.size > 0:
-                    _pool_epilogue(out, pooled, acc, count, b, n, g * kg, kg, h0, ow, kind, slope, runs)
+                    _pool_epilogue(out, pooled, acc, count, b, n, g * kg, kg, h0, ow, kind, slope, runs, done)
                 else:
                     epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _pool_epilogue(out, pooled, acc, count, b, n, k0, kg, h0, ow, kind, slope, runs):
+def _pool_epilogue(out, pooled, acc, count, b, n, k0, kg, h0, ow, kind, slope, runs, done):
     """The channels path's epilogue for a band of count / ow rows from output row h0 (even): each channel's rows
-    transposed back and activated (act(acc + bias)) into runs, copied to out when it is not empty, and averaged
-    in 2x2 windows into pooled (an odd last row or column is in no window)."""
+    transposed back into runs and activated (act(acc + bias)) into done (not in place: that would keep LLVM off
+    its vector loop), copied to out when it is not empty, and averaged in 2x2 windows into pooled (an odd last
+    row or column is in no window)."""
     k_, ph_, pw_ = pooled.shape[1], pooled.shape[2], pooled.shape[3]
     lane, kpad = lanes(acc), acc.shape[1]
     stride = runs.size // lane
@@ -124,13 +126,12 @@ def _pool_epilogue(out, pooled, acc, count, b, n, k0, kg, h0, ow, kind, slope, r
             transpose_block(runs, p0, stride, acc_flat, p0 * kpad + kb, kpad)
         for kk in range(min(lane, kg - kb)):
             k = k0 + kb + kk
-            act_run(runs, kk * stride, runs, kk * stride, count, b[k], kind, slope)
+            act_run(done, 0, runs, kk * stride, count, b[k], kind, slope)
             if out.size > 0:
-                copy_run(out_flat, ((n * k_ + k) * oh + h0) * ow, runs, kk * stride, 1, count)
+                copy_run(out_flat, ((n * k_ + k) * oh + h0) * ow, done, 0, 1, count)
             for r in range(0, rows - 1, 2):
                 if (h0 + r) // 2 < ph_:
-                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + (h0 + r) // 2) * pw_, runs, kk * stride + r * ow,
-                               ow, pw_)
+                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + (h0 + r) // 2) * pw_, done, r * ow, ow, pw_)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -172,7 +173,7 @@ def _planar_weight(dy, x, part, tap_off, taps, sh, sw, top, left, win_rows, wp, 
                 count = min(band, oh - h0) * ow
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
                 _transposed_rows(dyt, dy, n, g * kg, kg, h0 * ow, count)
-                _position_offsets(aq, count, ow, sh, sw, wp, 0)
+                _position_offsets(aq, count, ow, sh, sw, wp)
                 _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined)
 
 
@@ -190,7 +191,8 @@ def _window(x_shape, w_shape, out_hw: Pair, stride: Pair, padding: Pads, dilatio
     """(band, window rows, Wp): output rows per task (an even number unless all, with ``pairs``) and the planar
     window they read."""
     band = band_rows(out_hw, positions)
-    band += pairs and band % 2 and band < out_hw[0]
+    if pairs and band % 2 and band < out_hw[0]:
+        band += 1
     return band, (band - 1) * stride[0] + (w_shape[2] - 1) * dilation[0] + 1, x_shape[3] + padding[2] + padding[3]
 
 

@@ -14,9 +14,9 @@ over the whole batch through memory.
   at v + offset) or flipped (dy read at v - offset), keeping the real output (input) positions; the forward's
   epilogue adds the bias and applies the activation.
 * Weight gradient: dw[k, (c, r, s)] = dot(dy[k, :], x[c, offset(r, s):]), a GEMM with a small M (Kg) and a
-  huge reduction, done as long dot products, 4x4 (k, tap) blocks in 16 vector accumulators (``fastmath``
-  reassociation, local to that loop: the summation order is fixed by the compiled code). Partials per chunk
-  of pixels, in sub-runs that stay in L2, summed in a fixed order: results do not depend on the thread count.
+  huge reduction, done as long dot products in blocks of (k, tap) pairs (``simd.dot_tile``: a vector
+  accumulator per pair, summed across its lanes in a fixed order). Partials per chunk of pixels, in sub-runs
+  that stay in L2, summed in a fixed order: results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _tap_weight(dy, x, part, chan, off, lo, reach, hp, wp, total, zero):
     """Stride 1: part[chunk, g, k, q] = sum over the chunk's share of u < total of dy(g*Kg + k, u) *
     x(g*Cg + chan[q], u + lo + off[q]), dy and x read on their wide grids (:func:`grid_window`; dy is zero off
     the real outputs); 0 <= off[q] <= reach. The chunk's run is taken SUB_RUN positions at a time,
-    the task copying the windows of both grids that a sub-run reads: they stay in L2 for every 4x4 block of
+    the task copying the windows of both grids that a sub-run reads: they stay in L2 for every block of
     (k, tap) of :func:`dot_blocks`."""
     chunks, groups, kg, rows = part.shape
     cg = x.shape[1] // groups

@@ -8,6 +8,10 @@ Numba intrinsic that writes the LLVM IR itself: explicit vectors as wide as the 
 AVX-512, else 32; LLVM splits them where the machine's are narrower), the accumulators as SSA values, and each
 reduction step one load per b vector, one broadcast per a row and rows x vectors FMAs. The summation order is
 fixed (q ascending, an FMA per step, then added to c): results do not depend on the thread count.
+
+Variants: gather tiles read a's element at a per-row plus a per-step offset (the planar path: input planes read in
+place), line tiles the same with rows in lines of consecutive elements (one address per line); dot tiles hold a
+block of long dot products (the weight gradients'), vectorised along the reduction and summed across lanes last.
 """
 from __future__ import annotations
 
@@ -176,14 +180,6 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
     return codegen
 
 
-fma_tile = _tile(TALL, WIDE)
-fma_tile_short = _tile(SHORT, WIDE)
-fma_tile_narrow = _tile(TALL, NARROW)
-fma_tile_short_narrow = _tile(SHORT, NARROW)
-fma_tile_six = _tile(SIX, WIDE)
-fma_tile_six_narrow = _tile(SIX, NARROW)
-fma_tile_channels = _tile(*CHANNEL_TILES[0])
-fma_tile_channels_narrow = _tile(*CHANNEL_TILES[1])
 def _dot_tile(rows: int, cols: int):
     """The block of ``rows`` x ``cols`` long dot products (the weight gradients' (output channel, tap) pairs):
 
@@ -204,6 +200,7 @@ def _dot_tile(rows: int, cols: int):
 
 
 def _dot_codegen(rows: int, cols: int):
+    """The LLVM IR of a dot tile: rows x cols accumulators as loop phis, a masked last step, then the sums."""
     def codegen(context, builder, signature, args):
         c_, a_, astart_, b_, bstart_ = (make_array(signature.args[k])(context, builder, args[k])
                                         for k in (0, 3, 4, 5, 6))
@@ -270,6 +267,14 @@ def _dot_codegen(rows: int, cols: int):
     return codegen
 
 
+fma_tile = _tile(TALL, WIDE)
+fma_tile_short = _tile(SHORT, WIDE)
+fma_tile_narrow = _tile(TALL, NARROW)
+fma_tile_short_narrow = _tile(SHORT, NARROW)
+fma_tile_six = _tile(SIX, WIDE)
+fma_tile_six_narrow = _tile(SIX, NARROW)
+fma_tile_channels = _tile(*CHANNEL_TILES[0])
+fma_tile_channels_narrow = _tile(*CHANNEL_TILES[1])
 fma_gather_tile = _gather_tile(*PLANAR_TILES[0])
 fma_gather_tile_narrow = _gather_tile(*PLANAR_TILES[1])
 fma_line_tile = _gather_tile(LINE_ROWS, 1, LINE)
