@@ -74,6 +74,22 @@ def vector_function(builder, vec, name: str, arity: int):
                                           f"llvm.{name}.{_name(vec)}")
 
 
+def _check_runs(name: str, dst, src) -> None:
+    """A TypingError unless dst and src are 1-D C-contiguous arrays of one float dtype (the run intrinsics')."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
+            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
+            and dst.dtype in (types.float32, types.float64)):
+        raise numba.core.errors.TypingError(f"{name} needs 1-D C-contiguous float arrays of one dtype")
+
+
+def vector_type(context, dtype):
+    """(itemsize, lanes, vector type) of the machine's vectors of the Numba float ``dtype``."""
+    itemsize = np.dtype(dtype.name).itemsize
+    lanes = VECTOR_BYTES // itemsize
+    return itemsize, lanes, ir.VectorType(context.get_value_type(dtype), lanes)
+
+
+
 # ----------------------------------------------------------------------------------------------- float32 tanh
 TANH_CAP = 20.0                                 # 2|x| is capped here: tanh(10) is 1 to 4e-9
 TANH_LN2_HI, TANH_LN2_LO = 0.693145751953125, 1.428606820309417232e-06  # k * hi is exact for k <= 29
@@ -169,19 +185,14 @@ def transpose_block(typingctx, dst, d0, dstride, src, s0, sstride):
     for i, j < L, L the elements per vector (16 float32 with AVX-512): L vector loads, log2(L) rounds of L
     two-vector shuffles, L vector stores. dst and src are 1-D C-contiguous arrays of one float dtype; the
     caller keeps every index in bounds."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
-            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
-            and dst.dtype in (types.float32, types.float64)):
-        raise numba.core.errors.TypingError("transpose_block needs 1-D C-contiguous float arrays of one dtype")
+    _check_runs("transpose_block", dst, src)
     sig = types.void(dst, types.intp, types.intp, src, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
                                                                       (signature.args[3], args[3])))
         d0_, dstride_, s0_, sstride_ = args[1], args[2], args[4], args[5]
-        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
-        lanes = VECTOR_BYTES // itemsize
-        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
 
         def at(array, start, stride, i):
             return builder.gep(array.data, [builder.add(start, builder.mul(stride, ir.Constant(I64, i)))])
@@ -211,19 +222,14 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
     / 4 for j < count, a the row of src at s0 and b the one at s0 + width: the 2x2 average pool of two rows, L
     outputs per step (their inputs' even and odd lanes shuffled apart), masked at the end (nothing past the
     2 * count inputs of a row is read). dst and src are 1-D C-contiguous arrays of one float dtype."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
-            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
-            and dst.dtype in (types.float32, types.float64)):
-        raise numba.core.errors.TypingError("pool_pairs needs 1-D C-contiguous float arrays of one dtype")
+    _check_runs("pool_pairs", dst, src)
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
                                                                       (signature.args[2], args[2])))
         d0_, s0_, width_, count_ = args[1], args[3], args[4], args[5]
-        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
-        lanes = VECTOR_BYTES // itemsize
-        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         ivec = ir.VectorType(I64, lanes)
         evens = ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2)))
         odds = ir.Constant(ir.VectorType(I32, lanes), list(range(1, 2 * lanes, 2)))
@@ -268,19 +274,14 @@ def copy_padded(typingctx, dst, d0, src, s0, count, total):
     j < total (count <= total): a short image row and its zero margin in one pass of masked vectors (no loop
     remainders; nothing past count is read, nothing past total written). dst and src are 1-D C-contiguous arrays
     of one float dtype."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
-            and dst.layout == src.layout == "C" and dst.dtype == src.dtype
-            and dst.dtype in (types.float32, types.float64)):
-        raise numba.core.errors.TypingError("copy_padded needs 1-D C-contiguous float arrays of one dtype")
+    _check_runs("copy_padded", dst, src)
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
                                                                       (signature.args[2], args[2])))
         d0_, s0_, count_, total_ = args[1], args[3], args[4], args[5]
-        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
-        lanes = VECTOR_BYTES // itemsize
-        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         ivec = ir.VectorType(I64, lanes)
         index = ir.Constant(ivec, list(range(lanes)))
         entry = builder.block

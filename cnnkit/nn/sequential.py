@@ -101,8 +101,8 @@ class Sequential(Layer):
             y = fold(x, after[0], None if act is None else act.fusable_kind)
             shapes = [None] * (2 if act is None else 3)
             self._folded[i + len(shapes) - 1] = (i, x)
-        elif self._pools_after(i, x, kind):
-            return self._fused_pool(i, x, kind)
+        elif (full := self._pools_after(i, x, kind)) is not None:
+            return self._fused_pool(i, x, kind, full)
         elif getattr(layer, "fuse_activation", None) is not None and \
                 kind in getattr(layer, "fusable_activations", ACTIVATIONS):
             y, act, shapes = layer.fuse_activation(x, kind), after[0], [None, None]
@@ -114,20 +114,23 @@ class Sequential(Layer):
             act.set_output(y)
         return y, shapes
 
-    def _pools_after(self, i: int, x: Array, kind: str | None) -> bool:
-        """Layers i, i+1, i+2 are a conv, an activation it can fuse and LeNet's 2x2 subsampling, on an output
-        of at least 2x2."""
+    def _pools_after(self, i: int, x: Array, kind: str | None) -> tuple[int, ...] | None:
+        """The conv's output shape when layers i, i+1, i+2 are a conv, an activation it can fuse and LeNet's 2x2
+        subsampling, on an output of at least 2x2; else None."""
         layer, after = self.layers[i], self.layers[i + 1:i + 3]
-        return (getattr(layer, "fuse_activation_pool", None) is not None and len(after) == 2 and len(x.shape) == 4
+        if not (getattr(layer, "fuse_activation_pool", None) is not None and len(after) == 2 and len(x.shape) == 4
                 and kind in getattr(layer, "fusable_activations", ACTIVATIONS)
-                and getattr(after[1], "subsamples", False) and min(layer.output_shape(x.shape)[2:]) >= 2)
+                and getattr(after[1], "subsamples", False)):
+            return None
+        full = layer.output_shape(x.shape)
+        return full if min(full[2:]) >= 2 else None
 
-    def _fused_pool(self, i: int, x: Array, kind: str) -> tuple[Array, list]:
-        """Conv, activation and pool in one call. In training the conv's output is kept for the activation's
-        backward; in eval mode it is not written, and a backward first re-runs the three unfused."""
+    def _fused_pool(self, i: int, x: Array, kind: str, full: tuple[int, ...]) -> tuple[Array, list]:
+        """Conv, activation and pool (the conv's output of shape ``full``) in one call. In training the conv's
+        output is kept for the activation's backward; in eval mode it is not written, and a backward first re-runs
+        the three unfused."""
         conv, act, pool = self.layers[i:i + 3]
         y, pooled = conv.fuse_activation_pool(x, kind, keep=conv.training)
-        full = conv.output_shape(x.shape)
         if y is None:
             self._folded[i + 2] = (i, x)
         else:

@@ -19,11 +19,10 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 
-from ..vectors import VECTOR_BYTES, load, masked_load, splat, store
+from ..vectors import VECTOR_BYTES, load, masked_load, splat, store, vector_function, vector_type
 
 TALL = 8 if VECTOR_BYTES == 64 else 4   # rows of a full tile: TALL x WIDE accumulators, WIDE B vectors and a
 SHORT = TALL // 2                       # broadcast fit the 32 (16) vector registers; SHORT: the rows left over
@@ -127,12 +126,9 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
         else:
             c_, a_, arow_, aoff_, b_, brow_, boff_ = arrays
         i0_, j0_, q0_, q1_ = args[-4:]
-        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
-        lanes = VECTOR_BYTES // itemsize
-        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         i64 = ir.IntType(64)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fma.v{lanes}f{8 * itemsize}")
+        fma = vector_function(builder, vec, "fma", 3)
         lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
         a_rows = []
         for i in range(rows):
@@ -205,12 +201,9 @@ def _dot_codegen(rows: int, cols: int):
         c_, a_, astart_, b_, bstart_ = (make_array(signature.args[k])(context, builder, args[k])
                                         for k in (0, 3, 4, 5, 6))
         ci_, cj_, count_ = args[1], args[2], args[7]
-        itemsize = np.dtype(signature.args[0].dtype.name).itemsize
-        lanes = VECTOR_BYTES // itemsize
-        vec = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         i64 = ir.IntType(64)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fma.v{lanes}f{8 * itemsize}")
+        fma = vector_function(builder, vec, "fma", 3)
         a_rows = [builder.gep(a_.data, [builder.load(builder.gep(astart_.data, [ir.Constant(i64, i)]))])
                   for i in range(rows)]
         b_rows = [builder.gep(b_.data, [builder.load(builder.gep(bstart_.data, [ir.Constant(i64, j)]))])
