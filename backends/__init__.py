@@ -96,6 +96,8 @@ class Backend:
     device: str = "cpu"
     to_numpy: Callable[[Any], Any] = field(repr=False, default=None)  # type: ignore[assignment]
     synchronize: Callable[[], None] = field(repr=False, default=lambda: None)
+    capture: Callable[[Callable[[], None]], Callable[[], None]] | None = field(repr=False, default=None)
+    """Records a callable's device work once and returns its replay (cupy: a CUDA graph); None: no graphs."""
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` as this backend's array (copied to the device where needed)."""

@@ -5,7 +5,8 @@
 # Steps (each keeps going after a failure; the script exits non-zero if any failed):
 #   install    editable install of cnnkit (no dependencies, no build isolation: works offline)
 #   device     cupy must see a CUDA device (the GPU tests fail, not skip, without one)
-#   gpu-tests  pytest -m gpu over tests/test_ops.py, tests/test_cuda_launchers.py and tests/test_cuda_models.py
+#   gpu-tests  pytest -m gpu over tests/test_ops.py, tests/test_cuda_launchers.py, tests/test_cuda_models.py and
+#              tests/test_cuda_graphs.py
 #   memcheck   compute-sanitizer --tool memcheck over a short op subset (CuPy's memory pool off, so
 #              out-of-bounds accesses hit real allocation ends)
 #   racecheck  compute-sanitizer --tool racecheck over the same subset (shared-memory tiles and reductions)
@@ -63,7 +64,7 @@ print('cupy backend on', cnnkit.backend('cupy').device)
 WORKERS=()
 python3 -c "import xdist" 2> /dev/null && WORKERS=(-n 4)
 run_step gpu-tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider "${WORKERS[@]}" -rfE \
-    --junitxml="$OUT_DIR/gpu-tests.xml" tests/test_ops.py tests/test_cuda_launchers.py tests/test_cuda_models.py
+    --junitxml="$OUT_DIR/gpu-tests.xml" tests/test_ops.py tests/test_cuda_launchers.py tests/test_cuda_models.py tests/test_cuda_graphs.py
 
 if command -v compute-sanitizer > /dev/null 2>&1; then
     for tool in memcheck racecheck; do

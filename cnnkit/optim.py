@@ -87,6 +87,11 @@ class SGD:
                 g = g + self.momentum * buf if self.nesterov else buf
             p.data -= self.lr * g
 
+    def graph_state(self) -> tuple[tuple, list[Array | None]]:
+        """What a recorded step (:class:`cnnkit.step.TrainStep`) bakes in: the hyper-parameters, and the momentum
+        buffers it updates in place (None where a parameter has none yet)."""
+        return ((self.lr, self.momentum, self.weight_decay, self.dampening, self.nesterov), list(self._buffers))
+
     def state_dict(self) -> dict[str, Any]:
         """Learning rate, hyper-parameters and momentum buffers (host NumPy arrays, None where unset)."""
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,

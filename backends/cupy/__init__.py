@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cnnkit.backends import Backend, collect_ops
 
-from . import _module
+from . import _module, graph
 
 NAME = "cupy"
 
@@ -47,5 +47,5 @@ def create() -> Backend:
     return Backend(
         name=NAME, xp=cupy, ops=_module.bind(_module.CupyRuntime(), launcher_ops()),
         array_type=cupy.ndarray, device=f"cuda:{device.id} ({name})", to_numpy=cupy.asnumpy,
-        synchronize=device.synchronize,
+        synchronize=device.synchronize, capture=graph.capture,
     )

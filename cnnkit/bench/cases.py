@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from cnnkit.backend import backend as get_engine
 from cnnkit.bench.pytorch import torch_engines
 from cnnkit.bench.steps import build_model, cnnkit_step, num_classes, random_batch, step_flops
 from cnnkit.bench.timing import Engine, time_interleaved
@@ -20,6 +21,10 @@ def run_case(model_name: str, batch: int, mode: str, backends: list[str], device
     state = ref.state_dict()
     x, labels = random_batch(tuple(ref.input_shape), batch, num_classes(ref))
     engines = [Engine(b, cnnkit_step(build_model(model_name, b, state), x, labels, mode)) for b in backends]
+    if mode == "train":  # where steps replay as graphs, the eager step too: what the graph saves
+        engines += [Engine(f"{b}-eager", cnnkit_step(build_model(model_name, b, state), x, labels, mode, graph=False),
+                           note="training step issued op by op (no graph)")
+                    for b in backends if get_engine(b).capture is not None]
     if use_torch:
         engines += torch_engines(ref, x, labels, mode, device, threads, compile_torch)
     time_interleaved(engines, rounds, warmup, min_time)

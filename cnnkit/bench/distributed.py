@@ -123,7 +123,7 @@ def _time_case(comm: Any, name: str, batch: int, backend: str, config: dict) -> 
         distributed.allreduce_gradients(model, comm, count=batch)
         model.backend.synchronize()
 
-    step = cnnkit_step(model, x, labels, "train", before_update=allreduce)
+    step = cnnkit_step(model, x, labels, "train", before_update=allreduce, graph=False)  # MPI: host work
     step_s = _median_time(comm, step, config)
     allreduce_s = _median_time(comm, allreduce, config) if comm.size > 1 else 0.0
     return {"model": name, "batch": batch, "backend": backend, "ranks": comm.size, "step_ms": 1e3 * step_s,

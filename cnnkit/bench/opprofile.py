@@ -130,8 +130,8 @@ def profile(model_name: str, backend: str, batch: int, mode: str = "train", step
     milliseconds."""
     model = build_model(model_name, backend)
     x, labels = random_batch(tuple(model.input_shape), batch, num_classes(model))
-    step = cnnkit_step(model, x, labels, mode)
-    issue = cnnkit_step(model, x, labels, mode, synchronize=False)
+    step = cnnkit_step(model, x, labels, mode, graph=False)  # op by op: a graph would hide the ops
+    issue = cnnkit_step(model, x, labels, mode, synchronize=False, graph=False)
     be = model.backend
     for _ in range(warmup):
         step()

@@ -39,15 +39,17 @@ def random_batch(input_shape: tuple[int, ...], batch: int, num_classes: int,
 
 
 def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
-                before_update: Callable[[], None] | None = None, synchronize: bool = True) -> Step:
-    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD, with
-    ``before_update`` (e.g. a gradient allreduce) between the backward and the SGD update.
+                before_update: Callable[[], None] | None = None, synchronize: bool = True,
+                graph: bool | None = None) -> Step:
+    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD
+    (:class:`cnnkit.step.TrainStep`: replayed as a graph where the backend has them, unless ``graph=False``),
+    with ``before_update`` (e.g. a gradient allreduce) between the backward and the SGD update.
 
     The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time;
     ``synchronize=False`` leaves it out (a GPU step then returns once issued: its host time).
     """
-    from cnnkit.losses import softmax_cross_entropy
     from cnnkit.optim import SGD
+    from cnnkit.step import TrainStep
 
     be = model.backend
     sync = be.synchronize if synchronize else (lambda: None)
@@ -61,16 +63,10 @@ def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
         return infer
 
     model.train()
-    opt = SGD(model, lr=LR, momentum=MOMENTUM)
+    step = TrainStep(model, SGD(model, lr=LR, momentum=MOMENTUM), graph=graph, before_update=before_update)
 
     def train() -> None:
-        opt.zero_grad()
-        _, dlogits = softmax_cross_entropy(model(xb), yb, backend=be)
-        with model.input_grad_skipped():  # as PyTorch, which computes no gradient for the input batch
-            model.backward(dlogits)
-        if before_update is not None:
-            before_update()
-        opt.step()
+        step(xb, yb)
         sync()
     return train
 

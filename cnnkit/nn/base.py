@@ -107,6 +107,12 @@ class Layer:
         for _, layer in self.modules():
             layer._trainable = bool(value)
 
+    @property
+    def replayable(self) -> bool:
+        """Whether replaying a recording of this layer's step (a CUDA graph) repeats it exactly: False where the
+        layer draws random numbers in its current mode (dropout in training)."""
+        return True
+
     def first_layer(self) -> Layer:
         """The layer that receives the model's input (self for a leaf; containers override)."""
         return self

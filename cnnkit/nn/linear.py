@@ -99,6 +99,10 @@ class Dropout(Layer):
         self.calls += 1
         return seed
 
+    @property
+    def replayable(self) -> bool:
+        return not self.training or self.p == 0
+
     def skip(self) -> None:
         """Count a training forward this rank does not run (its share of a data-parallel global batch is empty),
         so that its next masks stay those of the other ranks."""
