@@ -237,6 +237,16 @@ def add_forward(a, b, activation=None, negative_slope=LEAKY_SLOPE):
     sum and the activation after it in one pass."""
 
 
+@_op(lambda ops, make: ((make(4, 6), make(3, 6), make(3)), {}))
+def linear_forward(x, w, b):
+    """y = x @ w.T + b for x (N, C), w (K, C) (PyTorch's Linear layout) and b (K,) or None."""
+
+
+@_op(lambda ops, make: ((make(4, 3), make(4, 6), make(3, 6)), {}))
+def linear_backward(dy, x, w, need_dx=True, need_dw=True, need_db=True):
+    """(dx, dw, db) of linear_forward: dy @ w, dy.T @ x and the sum of dy's rows, each None where not needed."""
+
+
 @_op(lambda ops, make: ((make(4, 10),), {}))
 def softmax_forward(x):
     """Softmax over axis 1 of an (N, C) array, numerically stable (max subtracted)."""

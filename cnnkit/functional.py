@@ -385,7 +385,7 @@ def dropout_mask(shape: Sequence[int], p: float, seed: int, dtype: Any = "float3
 
 def linear(x: Array, weight: Array, bias: Array | None = None, *,
            backend: str | Backend | None = None) -> Array:
-    """y = x @ weight.T + bias, weight (out_features, in_features) as PyTorch (plain array algebra)."""
+    """y = x @ weight.T + bias, weight (out_features, in_features) as PyTorch."""
     be = _be(backend)
     check_array(be, x, "x", ndim=2)
     check_array(be, weight, "weight", ndim=2)
@@ -397,15 +397,21 @@ def linear(x: Array, weight: Array, bias: Array | None = None, *,
         same_dtype(x, bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    y = x @ weight.T
-    return y if bias is None else y + bias
+    return be.linear_forward(x, weight, bias)
 
 
-def linear_backward(dy: Array, x: Array, weight: Array, need_db: bool = True, *,
-                    need_bias: bool | None = None) -> tuple[Array, Array, Array | None]:
-    """Gradients (dx, dweight, dbias) of linear (``need_bias`` is the deprecated name of ``need_db``)."""
+def linear_backward(dy: Array, x: Array, weight: Array, need_db: bool = True, need_dx: bool = True,
+                    need_dw: bool = True, *, need_bias: bool | None = None,
+                    backend: str | Backend | None = None) -> tuple[Array | None, Array | None, Array | None]:
+    """Gradients (dx, dweight, dbias) of linear, each None where not needed (``need_bias`` is the deprecated
+    name of ``need_db``)."""
     need_db = deprecated_alias(need_bias, "need_bias", need_db, "need_db")
-    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if need_db else None)
+    be = _be(backend)
+    check_array(be, dy, "dy", ndim=2)
+    if tuple(dy.shape) != (x.shape[0], weight.shape[0]):
+        raise ValueError(f"dy must have shape {(x.shape[0], weight.shape[0])} (batch, out_features), "
+                         f"got {tuple(dy.shape)}")
+    return be.linear_backward(dy, x, weight, need_dx, need_dw, need_db)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *,

@@ -252,13 +252,14 @@ _NUMBA_CONV = [
           dilation=(1, 2), groups=2, activation="tanh"),
 ]
 # The CUDA grid: the direct path and the tiled implicit GEMM with both tile heights (TM 1 and 4) and a split-K
-# weight gradient (test_cuda_launchers checks the coverage). Its LeNet C1-like case is lenet-c1-like-tanh.
+# weight gradient on both paths (test_cuda_launchers checks the coverage). Its LeNet C1-like case is lenet-c1-like-tanh.
 _CUDA_CONV = [
     _conv("direct-stride2x3-asym-pad-dil2", (2, 3, 11, 10), (4, 3, 3, 3), stride=(2, 3), padding=(1, 2, 0, 3),
           dilation=2),
     _conv("direct-depthwise-s2", (2, 6, 9, 9), (6, 1, 3, 3), stride=2, padding=1, groups=6),
     _conv("direct-groups2-batch1", (1, 4, 8, 7), (6, 2, 3, 3), padding=(2, 2, 1, 1), dilation=(2, 1), groups=2),
     _conv("direct-1x1-s2-odd", (1, 5, 7, 9), (8, 5, 1, 1), stride=2),
+    _conv("direct-split-k-weight", (1, 1, 31, 30), (4, 1, 3, 3), padding=1),  # 930 products: 3 chunks
     _conv("tiled-tm1-resnet-3x3", (2, 16, 8, 8), (16, 16, 3, 3), padding=1),
     _conv("tiled-tm2-s2-downsample", (2, 16, 9, 9), (32, 16, 3, 3), stride=2, padding=1),
     _conv("tiled-fwd-tm4-dgrad-tm1", (1, 8, 6, 6), (64, 8, 3, 3), padding=(0, 1, 2, 0)),
@@ -727,6 +728,39 @@ CROSS_ENTROPY_CASES: list[CrossEntropyCase] = unique(
        CrossEntropyCase("transposed", (6, 10), layout="transposed")])
 
 
+# ----------------------------------------------------------------------------------------------- linear
+@dataclass(frozen=True)
+class LinearCase:
+    """linear(x (N, C), w (K, C), b (K,) or None) and its backward from dy (N, K), all N(0, 1)."""
+
+    id: str
+    n: int
+    c: int
+    k: int
+    bias: bool = True
+    layout: str = "contiguous"
+    special: str | None = None
+
+    def inputs(self) -> tuple[Arg, Arg, Arg | None, Arg]:
+        """(x, w, b, dy)."""
+        key = ("linear", self.n, self.c, self.k)
+        return (arg((self.n, self.c), *key, layout=self.layout, special=self.special),
+                arg((self.k, self.c), "w", *key, layout=self.layout),
+                arg((self.k,), "b", *key) if self.bias else None, arg((self.n, self.k), "dy", *key))
+
+    @property
+    def shapes(self) -> list[Shape]:
+        return [(self.n, self.c), (self.k, self.c), (self.n, self.k)]
+
+
+LINEAR_CASES: list[LinearCase] = unique([
+    LinearCase("x4x6-k3", 4, 6, 3), LinearCase("batch1", 1, 5, 7), LinearCase("no-bias", 5, 8, 4, bias=False),
+    LinearCase("odd-x7x33-k17", 7, 33, 17), LinearCase("lenet-f6-x9x120-k40", 9, 120, 40),
+    LinearCase("one-feature", 6, 1, 1), LinearCase("transposed", 5, 9, 6, layout="transposed"),
+    LinearCase("strided", 3, 10, 5, layout="strided"), LinearCase("nan-inf", 6, 7, 5, special="nan+inf"),
+])
+
+
 # ----------------------------------------------------------------------------------------------- batch norm
 @dataclass(frozen=True)
 class BatchNormCase:
@@ -797,6 +831,7 @@ ALL_CASES: dict[str, list] = {
     "conv": CONV_CASES, "max_pool": MAX_POOL_CASES, "avg_pool": AVG_POOL_CASES, "lp_pool": LP_POOL_CASES,
     "activation": ACTIVATION_CASES, "add": ADD_CASES, "softmax": SOFTMAX_CASES,
     "cross_entropy": CROSS_ENTROPY_CASES, "batch_norm": BATCH_NORM_CASES, "dropout": DROPOUT_CASES,
+    "linear": LINEAR_CASES,
 }
 
 

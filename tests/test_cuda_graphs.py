@@ -74,7 +74,7 @@ def test_a_step_with_a_host_synchronisation_runs_eagerly_with_a_warning():
     def synchronising_loss(logits, labels):
         if float(logits.sum()) != float(logits.sum()):  # reads the device: impossible while recording
             raise AssertionError("NaN logits")
-        return losses.softmax_cross_entropy(logits, labels)
+        return losses.softmax_cross_entropy(logits, labels, backend=model.backend)
 
     step = TrainStep(model, optim.SGD(model, lr=0.05), synchronising_loss)
     x, y = _batch("lenet5", 8, 0)

@@ -31,19 +31,20 @@ def _tiled(case) -> bool:
 
 
 def test_conv_grid_covers_both_paths_and_tiles():
-    """The conv grid exercises the direct path, every tile height (forward rows Kg, data-gradient rows Cg) and
-    a split weight gradient as well as an unsplit one (pure launch arithmetic: no runtime needed)."""
+    """The conv grid exercises the direct path, every tile height (forward rows Kg, data-gradient rows Cg) and,
+    on both paths, a split weight gradient as well as an unsplit one (pure launch arithmetic: no runtime needed)."""
     assert {_tiled(c) for c in CONV_CASES} == {False, True}
     tiled = [c for c in CONV_CASES if _tiled(c)]
     assert {cuda_conv._tm(c.w[0] // c.groups) for c in tiled} == {1, 2, 4}
     assert {cuda_conv._tm(c.x[1] // c.groups) for c in tiled} == {1, 2, 4}
-    splits = []
-    for c in tiled:
+    splits = {True: [], False: []}
+    for c in CONV_CASES:
         n, _, oh, ow = c.y_shape
         kg, crs = c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3]
         tiles = -(-crs // cuda_conv.TILE_N) * -(-kg // (16 * cuda_conv._tm(kg))) * c.groups
-        splits.append(cuda_conv.weight_splits(n * oh * ow, tiles)[0])
-    assert max(splits) > 1 and min(splits) == 1
+        splits[_tiled(c)].append(cuda_conv.weight_splits(n * oh * ow, tiles if _tiled(c) else kg * c.groups * crs)[0])
+    for on_path in splits.values():
+        assert max(on_path) > 1 and min(on_path) == 1
 
 
 @pytest.mark.parametrize("case_id", ["direct-depthwise-s2", "direct-groups2-batch1", "tiled-groups2-dil2-asym-pad",

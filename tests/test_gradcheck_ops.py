@@ -19,6 +19,7 @@ from op_cases import (
     BATCH_NORM_CASES,
     CONV_CASES,
     CROSS_ENTROPY_CASES,
+    LINEAR_CASES,
     LP_POOL_CASES,
     MAX_POOL_CASES,
     SOFTMAX_CASES,
@@ -165,6 +166,22 @@ def test_softmax_gradient(case):
     forward, backward = (F.log_softmax, F.log_softmax_backward) if case.log else (F.softmax, F.softmax_backward)
     dx = backward(r, forward(x, backend=BE), backend=BE)
     check_grad(lambda: float((forward(x, backend=BE) * r).sum()), {"x": x}, {"x": dx})
+
+
+# ----------------------------------------------------------------------------------------------- linear
+LINEAR = _small(LINEAR_CASES, lambda c: (c.n + c.k + 1) * c.c)
+
+
+@pytest.mark.parametrize("case", LINEAR, ids=ids(LINEAR))
+def test_linear_gradients(case):
+    x_, w_, b_, r_ = case.inputs()
+    x, w, r = _f64(x_), _f64(w_), _f64(r_)
+    b = _f64(b_) if case.bias else None
+    dx, dw, db = F.linear_backward(r, x, w, need_db=case.bias, backend=BE)
+    params, grads = {"x": x, "w": w}, {"x": dx, "w": dw}
+    if case.bias:
+        params["b"], grads["b"] = b, db
+    check_grad(lambda: float((F.linear(x, w, b, backend=BE) * r).sum()), params, grads, what=case.id)
 
 
 # ----------------------------------------------------------------------------------------------- batch norm

@@ -30,6 +30,7 @@ from op_cases import (
     CROSS_ENTROPY_CASES,
     DROPOUT_CASES,
     LARGE_CASES,
+    LINEAR_CASES,
     LP_POOL_CASES,
     MAX_CASE_ELEMENTS,
     MAX_POOL_CASES,
@@ -290,6 +291,29 @@ def test_add(target, case):
     assert_close_act(target.host(y, "y"), y_ref, target.dtype, "y")
     target.unchanged(ab, a, "a")
     target.unchanged(bb, b, "b")
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=ids(LINEAR_CASES))
+def test_linear(target, case):
+    x, w, b, dy = case.inputs()
+    with _quiet(case):
+        y_ref = F.linear(x.ref, w.ref, None if b is None else b.ref, backend=REF)
+        dx_ref, dw_ref, db_ref = F.linear_backward(dy.ref, x.ref, w.ref, need_db=b is not None, backend=REF)
+        xb, wb = target.put(x), target.put(w)
+        y = F.linear(xb, wb, target.put(b), backend=target.be)
+        dx, dw, db = F.linear_backward(target.put(dy), xb, wb, need_db=b is not None, backend=target.be)
+        only_dw = F.linear_backward(target.put(dy), xb, wb, need_db=False, need_dx=False, backend=target.be)
+    target.check(y, y_ref, "y")
+    target.check(dx, dx_ref, "dx")
+    target.check(dw, dw_ref, "dw")
+    if b is None:
+        assert db is None
+    else:
+        target.check(db, db_ref, "db")
+    assert only_dw[0] is None and only_dw[2] is None
+    target.check(only_dw[1], dw_ref, "dw alone")
+    target.unchanged(xb, x, "x")
+    target.unchanged(wb, w, "w")
 
 
 @pytest.mark.parametrize("case", SOFTMAX_CASES, ids=ids(SOFTMAX_CASES))

@@ -49,6 +49,23 @@ def conv_path(w_shape: tuple[int, ...], groups: int) -> str:
     return "tiled" if k // groups >= 16 and cg * r * s >= 32 else "direct"
 
 
+UNIT, NO_PADS = (1, 1), (0, 0, 0, 0)
+"""Stride or dilation 1, and no padding: a 1x1 conv's geometry."""
+
+
+def _fully_connected(x_shape, w_shape, padding: Pads, dilation: Pair, groups: int) -> bool:
+    """Whether the kernel covers the whole unpadded input (LeNet-5's C5): then the conv is a 1x1 conv of
+    (N, C*H*W, 1, 1) images, with the same products in the same order and none of the 1-in-R*S masked taps
+    that the backward data pass would otherwise scan."""
+    return (groups == 1 and tuple(x_shape[2:]) == tuple(w_shape[2:]) != (1, 1) and not any(padding)
+            and tuple(dilation) == UNIT)
+
+
+def _pixels(a: Any) -> Any:
+    """(N, C, H, W) as (N, C*H*W, 1, 1)."""
+    return a.reshape(a.shape[0], -1, 1, 1)
+
+
 def _kernel_params(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int) -> tuple[int, ...]:
     """The CONV_PARAMS ints of conv.cu: N C H W K OH OW R S stride_h stride_w pad_t pad_l dil_h dil_w groups."""
     n, c, h, w = x_shape
@@ -74,8 +91,9 @@ def _gemm_grid(rows: int, cols: int, tm: int, z: int) -> tuple[int, int, int]:
 
 
 def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
-    """(splits, chunk) of the tiled weight gradient's (n, oh, ow) reduction: enough splits to run about
-    TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk at least MIN_SPLIT_ITEMS long and a multiple of TILE_K."""
+    """(splits, chunk) of the weight gradient's (n, oh, ow) reduction over ``tiles`` blocks (tiled: output tiles;
+    direct: weight elements): enough splits to run about TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk at
+    least MIN_SPLIT_ITEMS long and a multiple of TILE_K."""
     want = max(1, min(MAX_SPLITS, TARGET_BLOCKS // tiles, reduction // MIN_SPLIT_ITEMS))
     return splits_for(reduction, want, TILE_K)
 
@@ -87,6 +105,8 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     add_forward's kernel for the sum and the activation."""
     if residual is not None:
         return add_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups), residual, activation)
+    if _fully_connected(x.shape, w.shape, padding, dilation, groups):
+        return conv2d_forward(_pixels(x), _pixels(w), b, UNIT, NO_PADS, UNIT, 1, activation)
     xp = array_module()
     x, w = as_f32(x, "x"), as_f32(w, "w")
     bias = None if b is None else as_f32(b, "b")
@@ -108,6 +128,9 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
                     need_dx: bool = True, need_db: bool = True,
                     need_dw: bool = True) -> tuple[Any | None, Any | None, Any | None]:
     """(dx, dw, db) of the pre-activation conv output's gradient dy; each is None when not needed."""
+    if _fully_connected(x.shape, w.shape, padding, dilation, groups):
+        dx, dw, db = conv2d_backward(dy, _pixels(x), _pixels(w), UNIT, NO_PADS, UNIT, 1, need_dx, need_db, need_dw)
+        return (None if dx is None else dx.reshape(x.shape), None if dw is None else dw.reshape(w.shape), db)
     dy, x, w = as_f32(dy, "dy"), as_f32(x, "x"), as_f32(w, "w")
     geom = _kernel_params(x.shape, w.shape, stride, padding, dilation, groups)
     tiled = conv_path(w.shape, groups) == "tiled"
@@ -134,18 +157,19 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
 def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     xp = array_module()
     dw = xp.empty(w_shape, dtype=np.float32)
-    if not tiled:
-        launch("conv", "conv2d_bwd_weight_direct", dw.size, THREADS, dy, x, dw, *i32(*geom))
-        return dw
     k, cg, r, s = w_shape
     n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
     tm = _tm(k // groups)
-    tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups
+    tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups if tiled else dw.size
     splits, chunk = weight_splits(n * oh * ow, tiles)
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
-    grid = _gemm_grid(k // groups, cg * r * s, tm, groups * splits)
-    launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
+    if tiled:
+        grid = _gemm_grid(k // groups, cg * r * s, tm, groups * splits)
+        launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
+    else:
+        launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), THREADS, dy, x, out, np.int32(chunk),
+               *i32(*geom))
     if splits > 1:
         launch("conv", "sum_splits", blocks(dw.size), THREADS, out, *i32(splits, dw.size), dw)
     return dw

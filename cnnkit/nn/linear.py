@@ -36,9 +36,9 @@ class Linear(Layer):
         if tuple(dy.shape) != (x.shape[0], self.out_features):
             raise ValueError(f"Linear({self.in_features}, {self.out_features}).backward: the gradient has shape "
                              f"{tuple(dy.shape)}, the forward output had shape {(x.shape[0], self.out_features)}")
-        if not self.trainable:
-            return dy @ self.weight.data
-        dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_db=self.bias is not None)
+        trainable = self.trainable
+        dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_db=trainable and self.bias is not None,
+                                       need_dx=self.requires_input_grad, need_dw=trainable, backend=self.backend)
         self.accumulate(self.weight, dw)
         if self.bias is not None:
             self.accumulate(self.bias, db)

@@ -19,8 +19,9 @@
 //    weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output pixel (out of
 //    range, or between strided output pixels) are skipped, so a non-finite weight reaches only the dx cells
 //    it touches (as col2im). Then bias is added, then the activation.
-//  * backward weight, direct: thread t of a 256-thread block sums the flat (n, oh, ow) indices
-//    t, t + 256, t + 512, ... in order, then the block tree of common.cuh combines the 256 partials.
+//  * backward weight, direct: the flat (n, oh, ow) range is cut into `splits` consecutive chunks; in each,
+//    thread t of a 256-thread block sums the indices t, t + 256, t + 512, ... of the chunk in order, the block
+//    tree of common.cuh combines the 256 partials, and sum_splits adds the chunk sums in ascending order.
 //  * backward weight, tiled: the (n, oh, ow) range is cut into `splits` consecutive chunks (a multiple of
 //    TILE_K each); each chunk is a running sum in ascending order; sum_splits adds the chunk sums in
 //    ascending chunk order.
@@ -121,22 +122,24 @@ extern "C" __global__ void conv2d_bwd_data_direct(const float* __restrict__ dy, 
     dx[idx] = acc;
 }
 
-// dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * Xcol; one 256-thread block per weight element.
+// dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * Xcol; one 256-thread block per weight element (blockIdx.x)
+// and chunk (blockIdx.y) of `chunk` flat (n, oh, ow) indices, whose sum goes to out[chunk index][weight element].
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
-conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ dw,
-                         CONV_PARAMS) {
+conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                         int chunk, CONV_PARAMS) {
     __shared__ float partial[CNN_MAX_BLOCK];
     const ConvGeom q = CONV_GEOM;
     const int widx = blockIdx.x;  // flat index into (K, Cg, R, S)
     const int s = widx % S, r = (widx / S) % R, cl = (widx / q.RS) % q.Cg, k = widx / (q.RS * q.Cg);
     const int c = (k / q.Kg) * q.Cg + cl;
+    const int begin = blockIdx.y * chunk, end = min(begin + chunk, N * q.P);
     float acc = 0.0f;
-    for (int j = threadIdx.x; j < N * q.P; j += blockDim.x) {
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
         const int n = j / q.P, p = j % q.P;
         acc = fmaf(dy[(n * K + k) * q.P + p], x_col(q, x, n, c, r, s, p / OW, p % OW), acc);
     }
     const float total = block_sum(acc, partial);
-    if (threadIdx.x == 0) dw[widx] = total;
+    if (threadIdx.x == 0) out[blockIdx.y * gridDim.x + widx] = total;
 }
 
 // ------------------------------------------------------------------------------------------------ tiled
