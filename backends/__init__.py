@@ -1,7 +1,7 @@
 """The op contract: every kernel op a backend provides, with its signature and meaning, written once.
 
 Every backend package (``cnnkit.backends.numpy``, ``.numba``, ``.cupy``; ``.cudasim`` runs cupy's) fills in
-exactly these ops, under these names, in modules of the same names (``conv``, ``pool``, ``activation``,
+exactly these ops, under these names, in modules of the same names (``conv``, ``linear``, ``pool``, ``activation``,
 ``norm``, ``dropout``, ``loss``), and exposes ``create() -> Backend`` plus ``unavailable_reason() -> str | None``.
 
 Conventions shared by all ops

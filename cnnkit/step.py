@@ -29,8 +29,8 @@ class TrainStep:
     graphs; ``graph=False`` always runs eagerly; ``graph=True`` demands graphs and raises where there are none.
 
     A recording is valid for one set-up: the shapes and dtypes of ``x`` and ``labels``; the very same parameter,
-    buffer and momentum arrays (``load_state_dict`` copies into them, keeping them); the layers' train and frozen
-    flags; the optimizer's hyper-parameters (a new learning rate records again). The first call of a new set-up
+    buffer and momentum arrays (``load_state_dict`` replaces them, so the step records again); the layers' train
+    and frozen flags; the optimizer's hyper-parameters (a new learning rate records again). The first call of a new set-up
     runs eagerly and the second records. A model that draws random numbers in training (dropout) always runs
     eagerly, since a replay would repeat its draws; so does a step that cannot be recorded (it warns once, why).
     After a replay ``p.grad`` holds the step's gradients as after an eager step; ``loss`` is a fresh array, but

@@ -1,8 +1,8 @@
 """Training loop: fit, evaluate, predict, exact resume, and transfer-learning helpers.
 
-One step is forward, loss, backward, ``optimizer.step()``, ``optimizer.zero_grad()``. Running sums of the loss and
-of the correct predictions stay backend arrays; they reach the host once per log interval and once per epoch, so
-the CuPy backend is never forced to synchronise on every step.
+One step is forward, loss, backward and ``optimizer.step()``: one :class:`cnnkit.step.TrainStep` call (on cupy, a
+replayed CUDA graph). Running sums of the loss and of the correct predictions stay backend arrays; they reach the
+host once per log interval and once per epoch, so the CuPy backend is never forced to synchronise on every step.
 
 :func:`fit` takes its options as a :class:`TrainConfig` (or the same names as keywords) and runs four steps per
 epoch: train, evaluate, update the early-stopping state, save. Checkpoints hold everything a run depends on (model,
@@ -38,6 +38,7 @@ from cnnkit.io import CHECKPOINT_FORMAT, load_checkpoint, prepare_output_dir, sa
 from cnnkit.losses import softmax_cross_entropy
 from cnnkit.nn.base import Layer
 from cnnkit.progress import Reporter
+from cnnkit.step import TrainStep
 from cnnkit.transfer import replace_head
 from cnnkit.validate import positive_int
 
@@ -75,6 +76,8 @@ class TrainConfig:
     decision is the same on all; only rank 0 prints and writes files. ``lr`` is that of the global batch. A rank
     whose share of a global batch is empty runs no forward but joins the step, and Dropout layers draw each
     rank's rows of the global batch's mask (:func:`cnnkit.distributed.data_parallel_step`).
+    ``graph``: a one-process run's steps are :class:`cnnkit.step.TrainStep` calls, replayed as graphs where the
+    backend has them (cupy: CUDA graphs) unless False; True demands them.
     """
 
     epochs: int = 1
@@ -92,6 +95,7 @@ class TrainConfig:
     keep_hyperparameters: bool = False
     diverge_factor: float | None = 100.0
     comm: Any = None
+    graph: bool | None = None
 
     def __post_init__(self) -> None:
         positive_int(self.epochs, "epochs")
@@ -179,17 +183,22 @@ def _train_epoch(run: _Run, reporter: Reporter, epoch: int, max_steps: int | Non
         if index < skip:  # drawn and dropped, so the shuffle and augmentation draws stay those of a straight run
             continue
         n, loss_n, batch_correct = int(y.shape[0]), 0.0, 0  # an empty share of a global batch: no forward
-        with distributed.data_parallel_step(model, run.comm, distributed.global_batch(loader, run.comm, n)):
+        if run.step is not None:
             if n:
-                batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
-                loss_n = batch_loss * n
-                with model.input_grad_skipped():
-                    model.backward(dlogits)
+                loss_n = run.step(x, y) * n
+                batch_correct = (model.backend.xp.argmax(run.step.logits, axis=1) == y).sum()
+        else:
+            with distributed.data_parallel_step(model, run.comm, distributed.global_batch(loader, run.comm, n)):
+                if n:
+                    batch_loss, dlogits, batch_correct = _batch_stats(model, run.config.loss, x, y)
+                    loss_n = batch_loss * n
+                    with model.input_grad_skipped():
+                        model.backward(dlogits)
+            optimizer.step()
+            optimizer.zero_grad()
         if run.guard.start is None:  # the run's one extra host synchronisation
             total_loss, total_n = run.comm.totals(loss_n, n)
             run.guard.start = total_loss / total_n
-        optimizer.step()
-        optimizer.zero_grad()
         sums.add(loss_n, batch_correct, n)
         taken += 1
         stats = None
@@ -233,6 +242,15 @@ class _Run:
     sums: resume_module.EpochSums = field(default_factory=resume_module.EpochSums)  # the epoch in progress
     guard: _Guard = field(default_factory=lambda: _Guard(None))
     comm: Any = field(default_factory=distributed.Communicator)
+    step: TrainStep | None = None  # one process: the whole step as one call (data-parallel steps are eager)
+
+    def __post_init__(self) -> None:
+        if self.comm.size == 1:
+            loss = None if self.config.loss is softmax_cross_entropy else self.config.loss
+            self.step = TrainStep(self.model, self.optimizer, loss, graph=self.config.graph)
+        elif self.config.graph:
+            raise ValueError("graph=True: a data-parallel run (comm of several ranks) cannot replay its steps as "
+                             "graphs, since its gradients are averaged through MPI on the host")
 
     def resume(self, path: str | Path) -> None:
         """Load the model, optimiser, schedule, randomness and early-stopping state of checkpoint ``path``."""

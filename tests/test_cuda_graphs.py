@@ -7,12 +7,16 @@ written by a replay. A step with a host synchronisation cannot be recorded and r
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from cnnkit import losses, models, nn, optim
 from cnnkit.backend import unavailable_reason
+from cnnkit.data import DataLoader, Dataset
 from cnnkit.step import TrainStep
+from cnnkit.train import fit
 
 pytestmark = pytest.mark.gpu
 SHAPES = {"lenet5": (1, 32, 32), "resnet20": (3, 32, 32)}
@@ -83,3 +87,24 @@ def test_a_step_with_a_host_synchronisation_runs_eagerly_with_a_warning():
         loss = step(x, y)
     assert not step.graphed and np.isfinite(float(loss))
     assert np.isfinite(float(step(x, y)))
+
+
+def test_fit_with_graphs_trains_as_fit_without():
+    """Two epochs of 5 batches, the last one smaller, a schedule changing the learning rate per epoch."""
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 255, (72, 1, 32, 32)).astype(np.uint8), rng.integers(0, 10, 72),
+                   [str(i) for i in range(10)])
+    trained = []
+    for graph in (True, False):
+        model = _model("lenet5")
+        opt = optim.SGD(model, lr=0.05, momentum=0.9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a step that could not be recorded warns
+            history = fit(model, DataLoader(data, 16, shuffle=True, seed=1, backend="cupy"), epochs=2,
+                          optimizer=opt, schedule=optim.StepLR(opt, 1, 0.5), graph=graph, progress=False)
+        trained.append((model, history))
+    (graphed, h_graphed), (eager, h_eager) = trained
+    for column in ("train_loss", "train_acc", "lr"):
+        assert h_graphed.column(column) == h_eager.column(column), column
+    for (key, a), (_, b) in zip(graphed.named_parameters(), eager.named_parameters(), strict=True):
+        np.testing.assert_array_equal(_host(a.data), _host(b.data), err_msg=key)
