@@ -9,9 +9,8 @@ import numpy as np
 from cnnkit.backends import LEAKY_SLOPE, implements
 
 from ._module import ACT_CODES, THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
-from .activation import activation_backward
 
-PARTIAL_SUM, PARTIAL_SQDEV, PARTIAL_DY_XHAT = 0, 1, 2
+PARTIAL_SUM, PARTIAL_SQDEV = 0, 1
 """channel_partials modes (norm.cu)."""
 SPLIT_ITEMS = 8192
 """A channel's (n, h, w) reduction is split into chunks of about this many values, one block each ..."""
@@ -19,18 +18,21 @@ MAX_SPLITS = 64
 """... and at most this many chunks per channel."""
 
 
-def _partials(a: Any, mode: int, b: Any = None, center: Any = None, scale: Any = None) -> tuple[Any, int]:
-    """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits); unused operands of
-    the mode are passed as ``a`` (never read)."""
+def _partials(a: Any, mode: int, center: Any = None) -> tuple[Any, int]:
+    """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits); ``center`` (the mean, for
+    PARTIAL_SQDEV) is passed as ``a`` where the mode does not read it."""
     xp = array_module()
     n, c, h, w = a.shape
-    count = n * h * w
-    splits, chunk = splits_for(count, min(MAX_SPLITS, ceil_div(count, SPLIT_ITEMS)))
+    splits, chunk = _splits(n * h * w)
     partial = xp.empty((c, splits), dtype=np.float32)
-    operands = [a if v is None else v for v in (b, center, scale)]
-    launch("norm", "channel_partials", (c, splits), THREADS, a, *operands, *i32(mode, n, c, h * w, chunk),
-           partial)
+    launch("norm", "channel_partials", (c, splits), THREADS, a, a if center is None else center,
+           *i32(mode, n, c, h * w, chunk), partial)
     return partial, splits
+
+
+def _splits(count: int) -> tuple[int, int]:
+    """(splits, chunk) of a channel's ``count`` values."""
+    return splits_for(count, min(MAX_SPLITS, ceil_div(count, SPLIT_ITEMS)))
 
 
 def _finalize(partial: Any, splits: int, divisor: float) -> Any:
@@ -89,15 +91,19 @@ def batch_norm_backward(dy: Any, saved: tuple, weight: Any) -> tuple[Any, Any, A
     xp = array_module()
     x, mean, invstd, training, y = saved
     dy, weight = as_f32(dy, "dy"), as_f32(weight, "weight")
-    if y is not None:  # dy of the activation the forward applied
-        dy = activation_backward(dy, y, "relu")
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the batch-norm input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    act = ACT_CODES[None if y is None else "relu"]  # dy of the activation the forward applied, if it did
+    y = dy if y is None else y  # not read without an activation
     n, c, h, w = x.shape
-    dbeta = channel_sums(dy)
-    partial, splits = _partials(x, PARTIAL_DY_XHAT, b=dy, center=mean, scale=invstd)
-    dgamma = _finalize(partial, splits, 1.0)
+    count = n * h * w
+    splits, chunk = _splits(count)
+    partial = xp.empty((2 * c, splits), dtype=np.float32)
+    launch("norm", "bn_backward_partials", (c, splits), THREADS, dy, y, x, mean, invstd, np.int32(act),
+           f32(LEAKY_SLOPE), *i32(n, c, h * w, chunk), partial)
+    sums = _finalize(partial, splits, 1.0)
+    dbeta, dgamma = sums[:c], sums[c:]
     dx = xp.empty_like(dy)
-    launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, x, mean, invstd, weight, dgamma, dbeta, dx,
-           *i32(dx.size, c, h * w, n * h * w, training))
+    launch("norm", "bn_backward_dx", blocks(dx.size), THREADS, dy, y, x, mean, invstd, weight, dgamma, dbeta, dx,
+           *i32(dx.size, c, h * w, count, training, act), f32(LEAKY_SLOPE))
     return dx, dgamma, dbeta

@@ -15,10 +15,10 @@
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
 //    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data, so the two
-//    paths give the same bits. Forward taps in the padding contribute w * 0 (as im2col does: a non-finite
-//    weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output pixel (out of
-//    range, or between strided output pixels) are skipped, so a non-finite weight reaches only the dx cells
-//    it touches (as col2im). Then bias is added, then the activation.
+//    paths give the same values (a zero's sign aside). Forward taps in the padding contribute w * 0 (as im2col
+//    does: a non-finite weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output
+//    pixel (out of range, or between strided output pixels) add nothing, so a non-finite weight reaches only
+//    the dx cells it touches (as col2im). Then bias is added, then the activation.
 //  * backward weight, direct: the flat (n, oh, ow) range is cut into `splits` consecutive chunks; in each,
 //    thread t of a 256-thread block sums the indices t, t + 256, t + 512, ... of the chunk in order, the block
 //    tree of common.cuh combines the 256 partials, and sum_splits adds the chunk sums in ascending order.
@@ -147,8 +147,9 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 // [k_begin, k_end). The gathers' index arithmetic (divisions by runtime sizes) is done once, not per element:
 // Op::col(col) once per thread for the one B column it loads (GEMM_THREADS is a multiple of TILE_N), and
 // Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block reads. Op supplies
-// a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) -> bool and a
-// product whose b is false is skipped rather than added as a * 0.
+// a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) -> bool and, in a
+// k-step whose A tile holds a non-finite value, a product whose b is false is skipped rather than added as a * 0
+// (with finite A, adding a * 0 leaves the sum's value as it is).
 template <int TM, class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
                                           int n0) {
@@ -158,6 +159,7 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
     __shared__ float Bs[TILE_K][TILE_N];
     __shared__ bool Bm[Op::kMasked ? TILE_K : 1][TILE_N];  // the B element exists (masked ops only)
     __shared__ Tap taps[TILE_K];
+    __shared__ int nonfinite_a;  // masked ops: non-finite A values in this k-step's tile
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int bcol = tid % TILE_N;
     const bool bcol_inside = n0 + bcol < Ncol;
@@ -168,10 +170,15 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         if (tid < TILE_K && k0 + tid < k_end) taps[tid] = op.tap(k0 + tid);
+        if constexpr (Op::kMasked)
+            if (tid == 0) nonfinite_a = 0;
         __syncthreads();
         for (int l = 0; l < TM; ++l) {  // BM * TILE_K = 256 TM elements of A
             const int e = tid + GEMM_THREADS * l, kk = e % TILE_K, m = e / TILE_K;
-            As[kk][m] = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, taps[kk]) : 0.0f;
+            const float a = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, taps[kk]) : 0.0f;
+            As[kk][m] = a;
+            if constexpr (Op::kMasked)
+                if (!isfinite(a)) atomicAdd(&nonfinite_a, 1);
         }
         for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B, column bcol
             const int kk = (tid + GEMM_THREADS * l) / TILE_N;
@@ -185,16 +192,25 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
             }
         }
         __syncthreads();
-        for (int kk = 0; kk < TILE_K; ++kk) {
-            float a[TM], b[4];
-            for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 16 * i];
-            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
-            bool use[4] = {true, true, true, true};
+        // With every A value finite, a missing B element (stored as 0) adds a * 0 = 0 and changes nothing, so
+        // only a tile with a non-finite A value needs the mask.
+        bool masked = false;
+        if constexpr (Op::kMasked) masked = nonfinite_a != 0;
+        if (masked) {
             if constexpr (Op::kMasked)
-                for (int j = 0; j < 4; ++j) use[j] = Bm[kk][tx + 16 * j];
-            for (int i = 0; i < TM; ++i)
-                for (int j = 0; j < 4; ++j)
-                    if (use[j]) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int kk = 0; kk < TILE_K; ++kk)
+                    for (int i = 0; i < TM; ++i)
+                        for (int j = 0; j < 4; ++j)
+                            if (Bm[kk][tx + 16 * j])
+                                acc[i][j] = fmaf(As[kk][ty + 16 * i], Bs[kk][tx + 16 * j], acc[i][j]);
+        } else {
+            for (int kk = 0; kk < TILE_K; ++kk) {
+                float a[TM], b[4];
+                for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 16 * i];
+                for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+                for (int i = 0; i < TM; ++i)
+                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+            }
         }
         __syncthreads();
     }

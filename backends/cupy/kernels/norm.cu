@@ -3,23 +3,21 @@
 // Per-channel reductions run in two stages. channel_partials: block (c, split) sums the elements of channel
 // c whose flat (n, hw) index lies in [split * chunk, (split + 1) * chunk): thread t takes the indices
 // split * chunk + t, + 256, + 512, ... as a running float32 sum, then the block tree of common.cuh.
-// channel_finalize / bn_stats then add the splits' partial sums in ascending split order.
+// channel_finalize / bn_stats then add the splits' partial sums in ascending split order. The backward's two
+// sums (dbeta, dgamma) share one pass, bn_backward_partials, which also applies the forward's fused activation.
 // The variance is two-pass (sum of squared deviations from the already reduced mean).
 #include "common.cuh"
 
 #define PARTIAL_SUM 0         // sum a
 #define PARTIAL_SQDEV 1       // sum (a - center[c])^2
-#define PARTIAL_DY_XHAT 2     // sum b * ((a - center[c]) * scale[c]), i.e. sum dy * x_hat
 
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
-channel_partials(const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ center,
-                 const float* __restrict__ scale, int mode, int N, int C, int HW, int chunk,
-                 float* __restrict__ partial) {
+channel_partials(const float* __restrict__ a, const float* __restrict__ center, int mode, int N, int C, int HW,
+                 int chunk, float* __restrict__ partial) {
     __shared__ float sh[CNN_MAX_BLOCK];
     const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int begin = split * chunk, end = min(N * HW, begin + chunk);
     const float mu = mode == PARTIAL_SUM ? 0.0f : center[c];
-    const float sc = mode == PARTIAL_DY_XHAT ? scale[c] : 1.0f;
     float acc = 0.0f;
     // flat index i = n * HW + hw, stepped by blockDim.x = step_n * HW + step_hw without dividing per element
     const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
@@ -27,7 +25,7 @@ channel_partials(const float* __restrict__ a, const float* __restrict__ b, const
     for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const int off = (n * C + c) * HW + hw;
         const float d = a[off] - mu;
-        acc += mode == PARTIAL_SUM ? a[off] : (mode == PARTIAL_SQDEV ? d * d : b[off] * (d * sc));
+        acc += mode == PARTIAL_SUM ? a[off] : d * d;
         n += step_n;
         hw += step_hw;
         if (hw >= HW) {
@@ -37,6 +35,41 @@ channel_partials(const float* __restrict__ a, const float* __restrict__ b, const
     }
     const float total = block_sum(acc, sh);
     if (threadIdx.x == 0) partial[c * splits + split] = total;
+}
+
+// The backward's two sums in one pass, per (channel c, split) as channel_partials and in the same order: with
+// g = activate_grad(act, dy, y) (act: the activation the forward applied, from its output y; ACT_NONE: g = dy)
+// and x_hat = (x - mean[c]) * invstd[c], partial[c, split] sums g (dbeta) and partial[C + c, split] sums
+// g * x_hat (dgamma).
+extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
+bn_backward_partials(const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ x,
+                     const float* __restrict__ mean, const float* __restrict__ invstd, int act, float slope, int N,
+                     int C, int HW, int chunk, float* __restrict__ partial) {
+    __shared__ float sh[CNN_MAX_BLOCK];
+    const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int begin = split * chunk, end = min(N * HW, begin + chunk);
+    const float mu = mean[c], sc = invstd[c];
+    float sum_g = 0.0f, sum_g_xhat = 0.0f;
+    const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
+    int n = (begin + threadIdx.x) / HW, hw = (begin + threadIdx.x) % HW;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const int off = (n * C + c) * HW + hw;
+        const float g = activate_grad(act, dy[off], y[off], slope);
+        sum_g += g;
+        sum_g_xhat += g * ((x[off] - mu) * sc);
+        n += step_n;
+        hw += step_hw;
+        if (hw >= HW) {
+            hw -= HW;
+            ++n;
+        }
+    }
+    const float total_g = block_sum(sum_g, sh);
+    const float total_g_xhat = block_sum(sum_g_xhat, sh);
+    if (threadIdx.x == 0) {
+        partial[c * splits + split] = total_g;
+        partial[(C + c) * splits + split] = total_g_xhat;
+    }
 }
 
 // out[c] = (sum over splits in ascending order of partial[c, split]) / divisor.
@@ -82,20 +115,23 @@ extern "C" __global__ void bn_normalize(const float* __restrict__ x, const float
     y[i] = activate(act, ((x[i] - mean[c]) * invstd[c]) * gamma[c] + beta[c], slope);
 }
 
-// Training: dx = gamma invstd (dy - dbeta / count - x_hat dgamma / count); eval: dx = gamma invstd dy.
-extern "C" __global__ void bn_backward_dx(const float* __restrict__ dy, const float* __restrict__ x,
-                                          const float* __restrict__ mean, const float* __restrict__ invstd,
-                                          const float* __restrict__ gamma, const float* __restrict__ dgamma,
-                                          const float* __restrict__ dbeta, float* __restrict__ dx, int total,
-                                          int C, int HW, int count, int training) {
+// With g = activate_grad(act, dy, y) as in bn_backward_partials: training: dx = gamma invstd (g - dbeta / count -
+// x_hat dgamma / count); eval: dx = gamma invstd g.
+extern "C" __global__ void bn_backward_dx(const float* __restrict__ dy, const float* __restrict__ y,
+                                          const float* __restrict__ x, const float* __restrict__ mean,
+                                          const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                          const float* __restrict__ dgamma, const float* __restrict__ dbeta,
+                                          float* __restrict__ dx, int total, int C, int HW, int count, int training,
+                                          int act, float slope) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     const int c = (i / HW) % C;
     const float scale = gamma[c] * invstd[c];
+    const float g = activate_grad(act, dy[i], y[i], slope);
     if (!training) {
-        dx[i] = dy[i] * scale;
+        dx[i] = g * scale;
         return;
     }
     const float x_hat = (x[i] - mean[c]) * invstd[c];
-    dx[i] = scale * (dy[i] - dbeta[c] / (float)count - x_hat * (dgamma[c] / (float)count));
+    dx[i] = scale * (g - dbeta[c] / (float)count - x_hat * (dgamma[c] / (float)count));
 }
