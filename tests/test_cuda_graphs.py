@@ -15,7 +15,7 @@ import pytest
 from cnnkit import losses, models, nn, optim
 from cnnkit.backend import unavailable_reason
 from cnnkit.data import DataLoader, Dataset
-from cnnkit.step import TrainStep
+from cnnkit.step import InferStep, TrainStep
 from cnnkit.train import fit
 
 pytestmark = pytest.mark.gpu
@@ -70,6 +70,22 @@ def test_replayed_steps_match_eager_steps_to_the_bit(name):
         np.testing.assert_array_equal(_host(a.grad), _host(b.grad), err_msg=f"{key} grad")
     for (key, a), (_, b) in zip(graphed_model.named_buffers(), eager_model.named_buffers(), strict=True):
         np.testing.assert_array_equal(_host(a), _host(b), err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_replayed_inference_matches_the_eager_forward_to_the_bit(name):
+    """Also after training steps have changed the weights in place (the recording reads them, not a copy)."""
+    model = _model(name)
+    infer, train = InferStep(model, graph=True), TrainStep(model, optim.SGD(model, lr=0.05, momentum=0.9))
+    x, y = _batch(name, 16, 0)
+    for i in range(4):
+        got = infer(x)
+        assert model.training
+        want = model.eval()(x)
+        model.train()
+        np.testing.assert_array_equal(_host(got), _host(want), err_msg=f"call {i}")
+        train(*_batch(name, 16, i + 1))
+    assert infer.recordings == 1
 
 
 def test_a_step_with_a_host_synchronisation_runs_eagerly_with_a_warning():

@@ -31,12 +31,13 @@ def _tiled(case) -> bool:
 
 
 def test_conv_grid_covers_both_paths_and_tiles():
-    """The conv grid exercises the direct path, every tile height (forward rows Kg, data-gradient rows Cg) and,
+    """The conv grid exercises the direct path, every tile (forward rows Kg, data-gradient rows Cg) and,
     on both paths, a split weight gradient as well as an unsplit one (pure launch arithmetic: no runtime needed)."""
     assert {_tiled(c) for c in CONV_CASES} == {False, True}
     tiled = [c for c in CONV_CASES if _tiled(c)]
-    assert {cuda_conv._tm(c.w[0] // c.groups) for c in tiled} == {1, 2, 4}
-    assert {cuda_conv._tm(c.x[1] // c.groups) for c in tiled} == {1, 2, 4}
+    assert {cuda_conv._tile(c.w[0] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # forward
+    assert {cuda_conv._tile(c.x[1] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # data gradient
+    assert {cuda_conv._tm(c.w[0] // c.groups) for c in tiled} == {1, 2, 4}  # weight gradient
     splits = {True: [], False: []}
     for c in CONV_CASES:
         n, _, oh, ow = c.y_shape

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnkit import losses, models, nn, optim
-from cnnkit.step import MAX_GRAPHS, TrainStep
+from cnnkit.step import MAX_GRAPHS, InferStep, TrainStep
 
 
 def _batch(n: int, seed: int, shape=(1, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
@@ -63,11 +63,15 @@ class FakeGraphs:
         return replay
 
 
-def _graphed(model: nn.Layer, graphs: FakeGraphs, lr: float = 0.05) -> TrainStep:
+def _with_graphs(model: nn.Layer, graphs: FakeGraphs) -> nn.Layer:
     be = dataclasses.replace(model.backend, capture=graphs.capture)
     for _, layer in model.modules():
         layer._backend = be
-    return TrainStep(model, optim.SGD(model, lr=lr, momentum=0.9))
+    return model
+
+
+def _graphed(model: nn.Layer, graphs: FakeGraphs, lr: float = 0.05) -> TrainStep:
+    return TrainStep(_with_graphs(model, graphs), optim.SGD(model, lr=lr, momentum=0.9))
 
 
 def test_a_step_is_recorded_on_its_second_call_then_replayed():
@@ -163,3 +167,18 @@ def test_bad_arguments_are_refused_early():
         TrainStep(model, optim.SGD(model, lr=0.1), graph="yes")
     with pytest.raises(TypeError, match="model must be a cnnkit Layer"):
         TrainStep(object(), optim.SGD(model, lr=0.1))
+
+
+def test_an_inference_runs_in_eval_mode_and_is_recorded_on_its_second_call():
+    graphs = FakeGraphs()
+    nn.init.manual_seed(0)
+    model = _with_graphs(models.resnet20(num_classes=10).to("numpy"), graphs)
+    step = InferStep(model)
+    x, _ = _batch(2, 0, shape=(3, 16, 16))
+    y = step(x)
+    assert model.training  # restored
+    np.testing.assert_array_equal(y, model.eval()(x))
+    model.train()
+    step(x)
+    assert (graphs.recorded, graphs.replayed) == (1, 1)
+    assert model.training

@@ -28,9 +28,13 @@ Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
 
 TILE_N, TILE_K = 64, 16
-"""Column and reduction tile of conv.cu's gemm_tile; the row tile is 16 * TM with TM in TMS."""
+"""Column and reduction tile of conv.cu's 16 TM x 64 tiles, TM in TMS."""
 TMS = (1, 2, 4)
-"""The rows per thread that conv.cu has tiled kernels for (``conv2d_*_gemm_tm<TM>``)."""
+"""The rows per thread that conv.cu has 16 TM x 64 tiles for (``conv2d_*_gemm_tm<TM>``; TM = 1 for the weight
+gradient only)."""
+WIDE_N = 256
+"""Columns of conv.cu's wide 16-row tile (``conv2d_fwd_gemm_wide``, ``conv2d_bwd_data_gemm_wide``), which takes
+the forward and data-gradient GEMMs of 16 to 31 rows (ResNet's 16-channel layers) instead of TM = 1."""
 TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
@@ -83,8 +87,15 @@ def _tm(rows: int) -> int:
     return max(tm for tm in TMS if tm == 1 or rows >= 16 * tm)
 
 
-def _gemm_grid(rows: int, cols: int, tm: int, z: int) -> tuple[int, int, int]:
-    grid = (ceil_div(cols, TILE_N), ceil_div(rows, 16 * tm), z)
+def _tile(rows: int) -> tuple[str, int, int]:
+    """(kernel suffix, BM, BN) of the forward or data-gradient GEMM tile for a GEMM of ``rows`` rows: conv.cu's
+    wide 16 x WIDE_N tile where 16-row tiles are the largest the rows fill, else 16 TM x TILE_N."""
+    tm = _tm(rows)
+    return ("wide", 16, WIDE_N) if tm == 1 else (f"tm{tm}", 16 * tm, TILE_N)
+
+
+def _gemm_grid(rows: int, cols: int, bm: int, bn: int, z: int) -> tuple[int, int, int]:
+    grid = (ceil_div(cols, bn), ceil_div(rows, bm), z)
     if grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ:
         raise ValueError(f"conv too large for the tiled kernels' grid {grid}: reduce groups or channels")
     return grid
@@ -115,9 +126,9 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     y = xp.empty((n, k, oh, ow), dtype=np.float32)
     head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
     if conv_path(w.shape, groups) == "tiled":
-        tm = _tm(k // groups)
-        grid = _gemm_grid(k // groups, n * oh * ow, tm, groups)
-        launch("conv", f"conv2d_fwd_gemm_tm{tm}", grid, THREADS, *head, *i32(*geom))
+        tile, bm, bn = _tile(k // groups)
+        grid = _gemm_grid(k // groups, n * oh * ow, bm, bn, groups)
+        launch("conv", f"conv2d_fwd_gemm_{tile}", grid, THREADS, *head, *i32(*geom))
     else:
         launch("conv", "conv2d_fwd_direct", blocks(y.size), THREADS, *head, *i32(*geom))
     return y
@@ -146,9 +157,9 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
     groups = geom[-1]
     dx = xp.empty(x_shape, dtype=np.float32)
     if tiled:
-        tm = _tm(c // groups)
-        grid = _gemm_grid(c // groups, n * h * wd, tm, groups)
-        launch("conv", f"conv2d_bwd_data_gemm_tm{tm}", grid, THREADS, dy, w, dx, *i32(*geom))
+        tile, bm, bn = _tile(c // groups)
+        grid = _gemm_grid(c // groups, n * h * wd, bm, bn, groups)
+        launch("conv", f"conv2d_bwd_data_gemm_{tile}", grid, THREADS, dy, w, dx, *i32(*geom))
     else:
         launch("conv", "conv2d_bwd_data_direct", blocks(dx.size), THREADS, dy, w, dx, *i32(*geom))
     return dx
@@ -165,7 +176,7 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     if tiled:
-        grid = _gemm_grid(k // groups, cg * r * s, tm, groups * splits)
+        grid = _gemm_grid(k // groups, cg * r * s, 16 * tm, TILE_N, groups * splits)
         launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
     else:
         launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), THREADS, dy, x, out, np.int32(chunk),

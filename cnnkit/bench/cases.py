@@ -21,10 +21,9 @@ def run_case(model_name: str, batch: int, mode: str, backends: list[str], device
     state = ref.state_dict()
     x, labels = random_batch(tuple(ref.input_shape), batch, num_classes(ref))
     engines = [Engine(b, cnnkit_step(build_model(model_name, b, state), x, labels, mode)) for b in backends]
-    if mode == "train":  # where steps replay as graphs, the eager step too: what the graph saves
-        engines += [Engine(f"{b}-eager", cnnkit_step(build_model(model_name, b, state), x, labels, mode, graph=False),
-                           note="training step issued op by op (no graph)")
-                    for b in backends if get_engine(b).capture is not None]
+    engines += [Engine(f"{b}-eager", cnnkit_step(build_model(model_name, b, state), x, labels, mode, graph=False),
+                       note="issued op by op (no graph)")
+                for b in backends if get_engine(b).capture is not None]  # what the graphs save
     if use_torch:
         engines += torch_engines(ref, x, labels, mode, device, threads, compile_torch)
     time_interleaved(engines, rounds, warmup, min_time)

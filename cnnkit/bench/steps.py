@@ -41,24 +41,25 @@ def random_batch(input_shape: tuple[int, ...], batch: int, num_classes: int,
 def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
                 before_update: Callable[[], None] | None = None, synchronize: bool = True,
                 graph: bool | None = None) -> Step:
-    """One synchronised step of ``model`` on its backend: inference, or forward + loss + backward + SGD
-    (:class:`cnnkit.step.TrainStep`: replayed as a graph where the backend has them, unless ``graph=False``),
-    with ``before_update`` (e.g. a gradient allreduce) between the backward and the SGD update.
+    """One synchronised step of ``model`` on its backend: inference (:class:`cnnkit.step.InferStep`), or forward +
+    loss + backward + SGD (:class:`cnnkit.step.TrainStep`), both replayed as graphs where the backend has them
+    unless ``graph=False``; ``before_update`` (e.g. a gradient allreduce) runs between the backward and the update.
 
     The step ends with the backend's synchronisation, so a GPU step's time is the real time, not the launch time;
     ``synchronize=False`` leaves it out (a GPU step then returns once issued: its host time).
     """
     from cnnkit.optim import SGD
-    from cnnkit.step import TrainStep
+    from cnnkit.step import InferStep, TrainStep
 
     be = model.backend
     sync = be.synchronize if synchronize else (lambda: None)
     xb, yb = be.asarray(x), be.asarray(labels)
     if mode == "infer":
         model.eval()
+        forward = InferStep(model, graph=graph) if graph is not False else model
 
         def infer() -> None:
-            model(xb)
+            forward(xb)
             sync()
         return infer
 

@@ -4,13 +4,13 @@
 //  * direct: one thread per output element (forward), one per input element (backward data), one block
 //    per weight element (backward weight); for narrow layers (LeNet C1, a ResNet stem, depthwise).
 //  * tiled implicit GEMM: within group g the conv is a matrix product whose operands are gathered on the
-//    fly (never materialised) into shared-memory tiles of BM x TILE_K (A) and TILE_K x TILE_N (B):
+//    fly (never materialised) into shared-memory tiles of BM x TILE_K (A) and TILE_K x BN (B):
 //        forward         Y[k, (n,oh,ow)]   = sum over (c,r,s)    W[k, (c,r,s)]    * Xcol[(c,r,s), (n,oh,ow)]
 //        backward data   dX[c, (n,h,w)]    = sum over (k,r,s)    W[k, c, r, s]    * dYcol[(k,r,s), (n,h,w)]
 //        backward weight dW[k, (c,r,s)]    = sum over (n,oh,ow)  dY[k, (n,oh,ow)] * Xcol[(c,r,s), (n,oh,ow)]
-//    256 threads per block in a 16 x 16 grid; thread (tx, ty) owns rows ty + 16 i (i < TM) and columns
-//    tx + 16 j (j < 4) of the BM x 64 output tile, BM = 16 TM with TM 1, 2 or 4 (the launcher picks the
-//    largest whose tile the layer's rows fill, so each gathered B element serves as many rows as it can).
+//    256 threads per block (gemm_tile): 16 TM x 64 output tiles with TM 1, 2 or 4, and for the forward and
+//    data-gradient GEMMs of fewer than 32 rows a wide 16 x 256 tile instead of TM = 1 (the launcher picks the
+//    largest tile the layer's rows fill, so each gathered B element serves as many rows as it can).
 //
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
@@ -110,6 +110,16 @@ extern "C" __global__ void conv2d_bwd_data_direct(const float* __restrict__ dy, 
     const int iw = idx % W, ih = (idx / W) % H, c = (idx / (H * W)) % C, n = idx / (H * W * C);
     const int grp = c / q.Cg, cl = c % q.Cg;
     float acc = 0.0f;
+    if (q.RS == 1) {  // one tap (a 1x1 kernel, e.g. a strided projection): find its output pixel once
+        int oh, ow;
+        if (out_pixel(q, ih + q.pt, iw + q.pl, oh, ow)) {
+            const float* dyk = dy + ((n * K + grp * q.Kg) * OH + oh) * OW + ow;
+            const float* wk = w + grp * q.Kg * q.Cg + cl;
+            for (int kl = 0; kl < q.Kg; ++kl) acc = fmaf(wk[kl * q.Cg], dyk[kl * q.P], acc);
+        }
+        dx[idx] = acc;
+        return;
+    }
     for (int kl = 0; kl < q.Kg; ++kl) {
         const int k = grp * q.Kg + kl;
         const float* wkc = w + (k * q.Cg + cl) * q.RS;
@@ -143,29 +153,33 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 }
 
 // ------------------------------------------------------------------------------------------------ tiled
-// One BM x TILE_N output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + TILE_N) and reduction
-// [k_begin, k_end). The gathers' index arithmetic (divisions by runtime sizes) is done once, not per element:
-// Op::col(col) once per thread for the one B column it loads (GEMM_THREADS is a multiple of TILE_N), and
-// Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block reads. Op supplies
-// a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) -> bool and, in a
-// k-step whose A tile holds a non-finite value, a product whose b is false is skipped rather than added as a * 0
-// (with finite A, adding a * 0 leaves the sum's value as it is).
-template <int TM, class Op>
+// One BM x BN output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + BN) and reduction
+// [k_begin, k_end). The block's 256 threads form a TY x (256 / TY) grid; thread (tx, ty) owns rows ty + TY i
+// (i < RPT) and columns tx + TX j (j < 4), so BM = TY RPT and BN = 4 TX: TY = 16 gives the 16 RPT x 64 tiles,
+// TY = 4 with RPT = 4 the "wide" 16 x 256 tile, whose 4 x 4 outputs per thread read half as much shared memory
+// per FMA as the 1 x 4 of a 16 x 64 tile. The gathers' index arithmetic (divisions by runtime sizes) is done
+// once, not per element: Op::col(col) once per thread for the one B column it loads (256 is a multiple of BN
+// or BN of 256), and Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block
+// reads. Op supplies a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) ->
+// bool and, in a k-step whose A tile holds a non-finite value, a product whose b is false is skipped rather
+// than added as a * 0 (with finite A, adding a * 0 leaves the sum's value as it is).
+template <int TY, int RPT, class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
                                           int n0) {
     using Tap = typename Op::Tap;
-    constexpr int BM = 16 * TM;
+    constexpr int TX = GEMM_THREADS / TY, BM = TY * RPT, BN = 4 * TX;
+    static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B columns must map onto the threads");
     __shared__ float As[TILE_K][BM + 1];  // +1: the column-wise stores below hit distinct banks
-    __shared__ float Bs[TILE_K][TILE_N];
-    __shared__ bool Bm[Op::kMasked ? TILE_K : 1][TILE_N];  // the B element exists (masked ops only)
+    __shared__ float Bs[TILE_K][BN];
+    __shared__ bool Bm[Op::kMasked ? TILE_K : 1][BN];  // the B element exists (masked ops only)
     __shared__ Tap taps[TILE_K];
     __shared__ int nonfinite_a;  // masked ops: non-finite A values in this k-step's tile
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int bcol = tid % TILE_N;
+    const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+    const int bcol = tid % BN;
     const bool bcol_inside = n0 + bcol < Ncol;
     const typename Op::Col col = op.col(bcol_inside ? n0 + bcol : 0);
-    float acc[TM][4];
-    for (int i = 0; i < TM; ++i)
+    float acc[RPT][4];
+    for (int i = 0; i < RPT; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
@@ -173,15 +187,15 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
         if constexpr (Op::kMasked)
             if (tid == 0) nonfinite_a = 0;
         __syncthreads();
-        for (int l = 0; l < TM; ++l) {  // BM * TILE_K = 256 TM elements of A
+        for (int l = 0; l < (BM * TILE_K) / GEMM_THREADS; ++l) {
             const int e = tid + GEMM_THREADS * l, kk = e % TILE_K, m = e / TILE_K;
             const float a = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, taps[kk]) : 0.0f;
             As[kk][m] = a;
             if constexpr (Op::kMasked)
                 if (!isfinite(a)) atomicAdd(&nonfinite_a, 1);
         }
-        for (int l = 0; l < (TILE_K * TILE_N) / GEMM_THREADS; ++l) {  // 1024 elements of B, column bcol
-            const int kk = (tid + GEMM_THREADS * l) / TILE_N;
+        for (int l = 0; l < (TILE_K * BN) / GEMM_THREADS; ++l) {  // column bcol of B
+            const int kk = (tid + GEMM_THREADS * l) / BN;
             const bool inside = bcol_inside && k0 + kk < k_end;
             if constexpr (Op::kMasked) {
                 float v = 0.0f;
@@ -192,31 +206,29 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
             }
         }
         __syncthreads();
-        // With every A value finite, a missing B element (stored as 0) adds a * 0 = 0 and changes nothing, so
-        // only a tile with a non-finite A value needs the mask.
         bool masked = false;
         if constexpr (Op::kMasked) masked = nonfinite_a != 0;
         if (masked) {
             if constexpr (Op::kMasked)
                 for (int kk = 0; kk < TILE_K; ++kk)
-                    for (int i = 0; i < TM; ++i)
+                    for (int i = 0; i < RPT; ++i)
                         for (int j = 0; j < 4; ++j)
-                            if (Bm[kk][tx + 16 * j])
-                                acc[i][j] = fmaf(As[kk][ty + 16 * i], Bs[kk][tx + 16 * j], acc[i][j]);
+                            if (Bm[kk][tx + TX * j])
+                                acc[i][j] = fmaf(As[kk][ty + TY * i], Bs[kk][tx + TX * j], acc[i][j]);
         } else {
             for (int kk = 0; kk < TILE_K; ++kk) {
-                float a[TM], b[4];
-                for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 16 * i];
-                for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
-                for (int i = 0; i < TM; ++i)
+                float a[RPT], b[4];
+                for (int i = 0; i < RPT; ++i) a[i] = As[kk][ty + TY * i];
+                for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + TX * j];
+                for (int i = 0; i < RPT; ++i)
                     for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
             }
         }
         __syncthreads();
     }
-    for (int i = 0; i < TM; ++i)
+    for (int i = 0; i < RPT; ++i)
         for (int j = 0; j < 4; ++j) {
-            const int m = m0 + ty + 16 * i, c = n0 + tx + 16 * j;
+            const int m = m0 + ty + TY * i, c = n0 + tx + TX * j;
             if (m < M && c < Ncol) op.store(m, c, acc[i][j]);
         }
 }
@@ -328,17 +340,18 @@ struct WeightOp {
 };
 
 // Grid: x over column tiles, y over row tiles, z over groups (times splits for the weight gradient).
-template <int TM>
+template <int TY, int RPT>
 __device__ __forceinline__ void conv_fwd_gemm(const float* x, const float* w, const float* bias, int has_bias,
                                               int act, float slope, float* y, const ConvGeom& q) {
     const FwdOp op{q, x, w, bias, has_bias, act, slope, y, (int)blockIdx.z};
-    gemm_tile<TM>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+    gemm_tile<TY, RPT>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * TY * RPT, blockIdx.x * 4 * (256 / TY));
 }
 
-template <int TM>
+template <int TY, int RPT>
 __device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, float* dx, const ConvGeom& q) {
     const DataOp op{q, dy, w, dx, (int)blockIdx.z};
-    gemm_tile<TM>(op, q.Cg, q.N * q.H * q.W, 0, q.Kg * q.RS, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+    gemm_tile<TY, RPT>(op, q.Cg, q.N * q.H * q.W, 0, q.Kg * q.RS, blockIdx.y * TY * RPT,
+                       blockIdx.x * 4 * (256 / TY));
 }
 
 template <int TM>
@@ -347,45 +360,47 @@ __device__ __forceinline__ void conv_weight_gemm(const float* dy, const float* x
     const int g = blockIdx.z % q.groups, split = blockIdx.z / q.groups;
     const int k_begin = split * chunk, k_end = min(q.N * q.P, k_begin + chunk);
     const WeightOp op{q, dy, x, out, g, split};
-    gemm_tile<TM>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+    gemm_tile<16, TM>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
 }
 
-// The tiled kernels, one per TM (extern "C" functions cannot be templates, and the simulator's build and the
-// compile test read each kernel's name from its definition, so no macro writes them).
+// The tiled kernels: forward and data gradient in the wide 16 x 256 tile (at most 16 rows) and 16 TM x 64
+// tiles (TM = 2, 4); the weight gradient, whose columns (Cg R S) are few, in 16 TM x 64 tiles (TM = 1, 2, 4).
+// extern "C" functions cannot be templates, and the simulator's build and the compile test read each kernel's
+// name from its definition, so no macro writes them.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-conv2d_fwd_gemm_tm1(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<1>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+conv2d_fwd_gemm_wide(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                     int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
+    conv_fwd_gemm<4, 4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_tm2(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<2>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+    conv_fwd_gemm<16, 2>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_tm4(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+    conv_fwd_gemm<16, 4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-conv2d_bwd_data_gemm_tm1(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                         CONV_PARAMS) {
-    conv_data_gemm<1>(dy, w, dx, CONV_GEOM);
+conv2d_bwd_data_gemm_wide(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                          CONV_PARAMS) {
+    conv_data_gemm<4, 4>(dy, w, dx, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                          CONV_PARAMS) {
-    conv_data_gemm<2>(dy, w, dx, CONV_GEOM);
+    conv_data_gemm<16, 2>(dy, w, dx, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                          CONV_PARAMS) {
-    conv_data_gemm<4>(dy, w, dx, CONV_GEOM);
+    conv_data_gemm<16, 4>(dy, w, dx, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
