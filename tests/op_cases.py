@@ -260,7 +260,7 @@ _CUDA_CONV = [
     _conv("direct-groups2-batch1", (1, 4, 8, 7), (6, 2, 3, 3), padding=(2, 2, 1, 1), dilation=(2, 1), groups=2),
     _conv("direct-1x1-s2-odd", (1, 5, 7, 9), (8, 5, 1, 1), stride=2),
     _conv("direct-1x1-groups2-pad1-s2", (2, 4, 5, 6), (6, 2, 1, 1), stride=2, padding=1, groups=2),
-    _conv("direct-split-k-weight", (1, 1, 31, 30), (4, 1, 3, 3), padding=1),  # 930 products: 3 chunks
+    _conv("direct-split-k-weight", (1, 1, 67, 65), (1, 1, 3, 3), padding=1),  # 4355 products: 2 chunks
     _conv("tiled-tm1-resnet-3x3", (2, 16, 8, 8), (16, 16, 3, 3), padding=1),
     _conv("tiled-tm2-s2-downsample", (2, 16, 9, 9), (32, 16, 3, 3), stride=2, padding=1),
     _conv("tiled-fwd-tm4-dgrad-tm1", (1, 8, 6, 6), (64, 8, 3, 3), padding=(0, 1, 2, 0)),

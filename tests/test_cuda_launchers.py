@@ -43,7 +43,11 @@ def test_conv_grid_covers_both_paths_and_tiles():
         n, _, oh, ow = c.y_shape
         kg, crs = c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3]
         tiles = -(-crs // cuda_conv.TILE_N) * -(-kg // (16 * cuda_conv._tm(kg))) * c.groups
-        splits[_tiled(c)].append(cuda_conv.weight_splits(n * oh * ow, tiles if _tiled(c) else kg * c.groups * crs)[0])
+        if _tiled(c):
+            splits[True].append(cuda_conv.weight_splits(n * oh * ow, tiles)[0])
+        else:
+            splits[False].append(cuda_conv.weight_splits(n * oh * ow, kg * c.groups * crs,
+                                                          cuda_conv.MIN_DIRECT_SPLIT_ITEMS)[0])
     for on_path in splits.values():
         assert max(on_path) > 1 and min(on_path) == 1
 

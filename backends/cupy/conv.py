@@ -19,6 +19,7 @@ from ._module import (
     f32,
     i32,
     launch,
+    reduction_threads,
     splits_for,
 )
 from .activation import add_forward
@@ -39,18 +40,21 @@ TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
 MIN_SPLIT_ITEMS = 256
+"""The tiled weight gradient's shortest reduction chunk ..."""
+MIN_DIRECT_SPLIT_ITEMS = 8 * THREADS
+"""... and the direct one's: every thread of a chunk's block sums at least 8 products."""
 MAX_SPLITS = 256
 MAX_GRID_YZ = 65535
 
 
 def conv_path(w_shape: tuple[int, ...], groups: int) -> str:
-    """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM fills a
-    16-row tile and reduces over at least two 16-deep slices, i.e. ``out_channels / groups >= 16`` and
-    ``(in_channels / groups) * R * S >= 32`` (ResNet's 3x3 stages, LeNet-5's C3 and C5); otherwise
-    ``"direct"`` (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly
-    empty)."""
+    """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM reduces over
+    at least two 16-deep slices, ``(in_channels / groups) * R * S >= 32``, and either fills a 16-row tile,
+    ``out_channels / groups >= 16`` (ResNet's 3x3 stages, LeNet-5's C3 and C5), or has a 1x1 kernel (a linear
+    layer's few outputs: the direct weight gradient would run a block per weight); otherwise ``"direct"``
+    (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly empty)."""
     k, cg, r, s = w_shape
-    return "tiled" if k // groups >= 16 and cg * r * s >= 32 else "direct"
+    return "tiled" if cg * r * s >= 32 and (k // groups >= 16 or r * s == 1) else "direct"
 
 
 UNIT, NO_PADS = (1, 1), (0, 0, 0, 0)
@@ -101,11 +105,11 @@ def _gemm_grid(rows: int, cols: int, bm: int, bn: int, z: int) -> tuple[int, int
     return grid
 
 
-def weight_splits(reduction: int, tiles: int) -> tuple[int, int]:
+def weight_splits(reduction: int, tiles: int, min_items: int = MIN_SPLIT_ITEMS) -> tuple[int, int]:
     """(splits, chunk) of the weight gradient's (n, oh, ow) reduction over ``tiles`` blocks (tiled: output tiles;
     direct: weight elements): enough splits to run about TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk at
-    least MIN_SPLIT_ITEMS long and a multiple of TILE_K."""
-    want = max(1, min(MAX_SPLITS, TARGET_BLOCKS // tiles, reduction // MIN_SPLIT_ITEMS))
+    least ``min_items`` long and a multiple of TILE_K."""
+    want = max(1, min(MAX_SPLITS, TARGET_BLOCKS // tiles, reduction // min_items))
     return splits_for(reduction, want, TILE_K)
 
 
@@ -172,15 +176,15 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
     tm = _tm(k // groups)
     tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups if tiled else dw.size
-    splits, chunk = weight_splits(n * oh * ow, tiles)
+    splits, chunk = weight_splits(n * oh * ow, tiles, MIN_SPLIT_ITEMS if tiled else MIN_DIRECT_SPLIT_ITEMS)
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     if tiled:
         grid = _gemm_grid(k // groups, cg * r * s, 16 * tm, TILE_N, groups * splits)
         launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
     else:
-        launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), THREADS, dy, x, out, np.int32(chunk),
-               *i32(*geom))
+        launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), reduction_threads(chunk), dy, x, out,
+               np.int32(chunk), *i32(*geom))  # a short reduction (a linear layer's batch) gets a small block
     if splits > 1:
         launch("conv", "sum_splits", blocks(dw.size), THREADS, out, *i32(splits, dw.size), dw)
     return dw

@@ -8,7 +8,19 @@ import numpy as np
 
 from cnnkit.backends import LEAKY_SLOPE, implements
 
-from ._module import ACT_CODES, THREADS, array_module, as_f32, blocks, ceil_div, f32, i32, launch, splits_for
+from ._module import (
+    ACT_CODES,
+    THREADS,
+    array_module,
+    as_f32,
+    blocks,
+    ceil_div,
+    f32,
+    i32,
+    launch,
+    reduction_threads,
+    splits_for,
+)
 
 PARTIAL_SUM, PARTIAL_SQDEV = 0, 1
 """channel_partials modes (norm.cu)."""
@@ -25,7 +37,7 @@ def _partials(a: Any, mode: int, center: Any = None) -> tuple[Any, int]:
     n, c, h, w = a.shape
     splits, chunk = _splits(n * h * w)
     partial = xp.empty((c, splits), dtype=np.float32)
-    launch("norm", "channel_partials", (c, splits), THREADS, a, a if center is None else center,
+    launch("norm", "channel_partials", (c, splits), reduction_threads(chunk), a, a if center is None else center,
            *i32(mode, n, c, h * w, chunk), partial)
     return partial, splits
 
@@ -99,7 +111,8 @@ def batch_norm_backward(dy: Any, saved: tuple, weight: Any) -> tuple[Any, Any, A
     count = n * h * w
     splits, chunk = _splits(count)
     partial = xp.empty((2 * c, splits), dtype=np.float32)
-    launch("norm", "bn_backward_partials", (c, splits), THREADS, dy, y, x, mean, invstd, np.int32(act),
+    launch("norm", "bn_backward_partials", (c, splits), reduction_threads(chunk), dy, y, x, mean, invstd,
+           np.int32(act),
            f32(LEAKY_SLOPE), *i32(n, c, h * w, chunk), partial)
     sums = _finalize(partial, splits, 1.0)
     dbeta, dgamma = sums[:c], sums[c:]

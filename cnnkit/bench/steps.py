@@ -56,7 +56,8 @@ def cnnkit_step(model: Any, x: np.ndarray, labels: np.ndarray, mode: str,
     xb, yb = be.asarray(x), be.asarray(labels)
     if mode == "infer":
         model.eval()
-        forward = InferStep(model, graph=graph) if graph is not False else model
+        replayed = graph if graph is not None else be.capture is not None
+        forward = InferStep(model, graph=True) if replayed else model
 
         def infer() -> None:
             forward(xb)

@@ -20,8 +20,9 @@
 //    pixel (out of range, or between strided output pixels) add nothing, so a non-finite weight reaches only
 //    the dx cells it touches (as col2im). Then bias is added, then the activation.
 //  * backward weight, direct: the flat (n, oh, ow) range is cut into `splits` consecutive chunks; in each,
-//    thread t of a 256-thread block sums the indices t, t + 256, t + 512, ... of the chunk in order, the block
-//    tree of common.cuh combines the 256 partials, and sum_splits adds the chunk sums in ascending order.
+//    thread t of a block of T threads (a power of two from 32 to 256, by the chunk's length) sums the indices
+//    t, t + T, t + 2T, ... of the chunk in order, the block tree of common.cuh combines the T partials, and
+//    sum_splits adds the chunk sums in ascending order.
 //  * backward weight, tiled: the (n, oh, ow) range is cut into `splits` consecutive chunks (a multiple of
 //    TILE_K each); each chunk is a running sum in ascending order; sum_splits adds the chunk sums in
 //    ascending chunk order.
@@ -132,7 +133,7 @@ extern "C" __global__ void conv2d_bwd_data_direct(const float* __restrict__ dy, 
     dx[idx] = acc;
 }
 
-// dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * Xcol; one 256-thread block per weight element (blockIdx.x)
+// dw[k, c, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * Xcol; one block per weight element (blockIdx.x)
 // and chunk (blockIdx.y) of `chunk` flat (n, oh, ow) indices, whose sum goes to out[chunk index][weight element].
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
 conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,

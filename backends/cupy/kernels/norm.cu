@@ -1,8 +1,9 @@
 // Batch normalisation (per channel of NCHW), float32.
 //
-// Per-channel reductions run in two stages. channel_partials: block (c, split) sums the elements of channel
-// c whose flat (n, hw) index lies in [split * chunk, (split + 1) * chunk): thread t takes the indices
-// split * chunk + t, + 256, + 512, ... as a running float32 sum, then the block tree of common.cuh.
+// Per-channel reductions run in two stages. channel_partials: block (c, split) of T threads (a power of two
+// from 32 to 256, by the chunk's length) sums the elements of channel c whose flat (n, hw) index lies in
+// [split * chunk, (split + 1) * chunk): thread t takes the indices split * chunk + t, + T, + 2T, ... as a running
+// float32 sum, then the block tree of common.cuh.
 // channel_finalize / bn_stats then add the splits' partial sums in ascending split order. The backward's two
 // sums (dbeta, dgamma) share one pass, bn_backward_partials, which also applies the forward's fused activation.
 // The variance is two-pass (sum of squared deviations from the already reduced mean).
