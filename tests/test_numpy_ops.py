@@ -240,6 +240,10 @@ def _every_op(x: np.ndarray):
     yield "softmax_backward", [OP.softmax_backward(z, ys)]
     yield "log_softmax_forward", [yls]
     yield "log_softmax_backward", [OP.log_softmax_backward(z, yls)]
+    w2 = np.ones((4, z.shape[1]), dt)
+    yl2 = OP.linear_forward(z, w2, np.ones(4, dt))
+    yield "linear_forward", [yl2]
+    yield "linear_backward", OP.linear_backward(yl2, z, w2)
     yield "dropout_mask", [OP.dropout_mask(x.shape, 0.5, 0, dt)]
     c = x.shape[1]
     ybn, saved = OP.batch_norm_forward(x, np.ones(c, dt), np.zeros(c, dt), np.zeros(c, dt), np.ones(c, dt),

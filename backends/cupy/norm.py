@@ -112,8 +112,7 @@ def batch_norm_backward(dy: Any, saved: tuple, weight: Any) -> tuple[Any, Any, A
     splits, chunk = _splits(count)
     partial = xp.empty((2 * c, splits), dtype=np.float32)
     launch("norm", "bn_backward_partials", (c, splits), reduction_threads(chunk), dy, y, x, mean, invstd,
-           np.int32(act),
-           f32(LEAKY_SLOPE), *i32(n, c, h * w, chunk), partial)
+           np.int32(act), f32(LEAKY_SLOPE), *i32(n, c, h * w, chunk), partial)
     sums = _finalize(partial, splits, 1.0)
     dbeta, dgamma = sums[:c], sums[c:]
     dx = xp.empty_like(dy)
