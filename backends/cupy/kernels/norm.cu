@@ -12,6 +12,24 @@
 #define PARTIAL_SUM 0         // sum a
 #define PARTIAL_SQDEV 1       // sum (a - center[c])^2
 
+// f(off) for the elements of channel c whose flat (n, hw) index lies in this block's chunk [begin, end), off
+// being the element's NCHW offset: thread t takes begin + t, + blockDim.x, + 2 blockDim.x, ... in order, the
+// flat index stepped as step_n * HW + step_hw without a division per element.
+template <class F>
+__device__ __forceinline__ void for_chunk(int C, int HW, int c, int begin, int end, F f) {
+    const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
+    int n = (begin + threadIdx.x) / HW, hw = (begin + threadIdx.x) % HW;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        f((n * C + c) * HW + hw);
+        n += step_n;
+        hw += step_hw;
+        if (hw >= HW) {
+            hw -= HW;
+            ++n;
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
 channel_partials(const float* __restrict__ a, const float* __restrict__ center, int mode, int N, int C, int HW,
                  int chunk, float* __restrict__ partial) {
@@ -20,20 +38,10 @@ channel_partials(const float* __restrict__ a, const float* __restrict__ center, 
     const int begin = split * chunk, end = min(N * HW, begin + chunk);
     const float mu = mode == PARTIAL_SUM ? 0.0f : center[c];
     float acc = 0.0f;
-    // flat index i = n * HW + hw, stepped by blockDim.x = step_n * HW + step_hw without dividing per element
-    const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
-    int n = (begin + threadIdx.x) / HW, hw = (begin + threadIdx.x) % HW;
-    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const int off = (n * C + c) * HW + hw;
+    for_chunk(C, HW, c, begin, end, [&](int off) {
         const float d = a[off] - mu;
         acc += mode == PARTIAL_SUM ? a[off] : d * d;
-        n += step_n;
-        hw += step_hw;
-        if (hw >= HW) {
-            hw -= HW;
-            ++n;
-        }
-    }
+    });
     const float total = block_sum(acc, sh);
     if (threadIdx.x == 0) partial[c * splits + split] = total;
 }
@@ -51,20 +59,11 @@ bn_backward_partials(const float* __restrict__ dy, const float* __restrict__ y, 
     const int begin = split * chunk, end = min(N * HW, begin + chunk);
     const float mu = mean[c], sc = invstd[c];
     float sum_g = 0.0f, sum_g_xhat = 0.0f;
-    const int step_n = blockDim.x / HW, step_hw = blockDim.x % HW;
-    int n = (begin + threadIdx.x) / HW, hw = (begin + threadIdx.x) % HW;
-    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const int off = (n * C + c) * HW + hw;
+    for_chunk(C, HW, c, begin, end, [&](int off) {
         const float g = activate_grad(act, dy[off], y[off], slope);
         sum_g += g;
         sum_g_xhat += g * ((x[off] - mu) * sc);
-        n += step_n;
-        hw += step_hw;
-        if (hw >= HW) {
-            hw -= HW;
-            ++n;
-        }
-    }
+    });
     const float total_g = block_sum(sum_g, sh);
     const float total_g_xhat = block_sum(sum_g_xhat, sh);
     if (threadIdx.x == 0) {
