@@ -56,7 +56,7 @@ def unavailable_reason() -> str | None:
 
 
 def _ops() -> SimpleNamespace:
-    from . import activation, conv, dropout, linear, loss, norm, pool  # noqa: F401  (their @implements register the ops)
+    from . import activation, conv, dropout, linear, loss, norm, pool  # noqa: F401  (@implements registers the ops)
 
     return collect_ops(NAME)
 

@@ -345,14 +345,15 @@ template <int TY, int RPT>
 __device__ __forceinline__ void conv_fwd_gemm(const float* x, const float* w, const float* bias, int has_bias,
                                               int act, float slope, float* y, const ConvGeom& q) {
     const FwdOp op{q, x, w, bias, has_bias, act, slope, y, (int)blockIdx.z};
-    gemm_tile<TY, RPT>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * TY * RPT, blockIdx.x * 4 * (256 / TY));
+    gemm_tile<TY, RPT>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * TY * RPT,
+                       blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
 template <int TY, int RPT>
 __device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, float* dx, const ConvGeom& q) {
     const DataOp op{q, dy, w, dx, (int)blockIdx.z};
     gemm_tile<TY, RPT>(op, q.Cg, q.N * q.H * q.W, 0, q.Kg * q.RS, blockIdx.y * TY * RPT,
-                       blockIdx.x * 4 * (256 / TY));
+                       blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
 template <int TM>
