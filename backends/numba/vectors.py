@@ -89,6 +89,27 @@ def vector_type(context, dtype):
     return itemsize, lanes, ir.VectorType(context.get_value_type(dtype), lanes)
 
 
+def _run_arrays(context, builder, signature, args):
+    """The dst and src arrays of a run intrinsic (its arguments 0 and 2)."""
+    return (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2))
+
+
+def _vector_loop(builder, count, lanes: int, name: str, body) -> None:
+    """``body(j)`` for j = 0, lanes, 2 lanes, ... while j < count, as an IR loop (no iteration when count <= 0);
+    body emits straight-line code into the loop block."""
+    entry = builder.block
+    loop, done = builder.append_basic_block(f"{name}_loop"), builder.append_basic_block(f"{name}_done")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    j = builder.phi(I64)
+    body(j)
+    j_next = builder.add(j, ir.Constant(I64, lanes))
+    j.add_incoming(ir.Constant(I64, 0), entry)
+    j.add_incoming(j_next, loop)
+    builder.cbranch(builder.icmp_signed("<", j_next, count), loop, done)
+    builder.position_at_end(done)
+
+
 
 # ----------------------------------------------------------------------------------------------- float32 tanh
 TANH_CAP = 20.0                                 # 2|x| is capped here: tanh(10) is 1 to 4e-9
@@ -142,8 +163,7 @@ def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in
     def codegen(context, builder, signature, args):
         if not vectorised:
             return ir.Constant(I64, 0)
-        dst_, src_ = make_array(signature.args[0])(context, builder, args[0]), \
-            make_array(signature.args[2])(context, builder, args[2])
+        dst_, src_ = _run_arrays(context, builder, signature, args)
         d0_, s0_, count_ = args[1], args[3], args[4]
         vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
         bias_, a_, s_ = (splat(builder, vec, v) for v in args[5:8])
@@ -226,8 +246,7 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
-                                                                      (signature.args[2], args[2])))
+        dst_, src_ = _run_arrays(context, builder, signature, args)
         d0_, s0_, width_, count_ = args[1], args[3], args[4], args[5]
         itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         ivec = ir.VectorType(I64, lanes)
@@ -235,34 +254,27 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
         odds = ir.Constant(ir.VectorType(I32, lanes), list(range(1, 2 * lanes, 2)))
         quarter = ir.Constant(vec, [0.25] * lanes)
         step = ir.Constant(I64, lanes)
-        entry = builder.block
-        loop, done = builder.append_basic_block("pool_loop"), builder.append_basic_block("pool_done")
-        builder.cbranch(builder.icmp_signed(">", count_, ir.Constant(I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        j = builder.phi(I64)
-        rest = builder.sub(count_, j)  # outputs left: a full vector when >= lanes, else masked
-        inputs = builder.mul(rest, ir.Constant(I64, 2))
         index = ir.Constant(ivec, list(range(lanes)))
-        low = builder.icmp_signed("<", index, splat(builder, ivec, inputs))
-        high = builder.icmp_signed("<", index, splat(builder, ivec, builder.sub(inputs, step)))
-        out_mask = builder.icmp_signed("<", index, splat(builder, ivec, rest))
 
-        def row_sum(start):  # (even + odd) lanes of 2 * lanes inputs from start
+        def row_sum(start, low, high):  # (even + odd) lanes of 2 * lanes inputs from start
             first = masked_load(builder, builder.gep(src_.data, [start]), vec, low)
             second = masked_load(builder, builder.gep(src_.data, [builder.add(start, step)]), vec, high)
             return (builder.shuffle_vector(first, second, evens), builder.shuffle_vector(first, second, odds))
 
-        a0 = builder.add(s0_, builder.mul(j, ir.Constant(I64, 2)))
-        ea, oa = row_sum(a0)
-        eb, ob = row_sum(builder.add(a0, width_))
-        total = builder.fadd(builder.fadd(builder.fadd(ea, oa), eb), ob)
-        masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
-                     out_mask)
-        j_next = builder.add(j, step)
-        j.add_incoming(ir.Constant(I64, 0), entry)
-        j.add_incoming(j_next, loop)
-        builder.cbranch(builder.icmp_signed("<", j_next, count_), loop, done)
-        builder.position_at_end(done)
+        def pool_step(j):
+            rest = builder.sub(count_, j)  # outputs left: a full vector when >= lanes, else masked
+            inputs = builder.mul(rest, ir.Constant(I64, 2))
+            low = builder.icmp_signed("<", index, splat(builder, ivec, inputs))
+            high = builder.icmp_signed("<", index, splat(builder, ivec, builder.sub(inputs, step)))
+            out_mask = builder.icmp_signed("<", index, splat(builder, ivec, rest))
+            a0 = builder.add(s0_, builder.mul(j, ir.Constant(I64, 2)))
+            ea, oa = row_sum(a0, low, high)
+            eb, ob = row_sum(builder.add(a0, width_), low, high)
+            total = builder.fadd(builder.fadd(builder.fadd(ea, oa), eb), ob)
+            masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
+                         out_mask)
+
+        _vector_loop(builder, count_, lanes, "pool", pool_step)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -278,26 +290,19 @@ def copy_padded(typingctx, dst, d0, src, s0, count, total):
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        dst_, src_ = (make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
-                                                                      (signature.args[2], args[2])))
+        dst_, src_ = _run_arrays(context, builder, signature, args)
         d0_, s0_, count_, total_ = args[1], args[3], args[4], args[5]
         itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
         ivec = ir.VectorType(I64, lanes)
         index = ir.Constant(ivec, list(range(lanes)))
-        entry = builder.block
-        loop, done = builder.append_basic_block("pad_loop"), builder.append_basic_block("pad_done")
-        builder.cbranch(builder.icmp_signed(">", total_, ir.Constant(I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        j = builder.phi(I64)
-        lane_at = builder.add(index, splat(builder, ivec, j))
-        read = builder.icmp_signed("<", lane_at, splat(builder, ivec, count_))
-        write = builder.icmp_signed("<", lane_at, splat(builder, ivec, total_))
-        value = masked_load(builder, builder.gep(src_.data, [builder.add(s0_, j)]), vec, read)
-        masked_store(builder, value, builder.gep(dst_.data, [builder.add(d0_, j)]), write)
-        j_next = builder.add(j, ir.Constant(I64, lanes))
-        j.add_incoming(ir.Constant(I64, 0), entry)
-        j.add_incoming(j_next, loop)
-        builder.cbranch(builder.icmp_signed("<", j_next, total_), loop, done)
-        builder.position_at_end(done)
+
+        def copy_step(j):
+            lane_at = builder.add(index, splat(builder, ivec, j))
+            read = builder.icmp_signed("<", lane_at, splat(builder, ivec, count_))
+            write = builder.icmp_signed("<", lane_at, splat(builder, ivec, total_))
+            value = masked_load(builder, builder.gep(src_.data, [builder.add(s0_, j)]), vec, read)
+            masked_store(builder, value, builder.gep(dst_.data, [builder.add(d0_, j)]), write)
+
+        _vector_loop(builder, total_, lanes, "pad", copy_step)
         return context.get_dummy_value()
     return sig, codegen
