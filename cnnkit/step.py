@@ -48,6 +48,7 @@ class _Replayed:
         self._capture = capture if graph is not False and recordable else None
         self._layers = [layer for _, layer in model.modules()]
         self._params = model.parameters()
+        self._buffer_slots = [(layer, name) for layer in self._layers for name in layer._buffers]
         self._graphs: dict[tuple, _Recording] = {}
         self._warm: tuple | None = None
         self.recordings = 0
@@ -80,7 +81,7 @@ class _Replayed:
         if any(not layer.replayable for layer in self._layers):
             return None
         hyper, arrays = self.optimizer.graph_state() if self.optimizer is not None else ((), [])
-        buffers = tuple(value for _, value in self.model.named_buffers())
+        buffers = (getattr(layer, name) for layer, name in self._buffer_slots)
         held = (*(p.data for p in self._params), *buffers, *arrays)
         return (tuple((tuple(a.shape), str(a.dtype)) for a in inputs), hyper,
                 tuple((layer.training, layer.trainable) for layer in self._layers),

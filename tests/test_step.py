@@ -117,6 +117,22 @@ def test_a_changed_set_up_runs_eagerly_once_then_records_again(change):
     assert step.recordings == 2
 
 
+def test_a_replaced_buffer_array_records_again():
+    graphs = FakeGraphs()
+    nn.init.manual_seed(0)
+    norm = nn.BatchNorm2d(2)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), norm, nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 10)).to("numpy")
+    step = _graphed(model, graphs)
+    x, y = _batch(4, 0, shape=(1, 8, 8))
+    for _ in range(3):
+        step(x, y)
+    assert (graphs.recorded, graphs.replayed) == (1, 2)
+    norm.running_mean = norm.running_mean.copy()
+    step(x, y)
+    step(x, y)
+    assert (graphs.recorded, graphs.replayed) == (2, 3)
+
+
 def test_recordings_of_earlier_set_ups_are_kept_up_to_a_limit():
     graphs = FakeGraphs()
     step = _graphed(_lenet(), graphs)
