@@ -12,15 +12,15 @@ in ``conv/``).
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
 included (they are Numba code, not BLAS: see conv/plan.py), and results do not depend on the thread count.
-The Linear layers' NumPy matmuls still use OpenBLAS, whose worker threads spin for a long while after each call
-and take the cores from Numba's pool (every parallel region then waits for a descheduled thread). So
-:func:`create` limits BLAS to one thread for the process with ``threadpoolctl`` (a dependency of the
-``numba`` extra) unless ``OPENBLAS_NUM_THREADS`` is set, which is then obeyed; the NumPy backend loses nothing
-by it (its matrices are too small for a second BLAS thread to pay). Threading layer: numba's default here is
-OpenMP, whose workers spin briefly between regions, which suits the many short regions of a training step
-better than ``workqueue`` or ``OMP_WAIT_POLICY=passive``. Calling the backend from several Python threads
-at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts on concurrent use). The
-measurements behind these choices are in bench/NOTES.md.
+The Linear layers' NumPy matmuls (and the dense-geometry conv's, LeNet-5's C5) still use OpenBLAS, whose
+worker threads spin for a long while after each call and take the cores from Numba's pool (every parallel
+region then waits for a descheduled thread). So :func:`create` limits BLAS to one thread for the process with
+``threadpoolctl`` (a dependency of the ``numba`` extra) unless ``OPENBLAS_NUM_THREADS`` is set, which is then
+obeyed; the NumPy backend loses nothing by it (its matrices are too small for a second BLAS thread to pay).
+Threading layer: numba's default here is OpenMP, whose workers spin briefly between regions, which suits the
+many short regions of a training step better than ``workqueue`` or ``OMP_WAIT_POLICY=passive``. Calling the
+backend from several Python threads at once needs a thread-safe layer (``omp`` or ``tbb``; ``workqueue`` aborts
+on concurrent use). The measurements behind these choices are in bench/NOTES.md.
 
 Memory: every op allocates its outputs and scratch arrays afresh, hundreds of KiB to MiB each. glibc's malloc
 serves those with fresh ``mmap`` pages and returns the freed heap top to the system, so each step page-faults

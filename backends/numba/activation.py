@@ -222,6 +222,11 @@ def _backward(dy, y, dx, kind, slope):
         grad_run(dx, dy, y, blk * _BLOCK, min(_BLOCK, y.size - blk * _BLOCK), kind, slope)
 
 
+def activate(a: np.ndarray, kind: int, slope: float) -> None:
+    """a = kind(a) in place, for a 1-D C-contiguous array (each element is read before it is written)."""
+    _forward(a, a, kind, float(slope), a.dtype.type(0))
+
+
 @implements("numba")
 def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
     """y = kind(x) for relu, leaky_relu, sigmoid, tanh or scaled_tanh (A * tanh(S * x))."""

@@ -5,15 +5,15 @@ Tiles of output pixels, flat over (n, oh, ow), are packed as columns (c, r, s) t
 and multiplied by the group's weight rows. Tasks: forward over (pixel tile, group); input gradient over (block
 of whole images, group), so col2im scatters within its own images (race-free); weight gradient over (batch
 chunk, group), one partial per chunk, summed afterwards. When the one output pixel sees the whole unpadded
-input (LeNet-5's C5), x is its own im2col matrix and each pass is a plain matmul (:func:`dense_geometry`).
+input (LeNet-5's C5), x is its own im2col matrix and each pass is a plain matmul (:func:`dense_geometry`), done
+by NumPy's BLAS on one thread as the Linear layers' (see conv/plan.py).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ..activation import act_run, costly_remainder
-from ..vectors import VECTOR_BYTES
+from ..activation import NONE, act_run, activate, costly_remainder
 from ._loops import (
     MIN_TASKS,
     MIN_TILE,
@@ -28,7 +28,6 @@ from ._loops import (
     valid_range,
     zero_run,
 )
-from .simd import TALL
 
 TILE_ELEMS = 1 << 15   # im2col elements per task tile (128 KiB in float32: stays in L2)
 MAX_TILE = 1024        # pixels per tile at most: short enough to stay in cache
@@ -132,40 +131,6 @@ def _packed_forward(x, w3, b, y3, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, d
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _dense(a, b, c):
-    """c = a @ b (c is overwritten), one task per block of TALL rows of c (full register tiles)."""
-    m, kd = a.shape
-    brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
-    for task in prange((m + TALL - 1) // TALL):
-        i0 = task * TALL
-        rows = min(TALL, m - i0)
-        blk = c[i0:i0 + rows]
-        blk[:, :] = 0
-        gemm(a, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), b, brow, boff, blk, rows, kd, b.shape[1])
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _dense_forward(x2, wt, b, y2, kind, slope):
-    """y2[n, k] = act(b[k] + sum over q of x2[n, q] * wt[q, k]), one task per block of TALL images (rows of y2,
-    which is the NCHW output: nothing is transposed but the weights); wt's columns past K (zeros up to whole
-    vectors: the register tiles' columns) are computed and dropped."""
-    m, kd = x2.shape
-    k_, cols = y2.shape[1], wt.shape[1]
-    brow, boff = np.arange(kd), np.zeros(kd, dtype=np.int64)
-    y_flat = y2.reshape(-1)
-    for task in prange((m + TALL - 1) // TALL):
-        i0 = task * TALL
-        rows = min(TALL, m - i0)
-        acc = np.zeros((rows, cols), dtype=y2.dtype)
-        gemm(x2, np.arange(i0, i0 + rows), np.zeros(rows, dtype=np.int64), wt, brow, boff, acc, rows, kd, cols)
-        flat = acc.reshape(-1)
-        for i in range(rows):
-            for k in range(k_):
-                flat[i * cols + k] += b[k]
-            act_run(y_flat, (i0 + i) * k_, flat, i * cols, k_, 0.0, kind, slope)
-
-
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _packed_backward_data(dy3, wt3, dx, ib, tp, r_, s_, oh_, ow_, sh, sw, pt, pl, dil_h, dil_w):
     """dx (zeroed) += col2im(w^T @ dy), one task per (block of ib images, group)."""
     groups, rows, kg = wt3.shape
@@ -224,10 +189,11 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     n, k, r, s = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
     oh, ow, geo = geometry(x.shape, w.shape, stride, padding, dilation)
     if dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
-        lane = VECTOR_BYTES // x.itemsize
-        wt = np.zeros((w[0].size, cdiv(k, lane) * lane), dtype=x.dtype)
-        wt[:, :k] = w.reshape(k, -1).T
-        _dense_forward(x.reshape(n, -1), wt, b, y.reshape(n, k), kind, slope)
+        y2 = y.reshape(n, k)
+        np.matmul(x.reshape(n, -1), w.reshape(k, -1).T, out=y2)
+        y2 += b
+        if kind != NONE:
+            activate(y2.reshape(-1), kind, slope)
         return
     w3 = w.reshape(groups, k // groups, -1)
     tp = _tile(w3.shape[2], n * oh * ow, groups)
@@ -238,12 +204,9 @@ def dense_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool, 
     """(dx, dw) for :func:`dense_geometry`, each a plain matmul (None when not needed)."""
     n, k = dy.shape[:2]
     x2, dy2, w2 = x.reshape(n, -1), dy.reshape(n, k), w.reshape(k, -1)
-    dx, dw = np.empty_like(x2) if need_dx else None, np.empty_like(w2) if need_dw else None
-    if need_dw:
-        _dense(np.ascontiguousarray(dy2.T), x2, dw)
-    if need_dx:
-        _dense(dy2, w2, dx)
-    return (dx.reshape(x.shape) if need_dx else None), (dw.reshape(w.shape) if need_dw else None)
+    dx = (dy2 @ w2).reshape(x.shape) if need_dx else None
+    dw = (dy2.T @ x2).reshape(w.shape) if need_dw else None
+    return dx, dw
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,

@@ -45,7 +45,9 @@ only the weights and the weight gradient (small arrays), and finite values take 
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
-compiles these loops for the machine it runs on (AVX-512 where there is one).
+compiles these loops for the machine it runs on (AVX-512 where there is one). The one exception is the dense
+geometry (LeNet-5's C5, see packed.py): a single small matmul per pass, where one-thread BLAS (as the Linear
+layers use, see ``create``) is as fast as a Numba kernel at b64 and saves that kernel's seconds of compiling.
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS): forward
 over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group, band of output
