@@ -65,6 +65,8 @@ def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
     if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int \
             and min(value) >= minimum:  # already normalised (layers pass their own pairs every call): no copy
         return value
+    if type(value) is int and value >= minimum:  # the common plain int, without the general checks
+        return value, value
     if is_int(value):
         items: tuple = (value, value)
     elif isinstance(value, (tuple, list)):
@@ -88,6 +90,8 @@ def shape4(shape: Sequence[int], name: str) -> tuple[int, int, int, int]:
 def conv_padding(padding: IntPair | str, kernel_hw: tuple[int, int], dilation: tuple[int, int],
                  stride: tuple[int, int]) -> tuple[int, int, int, int]:
     """Normalise conv ``padding`` (int, (h, w), (top, bottom, left, right), "valid" or "same") to 4 ints."""
+    if type(padding) is int and padding >= 0:  # the common case, on every conv call: no general checks
+        return padding, padding, padding, padding
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
