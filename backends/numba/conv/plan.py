@@ -58,6 +58,8 @@ and planar: per chunk of images), summed afterwards.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from cnnkit.backends import CONV_POOL, LEAKY_SLOPE, conv_output_size, implements
@@ -83,9 +85,11 @@ PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels", "planar")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
 
 
+@functools.lru_cache(maxsize=1024)
 def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: int,
          path: str | None = None) -> tuple[str, str, str]:
-    """The paths (forward, backward-weight, backward-data) of this conv; see the module docstring."""
+    """The paths (forward, backward-weight, backward-data) of this conv; see the module docstring. Cached per
+    geometry (every pass asks; the arguments are tuples and ints)."""
     if path is not None:
         if path not in PATHS:
             raise ValueError(f"path must be None or one of {PATHS}, got {path!r}")

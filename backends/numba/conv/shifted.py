@@ -229,19 +229,24 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, padding: Pads, dilation:
     k, cg, r, s = w_shape
     oh, ow = dy.shape[2:]
     hp, wp = grid_shape(x.shape, (oh, ow), padding)
-    chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
+    taps = _grid_taps(cg, r, s, wp, *dilation, padding[0], padding[2])
     total = (n - 1) * hp * wp + (oh - 1) * wp + ow
     part = np.empty((max(1, min(TAP_CHUNKS, total // TAP_MIN_RUN)), groups, k // groups, cg * r * s),
                     dtype=x.dtype)
-    _tap_weight(dy, x, part, chan, *_from_lowest(off), hp, wp, total, x.dtype.type(0))
+    _tap_weight(dy, x, part, *taps, hp, wp, total, x.dtype.type(0))
     return part.sum(axis=0).reshape(w_shape)
 
 
-def _from_lowest(off: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """(off - lo, lo, reach): the taps' offsets from the lowest one, lo, and the highest of them, reach (the
-    kernels' window of a tile of t positions is t + reach wide, from the tile's start + lo)."""
+@functools.lru_cache(maxsize=256)
+def _grid_taps(cg: int, r_: int, s_: int, wp: int, dil_h: int, dil_w: int, top: int, left: int,
+               flipped: bool = False) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(chan, off - lo, lo, reach): :func:`tap_rows` with the offsets (negated when ``flipped``: the input
+    gradient's) taken from the lowest one, lo, and the highest of them, reach (the kernels' window of a tile of
+    t positions is t + reach wide, from the tile's start + lo). Cached as tap_rows is."""
+    chan, off = tap_rows(cg, r_, s_, wp, dil_h, dil_w, top, left)
+    off = -off if flipped else off
     lo = int(off.min())
-    return off - lo, lo, int(off.max()) - lo
+    return chan, off - lo, lo, int(off.max()) - lo
 
 
 def _grid_tile(positions: int, outputs: int, groups: int) -> int:
@@ -259,13 +264,13 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding:
     k, cg, r, s = w.shape
     oh, ow = y.shape[2:] if out_hw is None else out_hw
     hp, wp = grid_shape(x.shape, (oh, ow), padding)
-    chan, off = tap_rows(cg, r, s, wp, *dilation, padding[0], padding[2])
+    taps = _grid_taps(cg, r, s, wp, *dilation, padding[0], padding[2])
     empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
     tile = _grid_tile(x.shape[0] * hp * wp, k // groups, groups)
     if pooled is not None:
         tile = max(1, tile // (hp * wp)) * hp * wp  # whole images per tile
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, empty if residual is None else residual, chan,
-              *_from_lowest(off), hp, wp, tile, kind, slope, empty if pooled is None else pooled, oh, ow)
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, empty if residual is None else residual, *taps,
+              hp, wp, tile, kind, slope, empty if pooled is None else pooled, oh, ow)
 
 
 def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
@@ -273,10 +278,10 @@ def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: P
     hp, wp = grid_shape(x_shape, dy.shape[2:], padding)
     k, cg, r, s = w.shape
     kg = k // groups
-    chan, off = tap_rows(kg, r, s, wp, *dilation, padding[0], padding[2])
+    taps = _grid_taps(kg, r, s, wp, *dilation, padding[0], padding[2], flipped=True)
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     dx = np.empty(x_shape, dtype=dy.dtype)
     no_residual = np.empty((0, 0, 0, 0), dtype=dy.dtype)
-    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, chan, *_from_lowest(-off), hp, wp,
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, *taps, hp, wp,
               _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0, no_residual, *x_shape[2:])
     return dx
