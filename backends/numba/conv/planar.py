@@ -27,7 +27,16 @@ from ..activation import act_run
 from ..vectors import VECTOR_BYTES, pool_pairs, transpose_block
 from ._loops import MIN_TASKS, Pads, Pair, cdiv, copy_run, zero_run
 from .channels import POSITIONS, WEIGHT_CHUNKS, band_rows, epilogue
-from .simd import LINE, LINE_ROWS, PLANAR_TILES, fma_gather_tile, fma_gather_tile_narrow, fma_line_tile, lanes
+from .simd import (
+    LINE,
+    LINE_ROWS,
+    PLANAR_TILES,
+    fma_gather_tile,
+    fma_gather_tile_narrow,
+    fma_line_tile,
+    fma_slide_tile,
+    lanes,
+)
 
 WEIGHT_POSITIONS = 1024  # weight gradient: output positions per window at most
 
@@ -50,17 +59,20 @@ def _fill_planes(win, x, n, c0, cg, ih0, rows, wp, left):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _gather_tiles(acc, a, arow, aoff, aq, b, brow, boff, count, q0, q1, lined):
+def _gather_tiles(acc, a, arow, aoff, aq, b, brow, boff, count, q0, q1, lined, slide):
     """acc[i, j] += sum over q0 <= q < q1 of a[0, aoff[i] + aq[q]] * b[brow[q], boff[q] + j] for i < count
     (plus up to the narrow tile's rows - 1: acc must have them) and every column of acc: line tiles
-    when ``lined`` (rows in lines of LINE consecutive elements of a), else wide tiles, then narrow ones for the
-    rows left over."""
+    when ``lined`` (rows in lines of LINE consecutive elements of a; slide tiles when the taps also come in
+    runs of LINE consecutive elements from q0 on, ``slide``), else wide tiles, then narrow ones for the rows
+    left over."""
     lane, cols = lanes(acc), acc.shape[1]
     wide, narrow = (LINE_ROWS if lined else PLANAR_TILES[0][0]), PLANAR_TILES[1][0]
     whole = count - count % wide
     for j in range(0, cols, lane):
         for i in range(0, whole, wide):
-            if lined:
+            if slide:
+                fma_slide_tile(acc, a, arow, aoff, aq, b, brow, boff, i, j, q0, q1)
+            elif lined:
                 fma_line_tile(acc, a, arow, aoff, aq, b, brow, boff, i, j, q0, q1)
             else:
                 fma_gather_tile(acc, a, arow, aoff, aq, b, brow, boff, i, j, q0, q1)
@@ -78,11 +90,11 @@ def _position_offsets(aoff, count, ow, sh, sw, wp):
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_rows, wp, band, kind, slope,
-                    pooled, oh, ow):
+                    pooled, oh, ow, slide):
     """out = act(conv(x, w) + b (+ res)) (module docstring), wq the weights as (groups, (c, r, s), Kpad), aq the
-    window offset of each row of wq. A task takes a run of images (its buffers allocated once), band by band.
-    With a non-empty ``pooled`` (band then even, or all oh rows) also its 2x2 average pool, out written only if it
-    is not empty (:func:`_pool_epilogue`)."""
+    window offset of each row of wq; ``slide``: kernel rows of LINE taps at unit dilation (slide tiles). A task
+    takes a run of images (its buffers allocated once), band by band. With a non-empty ``pooled`` (band then
+    even, or all oh rows) also its 2x2 average pool, out written only if it is not empty (:func:`_pool_epilogue`)."""
     n_, c_, _, _ = x.shape
     groups, taps, kpad = wq.shape
     k_ = b.size
@@ -91,6 +103,7 @@ def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_r
     rows = max(band * ow + narrow, (band * ow + lane - 1) // lane * lane)  # narrow tiles after the wide ones;
     # the epilogue transposes whole L x L blocks
     runs_of = min(n_, MIN_TASKS)
+    lined = sw == 1 and ow % LINE == 0
     for task in prange(groups * runs_of):
         g, run = task // runs_of, task % runs_of
         win = np.empty((1, cg * win_rows * wp), dtype=out.dtype)
@@ -103,7 +116,7 @@ def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_r
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
                 _position_offsets(aoff, count, ow, sh, sw, wp)
                 acc[:] = 0
-                _gather_tiles(acc, win, arow, aoff, aq, wq[g], brow, boff, count, 0, taps, sw == 1 and ow % LINE == 0)
+                _gather_tiles(acc, win, arow, aoff, aq, wq[g], brow, boff, count, 0, taps, lined, lined and slide)
                 if pooled.size > 0:
                     _pool_epilogue(out, pooled, acc, count, b, n, g * kg, kg, h0, ow, kind, slope, runs, done)
                 else:
@@ -174,7 +187,7 @@ def _planar_weight(dy, x, part, tap_off, taps, sh, sw, top, left, win_rows, wp, 
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
                 _transposed_rows(dyt, dy, n, g * kg, kg, h0 * ow, count)
                 _position_offsets(aq, count, ow, sh, sw, wp)
-                _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined)
+                _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined, False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,7 +226,8 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
     res = empty if residual is None else residual
     _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, res, *stride, padding[0],
-                    padding[2], win_rows, wp, band, kind, slope, empty if pooled is None else pooled, oh, ow)
+                    padding[2], win_rows, wp, band, kind, slope, empty if pooled is None else pooled, oh, ow,
+                    s == LINE and dilation[1] == 1)
 
 
 def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,

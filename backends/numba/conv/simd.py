@@ -152,11 +152,7 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
         summed = []
         at = builder.load(builder.gep(aq_.data, [q])) if gather else q
         for i in range(rows):
-            scalar = builder.load(builder.gep(a_rows[i], [at]))
-            spread = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
-                                                                   ir.Constant(ir.IntType(32), 0)),
-                                            ir.Constant(vec, ir.Undefined),
-                                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+            spread = _broadcast(builder, vec, builder.load(builder.gep(a_rows[i], [at])))
             summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
         q_next = builder.add(q, ir.Constant(i64, 1))
         q.add_incoming(q0_, entry)
@@ -172,6 +168,87 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
                 ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * lanes))])
                 old = load(builder, ptr, vec, itemsize)
                 store(builder, builder.fadd(old, summed[i * vectors + v]), ptr, itemsize)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _broadcast(builder, vec, scalar):
+    """A vector of ``vec``'s type with ``scalar`` in every lane."""
+    lanes = vec.count
+    return builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                                         ir.Constant(ir.IntType(32), 0)),
+                                  ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _slide_tile(rows: int, line: int):
+    """The line tile (rows in lines of ``line`` consecutive output positions, one vector of output channels) for
+    taps that also come in runs of ``line`` consecutive window elements (a kernel row ``line`` wide, unit
+    dilation: aq[q + s] = aq[q] + s for s < line, from every q0 + a multiple of line):
+
+    ``tile(c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1)``: the gather tile's sum, one kernel row per
+    step. Each window element a line's outputs read along the kernel row is loaded once and multiplied by up to
+    ``line`` weight vectors (held in registers through the step), where the line tile loads one element per
+    FMA. Output i still takes its taps in order (s ascending within a row, q ascending): the same FMAs in the
+    same order as the line tile, so the same results."""
+
+    def tile(typingctx, c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1):
+        sig = _signature(c, a, arow, aoff, b, brow, boff)
+        if aq != types.Array(types.int64, 1, "C"):
+            raise numba.core.errors.TypingError("the slide tile needs an int64 C-contiguous aq")
+        return types.void(*sig.args[:4], aq, *sig.args[4:]), _slide_codegen(rows, line)
+    tile.__name__ = tile.__qualname__ = f"fma_slide_tile_{rows}_{line}"
+    return intrinsic(tile)
+
+
+def _slide_codegen(rows: int, line: int):
+    """The LLVM IR of a slide tile: one accumulator per row as loop phis, stored (added to c) after the loop."""
+    def codegen(context, builder, signature, args):
+        c_, a_, arow_, aoff_, aq_, b_, brow_, boff_ = (make_array(t)(context, builder, v) for t, v in
+                                                       zip(signature.args, args) if isinstance(t, types.Array))
+        i0_, j0_, q0_, q1_ = args[-4:]
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+        i64 = ir.IntType(64)
+        fma = vector_function(builder, vec, "fma", 3)
+        lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
+        line_starts = []
+        for first in range(0, rows, line):
+            row = builder.add(i0_, ir.Constant(i64, first))
+            start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
+                                builder.load(builder.gep(aoff_.data, [row])))
+            line_starts.append(builder.gep(a_.data, [start]))
+        entry = builder.block
+        loop, done = builder.append_basic_block("slide_loop"), builder.append_basic_block("slide_done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        q = builder.phi(i64)
+        acc = [builder.phi(vec) for _ in range(rows)]
+        weights = []
+        for s in range(line):
+            qs = builder.add(q, ir.Constant(i64, s))
+            start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [qs])), ldb),
+                                            builder.load(builder.gep(boff_.data, [qs]))), j0_)
+            weights.append(load(builder, builder.gep(b_.data, [start]), vec, itemsize))
+        at = builder.load(builder.gep(aq_.data, [q]))
+        summed = list(acc)
+        for first, base in zip(range(0, rows, line), line_starts):
+            for j in range(2 * line - 1):  # the window elements of the line's kernel rows, each loaded once
+                spread = _broadcast(builder, vec, builder.load(builder.gep(base, [builder.add(
+                    at, ir.Constant(i64, j))])))
+                for s in range(max(0, j - line + 1), min(line, j + 1)):  # output j - s takes tap s from it
+                    i = first + j - s
+                    summed[i] = builder.call(fma, [spread, weights[s], summed[i]])
+        q_next = builder.add(q, ir.Constant(i64, line))
+        q.add_incoming(q0_, entry)
+        q.add_incoming(q_next, loop)
+        for phi, value in zip(acc, summed):
+            phi.add_incoming(ir.Constant(vec, [0.0] * lanes), entry)
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", q_next, q1_), loop, done)
+        builder.position_at_end(done)
+        for i in range(rows):
+            ptr = builder.gep(c_.data, [builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)])
+            store(builder, builder.fadd(load(builder, ptr, vec, itemsize), summed[i]), ptr, itemsize)
         return context.get_dummy_value()
     return codegen
 
@@ -271,4 +348,5 @@ fma_tile_channels_narrow = _tile(*CHANNEL_TILES[1])
 fma_gather_tile = _gather_tile(*PLANAR_TILES[0])
 fma_gather_tile_narrow = _gather_tile(*PLANAR_TILES[1])
 fma_line_tile = _gather_tile(LINE_ROWS, 1, LINE)
+fma_slide_tile = _slide_tile(LINE_ROWS, LINE)
 dot_tile = _dot_tile(*DOT_TILE)
