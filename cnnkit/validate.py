@@ -62,10 +62,12 @@ def number(value: Any, name: str) -> float:
 
 def pair(value: IntPair, name: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as an (h, w) pair of ints >= ``minimum``; a clear error otherwise."""
-    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int \
-            and min(value) >= minimum:  # already normalised (layers pass their own pairs every call): no copy
-        return value
-    if type(value) is int and value >= minimum:  # the common plain int, without the general checks
+    # fast paths, before the general checks: a pair already normalised (layers pass their own every call) is
+    # returned as it is, a plain int doubled
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        if value[0] >= minimum and value[1] >= minimum:
+            return value
+    elif type(value) is int and value >= minimum:
         return value, value
     if is_int(value):
         items: tuple = (value, value)
