@@ -10,8 +10,10 @@ reduction step one load per b vector, one broadcast per a row and rows x vectors
 fixed (q ascending, an FMA per step, then added to c): results do not depend on the thread count.
 
 Variants: gather tiles read a's element at a per-row plus a per-step offset (the planar path: input planes read in
-place), line tiles the same with rows in lines of consecutive elements (one address per line); dot tiles hold a
-block of long dot products (the weight gradients'), vectorised along the reduction and summed across lanes last.
+place), line tiles the same with rows in lines of consecutive elements (one address per line), slide tiles line
+tiles whose steps are whole kernel rows (each window element loaded once for all the taps that read it); dot
+tiles hold a block of long dot products (the weight gradients'), vectorised along the reduction and summed across
+lanes last.
 """
 from __future__ import annotations
 
