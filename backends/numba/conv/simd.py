@@ -136,42 +136,69 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
         for i in range(rows):
             if i % line:  # rows i - i % line ... i are consecutive elements of a
                 a_rows.append(builder.gep(a_rows[-1], [ir.Constant(i64, 1)]))
-                continue
-            row = builder.add(i0_, ir.Constant(i64, i))
-            start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
-                                builder.load(builder.gep(aoff_.data, [row])))
-            a_rows.append(builder.gep(a_.data, [start]))
-        entry = builder.block
-        loop, done = builder.append_basic_block("tile_loop"), builder.append_basic_block("tile_done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        q = builder.phi(i64)
-        acc = [builder.phi(vec) for _ in range(rows * vectors)]
-        b_start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [q])), ldb),
-                                          builder.load(builder.gep(boff_.data, [q]))), j0_)
-        b_vecs = [load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]), vec,
-                        itemsize) for v in range(vectors)]
-        summed = []
-        at = builder.load(builder.gep(aq_.data, [q])) if gather else q
-        for i in range(rows):
-            spread = _broadcast(builder, vec, builder.load(builder.gep(a_rows[i], [at])))
-            summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
-        q_next = builder.add(q, ir.Constant(i64, 1))
-        q.add_incoming(q0_, entry)
-        q.add_incoming(q_next, loop)
-        for phi, value in zip(acc, summed):
-            phi.add_incoming(ir.Constant(vec, [0.0] * lanes), entry)
-            phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", q_next, q1_), loop, done)
-        builder.position_at_end(done)
-        for i in range(rows):
-            row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
-            for v in range(vectors):
-                ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * lanes))])
-                old = load(builder, ptr, vec, itemsize)
-                store(builder, builder.fadd(old, summed[i * vectors + v]), ptr, itemsize)
+            else:
+                a_rows.append(_row_address(builder, a_, arow_, aoff_, lda, builder.add(i0_, ir.Constant(i64, i))))
+
+        def step(q, acc):
+            b_start = _b_start(builder, brow_, boff_, ldb, j0_, q)
+            b_vecs = [load(builder, builder.gep(b_.data, [builder.add(b_start, ir.Constant(i64, v * lanes))]),
+                           vec, itemsize) for v in range(vectors)]
+            summed = []
+            at = builder.load(builder.gep(aq_.data, [q])) if gather else q
+            for i in range(rows):
+                spread = _broadcast(builder, vec, builder.load(builder.gep(a_rows[i], [at])))
+                summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
+            return summed
+        summed = _reduction_loop(builder, "tile", q0_, q1_, 1, rows * vectors, vec, step)
+        _add_to_c(builder, c_, ldc, i0_, j0_, summed, rows, vectors, vec, itemsize)
         return context.get_dummy_value()
     return codegen
+
+
+def _row_address(builder, a_, arow_, aoff_, lda, row):
+    """A pointer to a[arow[row], aoff[row]]."""
+    start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
+                        builder.load(builder.gep(aoff_.data, [row])))
+    return builder.gep(a_.data, [start])
+
+
+def _b_start(builder, brow_, boff_, ldb, j0_, q):
+    """The flat index of b[brow[q], boff[q] + j0]."""
+    return builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [q])), ldb),
+                                   builder.load(builder.gep(boff_.data, [q]))), j0_)
+
+
+def _reduction_loop(builder, name: str, q0_, q1_, stride: int, count: int, vec, step):
+    """A tile's reduction loop from q0 to q1 by ``stride``: ``count`` accumulator vectors as phis, zero on entry,
+    ``step(q, acc)`` building one step's IR and returning the updated accumulators; returns their final values,
+    the builder then after the loop."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    loop, done = builder.append_basic_block(f"{name}_loop"), builder.append_basic_block(f"{name}_done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    q = builder.phi(i64)
+    acc = [builder.phi(vec) for _ in range(count)]
+    summed = step(q, acc)
+    q_next = builder.add(q, ir.Constant(i64, stride))
+    q.add_incoming(q0_, entry)
+    q.add_incoming(q_next, loop)
+    for phi, value in zip(acc, summed):
+        phi.add_incoming(ir.Constant(vec, [0.0] * vec.count), entry)
+        phi.add_incoming(value, loop)
+    builder.cbranch(builder.icmp_signed("<", q_next, q1_), loop, done)
+    builder.position_at_end(done)
+    return summed
+
+
+def _add_to_c(builder, c_, ldc, i0_, j0_, summed, rows: int, vectors: int, vec, itemsize: int) -> None:
+    """c[i0 + i, j0 + v * lanes ...] += summed[i * vectors + v], a vector each."""
+    i64 = ir.IntType(64)
+    for i in range(rows):
+        row = builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)
+        for v in range(vectors):
+            ptr = builder.gep(c_.data, [builder.add(row, ir.Constant(i64, v * vec.count))])
+            store(builder, builder.fadd(load(builder, ptr, vec, itemsize), summed[i * vectors + v]), ptr, itemsize)
 
 
 def _broadcast(builder, vec, scalar):
@@ -209,48 +236,28 @@ def _slide_codegen(rows: int, line: int):
         c_, a_, arow_, aoff_, aq_, b_, brow_, boff_ = (make_array(t)(context, builder, v) for t, v in
                                                        zip(signature.args, args) if isinstance(t, types.Array))
         i0_, j0_, q0_, q1_ = args[-4:]
-        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+        itemsize, _, vec = vector_type(context, signature.args[0].dtype)
         i64 = ir.IntType(64)
         fma = vector_function(builder, vec, "fma", 3)
         lda, ldb, ldc = (_row_stride(builder, x, itemsize) for x in (a_, b_, c_))
-        line_starts = []
-        for first in range(0, rows, line):
-            row = builder.add(i0_, ir.Constant(i64, first))
-            start = builder.add(builder.mul(builder.load(builder.gep(arow_.data, [row])), lda),
-                                builder.load(builder.gep(aoff_.data, [row])))
-            line_starts.append(builder.gep(a_.data, [start]))
-        entry = builder.block
-        loop, done = builder.append_basic_block("slide_loop"), builder.append_basic_block("slide_done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        q = builder.phi(i64)
-        acc = [builder.phi(vec) for _ in range(rows)]
-        weights = []
-        for s in range(line):
-            qs = builder.add(q, ir.Constant(i64, s))
-            start = builder.add(builder.add(builder.mul(builder.load(builder.gep(brow_.data, [qs])), ldb),
-                                            builder.load(builder.gep(boff_.data, [qs]))), j0_)
-            weights.append(load(builder, builder.gep(b_.data, [start]), vec, itemsize))
-        at = builder.load(builder.gep(aq_.data, [q]))
-        summed = list(acc)
-        for first, base in zip(range(0, rows, line), line_starts):
-            for j in range(2 * line - 1):  # the window elements of the line's kernel rows, each loaded once
-                spread = _broadcast(builder, vec, builder.load(builder.gep(base, [builder.add(
-                    at, ir.Constant(i64, j))])))
-                for s in range(max(0, j - line + 1), min(line, j + 1)):  # output j - s takes tap s from it
-                    i = first + j - s
-                    summed[i] = builder.call(fma, [spread, weights[s], summed[i]])
-        q_next = builder.add(q, ir.Constant(i64, line))
-        q.add_incoming(q0_, entry)
-        q.add_incoming(q_next, loop)
-        for phi, value in zip(acc, summed):
-            phi.add_incoming(ir.Constant(vec, [0.0] * lanes), entry)
-            phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", q_next, q1_), loop, done)
-        builder.position_at_end(done)
-        for i in range(rows):
-            ptr = builder.gep(c_.data, [builder.add(builder.mul(builder.add(i0_, ir.Constant(i64, i)), ldc), j0_)])
-            store(builder, builder.fadd(load(builder, ptr, vec, itemsize), summed[i]), ptr, itemsize)
+        line_starts = [_row_address(builder, a_, arow_, aoff_, lda, builder.add(i0_, ir.Constant(i64, first)))
+                       for first in range(0, rows, line)]
+
+        def step(q, acc):
+            weights = [load(builder, builder.gep(b_.data, [_b_start(builder, brow_, boff_, ldb, j0_, builder.add(
+                q, ir.Constant(i64, s)))]), vec, itemsize) for s in range(line)]
+            at = builder.load(builder.gep(aq_.data, [q]))
+            summed = list(acc)
+            for first, base in zip(range(0, rows, line), line_starts):
+                for j in range(2 * line - 1):  # the window elements of the line's kernel rows, each loaded once
+                    spread = _broadcast(builder, vec, builder.load(builder.gep(base, [builder.add(
+                        at, ir.Constant(i64, j))])))
+                    for s in range(max(0, j - line + 1), min(line, j + 1)):  # output j - s takes tap s from it
+                        i = first + j - s
+                        summed[i] = builder.call(fma, [spread, weights[s], summed[i]])
+            return summed
+        summed = _reduction_loop(builder, "slide", q0_, q1_, line, rows, vec, step)
+        _add_to_c(builder, c_, ldc, i0_, j0_, summed, rows, 1, vec, itemsize)
         return context.get_dummy_value()
     return codegen
 
