@@ -102,12 +102,17 @@ def _gather_tile(rows: int, vectors: int, line: int = 1):
     reloading them costs a load per FMA)."""
 
     def tile(typingctx, c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1):
-        sig = _signature(c, a, arow, aoff, b, brow, boff)
-        if aq != types.Array(types.int64, 1, "C"):
-            raise numba.core.errors.TypingError("the gather tile needs an int64 C-contiguous aq")
-        return types.void(*sig.args[:4], aq, *sig.args[4:]), _codegen(rows, vectors, True, line)
+        return _gather_signature(c, a, arow, aoff, aq, b, brow, boff), _codegen(rows, vectors, True, line)
     tile.__name__ = tile.__qualname__ = f"fma_gather_tile_{rows}x{vectors}_{line}"
     return intrinsic(tile)
+
+
+def _gather_signature(c, a, arow, aoff, aq, b, brow, boff):
+    """The signature of a gather (or slide) tile: :func:`_signature`'s with the int64 offsets aq after aoff."""
+    sig = _signature(c, a, arow, aoff, b, brow, boff)
+    if aq != types.Array(types.int64, 1, "C"):
+        raise numba.core.errors.TypingError("the gather and slide tiles need an int64 C-contiguous aq")
+    return types.void(*sig.args[:4], aq, *sig.args[4:])
 
 
 def _signature(c, a, arow, aoff, b, brow, boff):
@@ -146,7 +151,7 @@ def _codegen(rows: int, vectors: int, gather: bool, line: int = 1):
             summed = []
             at = builder.load(builder.gep(aq_.data, [q])) if gather else q
             for i in range(rows):
-                spread = _broadcast(builder, vec, builder.load(builder.gep(a_rows[i], [at])))
+                spread = splat(builder, vec, builder.load(builder.gep(a_rows[i], [at])))
                 summed += [builder.call(fma, [spread, b_vecs[v], acc[i * vectors + v]]) for v in range(vectors)]
             return summed
         summed = _reduction_loop(builder, "tile", q0_, q1_, 1, rows * vectors, vec, step)
@@ -201,15 +206,6 @@ def _add_to_c(builder, c_, ldc, i0_, j0_, summed, rows: int, vectors: int, vec, 
             store(builder, builder.fadd(load(builder, ptr, vec, itemsize), summed[i * vectors + v]), ptr, itemsize)
 
 
-def _broadcast(builder, vec, scalar):
-    """A vector of ``vec``'s type with ``scalar`` in every lane."""
-    lanes = vec.count
-    return builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
-                                                         ir.Constant(ir.IntType(32), 0)),
-                                  ir.Constant(vec, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-
-
 def _slide_tile(rows: int, line: int):
     """The line tile (rows in lines of ``line`` consecutive output positions, one vector of output channels) for
     taps that also come in runs of ``line`` consecutive window elements (a kernel row ``line`` wide, unit
@@ -222,10 +218,7 @@ def _slide_tile(rows: int, line: int):
     same order as the line tile, so the same results."""
 
     def tile(typingctx, c, a, arow, aoff, aq, b, brow, boff, i0, j0, q0, q1):
-        sig = _signature(c, a, arow, aoff, b, brow, boff)
-        if aq != types.Array(types.int64, 1, "C"):
-            raise numba.core.errors.TypingError("the slide tile needs an int64 C-contiguous aq")
-        return types.void(*sig.args[:4], aq, *sig.args[4:]), _slide_codegen(rows, line)
+        return _gather_signature(c, a, arow, aoff, aq, b, brow, boff), _slide_codegen(rows, line)
     tile.__name__ = tile.__qualname__ = f"fma_slide_tile_{rows}_{line}"
     return intrinsic(tile)
 
@@ -250,7 +243,7 @@ def _slide_codegen(rows: int, line: int):
             summed = list(acc)
             for first, base in zip(range(0, rows, line), line_starts):
                 for j in range(2 * line - 1):  # the window elements of the line's kernel rows, each loaded once
-                    spread = _broadcast(builder, vec, builder.load(builder.gep(base, [builder.add(
+                    spread = splat(builder, vec, builder.load(builder.gep(base, [builder.add(
                         at, ir.Constant(i64, j))])))
                     for s in range(max(0, j - line + 1), min(line, j + 1)):  # output j - s takes tap s from it
                         i = first + j - s
