@@ -322,6 +322,38 @@ def test_pool_pairs(dtype, count):
     assert dst[0] == 7 and (dst[1 + count:] == 7).all()
 
 
+@pytest.mark.parametrize("count", [0, 1, 5, 14, 16, 17, 40])
+def test_tanh32_pool_pairs(count):
+    """vectors.tanh32_pool_pairs (the shifted path's pooled inference epilogue): bitwise tanh32_vectors then
+    pool_pairs, a * tanh(s * (x + bias)) pooled, nothing written past count; float64 arrays are left to the
+    caller (0 returned, nothing written)."""
+    from numba import njit
+
+    from cnnkit.backends.numba.vectors import pool_pairs, tanh32_pool_pairs, tanh32_vectors
+
+    width = 2 * count + 3
+    src = (3 * np.random.default_rng(count).standard_normal(4 + 2 * width)).astype(np.float32)
+    bias, a, s = np.float32(0.25), np.float32(1.7159), np.float32(2 / 3)
+
+    @njit
+    def fused(dst, src):
+        return tanh32_pool_pairs(dst, 1, src, 4, width, count, bias, a, s)
+
+    @njit
+    def in_turn(dst, src):
+        done = np.empty_like(src)
+        tanh32_vectors(done, 0, src, 0, src.size, bias, a, s)
+        pool_pairs(dst, 1, done, 4, width, count)
+
+    dst, ref = np.full(count + 4, 7, np.float32), np.full(count + 4, 7, np.float32)
+    assert fused(dst, src) == count
+    in_turn(ref, src)
+    np.testing.assert_array_equal(dst, ref)
+    assert dst[0] == 7 and (dst[1 + count:] == 7).all()
+    dst64 = np.full(count + 4, 7.0)
+    assert fused(dst64, src.astype(np.float64)) == 0 and (dst64 == 7).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("count", [0, 5, 16, 37, 100])
 def test_dot_tile(dtype, count):

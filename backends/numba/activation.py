@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from cnnkit.backends import ACTIVATION_CODES, ACTIVATIONS, LEAKY_SLOPE, SCALED_TANH_A, SCALED_TANH_S, implements
 
-from .vectors import TANH_CAP, TANH_P, TANH_Q, tanh32_vectors
+from .vectors import TANH_CAP, TANH_P, TANH_Q, tanh32_pool_pairs, tanh32_vectors
 
 CODES = ACTIVATION_CODES
 NONE, RELU, LEAKY_RELU, SIGMOID, TANH, SCALED_TANH = (CODES[k] for k in (None, *ACTIVATIONS))
@@ -135,6 +135,20 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
     else:
         for u in range(n):
             dst[d + u] = src[o + u] + bias
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def pools_activated(kind, itemsize):
+    """True when :func:`act_pool_pairs` runs ``kind`` on arrays of this itemsize (float32 tanh and scaled tanh)."""
+    return (kind == TANH or kind == SCALED_TANH) and itemsize == 4
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def act_pool_pairs(dst, d0, src, s0, width, count, bias, kind):
+    """vectors.pool_pairs of the rows after kind(x + bias) (:func:`act_run`'s arithmetic), in one pass, where
+    :func:`pools_activated` (else nothing is written)."""
+    a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
+    tanh32_pool_pairs(dst, d0, src, s0, width, count, _F32(bias), _F32(a), _F32(sc))
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")

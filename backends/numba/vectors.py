@@ -240,37 +240,64 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        dst_, src_ = _run_arrays(context, builder, signature, args)
-        d0_, s0_, width_, count_ = args[1], args[3], args[4], args[5]
-        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
-        ivec = ir.VectorType(I64, lanes)
-        evens = ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2)))
-        odds = ir.Constant(ir.VectorType(I32, lanes), list(range(1, 2 * lanes, 2)))
-        quarter = ir.Constant(vec, [0.25] * lanes)
-        step = ir.Constant(I64, lanes)
-        index = ir.Constant(ivec, list(range(lanes)))
-
-        def row_sum(start, low, high):  # (even + odd) lanes of 2 * lanes inputs from start
-            first = masked_load(builder, builder.gep(src_.data, [start]), vec, low)
-            second = masked_load(builder, builder.gep(src_.data, [builder.add(start, step)]), vec, high)
-            return (builder.shuffle_vector(first, second, evens), builder.shuffle_vector(first, second, odds))
-
-        def pool_step(j):
-            rest = builder.sub(count_, j)  # outputs left: a full vector when >= lanes, else masked
-            inputs = builder.mul(rest, ir.Constant(I64, 2))
-            low = builder.icmp_signed("<", index, splat(builder, ivec, inputs))
-            high = builder.icmp_signed("<", index, splat(builder, ivec, builder.sub(inputs, step)))
-            out_mask = builder.icmp_signed("<", index, splat(builder, ivec, rest))
-            a0 = builder.add(s0_, builder.mul(j, ir.Constant(I64, 2)))
-            ea, oa = row_sum(a0, low, high)
-            eb, ob = row_sum(builder.add(a0, width_), low, high)
-            total = builder.fadd(builder.fadd(builder.fadd(ea, oa), eb), ob)
-            masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
-                         out_mask)
-
-        _vector_loop(builder, count_, lanes, "pool", pool_step)
+        _pool_ir(context, builder, signature, args, lambda value: value)
         return context.get_dummy_value()
     return sig, codegen
+
+
+@intrinsic
+def tanh32_pool_pairs(typingctx, dst, d0, src, s0, width, count, bias, scale_out, scale_in):
+    """``tanh32_pool_pairs(dst, d0, src, s0, width, count, bias, a, s)``: :func:`pool_pairs` of the two rows
+    after a * tanh(s * (x + bias)) (:func:`tanh32_vectors`' arithmetic) on each of their elements, in
+    registers: a conv's activation and pool in one pass over its output. Returns count, or 0 unless dst and src
+    are 1-D C-contiguous float32 arrays (the caller then activates and pools in turn)."""
+    vectorised = _is_float32_run(dst) and _is_float32_run(src)
+    sig = types.intp(dst, types.intp, src, types.intp, types.intp, types.intp, types.float32, types.float32,
+                     types.float32)
+
+    def codegen(context, builder, signature, args):
+        if not vectorised:
+            return ir.Constant(I64, 0)
+        vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
+        bias_, a_, s_ = (splat(builder, vec, v) for v in args[6:9])
+        _pool_ir(context, builder, signature, args, lambda value: builder.fmul(
+            a_, _tanh_ir(builder, vec, builder.fmul(s_, builder.fadd(value, bias_)))))
+        return args[5]
+    return sig, codegen
+
+
+def _pool_ir(context, builder, signature, args, transform) -> None:
+    """The loop of :func:`pool_pairs` (its first six arguments), each loaded input vector mapped by
+    ``transform`` (an IR function of a vector) before the sums."""
+    dst_, src_ = _run_arrays(context, builder, signature, args)
+    d0_, s0_, width_, count_ = args[1], args[3], args[4], args[5]
+    itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+    ivec = ir.VectorType(I64, lanes)
+    evens = ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2)))
+    odds = ir.Constant(ir.VectorType(I32, lanes), list(range(1, 2 * lanes, 2)))
+    quarter = ir.Constant(vec, [0.25] * lanes)
+    step = ir.Constant(I64, lanes)
+    index = ir.Constant(ivec, list(range(lanes)))
+
+    def row_sum(start, low, high):  # (even + odd) lanes of 2 * lanes inputs from start
+        first = transform(masked_load(builder, builder.gep(src_.data, [start]), vec, low))
+        second = transform(masked_load(builder, builder.gep(src_.data, [builder.add(start, step)]), vec, high))
+        return (builder.shuffle_vector(first, second, evens), builder.shuffle_vector(first, second, odds))
+
+    def pool_step(j):
+        rest = builder.sub(count_, j)  # outputs left: a full vector when >= lanes, else masked
+        inputs = builder.mul(rest, ir.Constant(I64, 2))
+        low = builder.icmp_signed("<", index, splat(builder, ivec, inputs))
+        high = builder.icmp_signed("<", index, splat(builder, ivec, builder.sub(inputs, step)))
+        out_mask = builder.icmp_signed("<", index, splat(builder, ivec, rest))
+        a0 = builder.add(s0_, builder.mul(j, ir.Constant(I64, 2)))
+        ea, oa = row_sum(a0, low, high)
+        eb, ob = row_sum(builder.add(a0, width_), low, high)
+        total = builder.fadd(builder.fadd(builder.fadd(ea, oa), eb), ob)
+        masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
+                     out_mask)
+
+    _vector_loop(builder, count_, lanes, "pool", pool_step)
 
 
 # ----------------------------------------------------------------------------------------------- padded copy

@@ -25,7 +25,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import NONE, RELU, act_run, costly_remainder
+from ..activation import NONE, RELU, act_pool_pairs, act_run, costly_remainder, pools_activated
 from ..vectors import copy_padded, pool_pairs
 from ._loops import (
     MIN_TASKS,
@@ -159,22 +159,27 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
 def _grid_pool_epilogue(out, pooled, acc, t, b, g, v0, plane, wp, oh, ow, kind, slope):
     """For the whole images of the tile (t positions from v0, a multiple of the plane): act(acc + bias) over the
     tile's whole rows (one long run per channel), then two output rows at a time copied to out when it is not
-    empty and averaged in 2x2 windows into pooled (an odd last row or column is in no window)."""
+    empty and averaged in 2x2 windows into pooled (an odd last row or column is in no window). With out empty and
+    an activation the pool can apply (activation.pools_activated), each pair of rows is activated and pooled in
+    one pass instead, in registers."""
     m, tu = acc.shape
     k_, ph_, pw_ = pooled.shape[1], pooled.shape[2], pooled.shape[3]
     pooled_flat, out_flat = pooled.reshape(-1), out.reshape(-1)
-    done = activate_rows(acc, t, b, g * m, kind, slope)
+    in_pool = out.size == 0 and pools_activated(kind, acc.itemsize)
+    done = acc.reshape(-1) if in_pool else activate_rows(acc, t, b, g * m, kind, slope)
     for img in range(t // plane):
         n = v0 // plane + img
         for i in range(m):
             k = g * m + i
             for h in range(0, oh, 2):
-                at = i * tu + img * plane + h * wp
+                at, to = i * tu + img * plane + h * wp, ((n * k_ + k) * ph_ + h // 2) * pw_
                 if out.size > 0:
                     for r in range(min(2, oh - h)):
                         copy_run(out_flat, ((n * k_ + k) * oh + h + r) * ow, done, at + r * wp, 1, ow)
-                if h + 1 < oh:
-                    pool_pairs(pooled_flat, ((n * k_ + k) * ph_ + h // 2) * pw_, done, at, wp, pw_)
+                if h + 1 < oh and in_pool:
+                    act_pool_pairs(pooled_flat, to, done, at, wp, pw_, b[k], kind)
+                elif h + 1 < oh:
+                    pool_pairs(pooled_flat, to, done, at, wp, pw_)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
