@@ -95,8 +95,10 @@ class Sequential(Layer):
         each layer taken, None for the call's output), or (None, []) when they do not."""
         layer, after = self.layers[i], self.layers[i + 1:i + 3]
         fold = getattr(layer, "fold_batchnorm", None)
-        kind = getattr(after[0], "fusable_kind", None) if after else None
-        if fold is not None and after and not after[0].training and hasattr(after[0], "eval_affine"):
+        if not after or (fold is None and getattr(layer, "fuse_activation", None) is None):
+            return None, []  # the common case of a layer that fuses nothing (conv-pool fusers also fuse alone)
+        kind = getattr(after[0], "fusable_kind", None)
+        if fold is not None and not after[0].training and hasattr(after[0], "eval_affine"):
             act = after[1] if len(after) > 1 and getattr(after[1], "fusable_kind", None) is not None else None
             y = fold(x, after[0], None if act is None else act.fusable_kind)
             shapes = [None] * (2 if act is None else 3)
