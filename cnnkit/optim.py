@@ -83,7 +83,7 @@ class SGD:
                     buf = self._buffers[i] = g.copy()
                 else:
                     buf *= self.momentum
-                    buf += (1.0 - self.dampening) * g
+                    buf += (1.0 - self.dampening) * g if self.dampening else g  # g * 1.0 is g: no temporary
                 g = g + self.momentum * buf if self.nesterov else buf
             p.data -= self.lr * g
 
