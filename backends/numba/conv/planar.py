@@ -47,6 +47,10 @@ def _fill_planes(win, x, n, c0, cg, ih0, rows, wp, left):
     the margins and in rows outside the image."""
     _, c_, h_, w_ = x.shape
     flat = x.reshape(-1)
+    if wp == w_ and 0 <= ih0 and ih0 + rows <= h_:  # no margins, every row inside: one run per plane
+        for c in range(cg):
+            copy_run(win, c * rows * wp, flat, ((n * c_ + c0 + c) * h_ + ih0) * w_, 1, rows * wp)
+        return
     for c in range(cg):
         for i in range(rows):
             dst, ih = (c * rows + i) * wp, ih0 + i
@@ -110,11 +114,12 @@ def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_r
         aoff, arow = np.empty(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
         acc = np.empty((rows, kpad), dtype=out.dtype)
         runs, done = np.empty(lane * rows, dtype=out.dtype), np.empty(rows, dtype=out.dtype)
+        _position_offsets(aoff, band * ow, ow, sh, sw, wp)  # every band's (a short last band's rows past its
+        # count read the window's later rows, which are filled: in bounds, their sums not kept)
         for n in range(run * n_ // runs_of, (run + 1) * n_ // runs_of):
             for h0 in range(0, oh, band):
                 count = min(band, oh - h0) * ow
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
-                _position_offsets(aoff, count, ow, sh, sw, wp)
                 acc[:] = 0
                 _gather_tiles(acc, win, arow, aoff, aq, wq[g], brow, boff, count, 0, taps, lined, lined and slide)
                 if pooled.size > 0:
@@ -181,12 +186,12 @@ def _planar_weight(dy, x, part, tap_off, taps, sh, sw, top, left, win_rows, wp, 
         dyt = np.zeros((band * ow, kpad), dtype=part.dtype)
         aq = np.empty(band * ow, dtype=np.int64)
         brow, boff = np.arange(band * ow), np.zeros(band * ow, dtype=np.int64)
+        _position_offsets(aq, band * ow, ow, sh, sw, wp)  # every band's (the reduction stops at its count)
         for n in range(chunk * n_ // chunks, (chunk + 1) * n_ // chunks):
             for h0 in range(0, oh, band):
                 count = min(band, oh - h0) * ow
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
                 _transposed_rows(dyt, dy, n, g * kg, kg, h0 * ow, count)
-                _position_offsets(aq, count, ow, sh, sw, wp)
                 _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined, False)
 
 
