@@ -126,7 +126,10 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
         a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
         if dst.itemsize == 4:  # float32 output: tanh in float32 arithmetic (a loop of its own, so both vectorise)
             a32, sc32 = _F32(a), _F32(sc)
-            done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), a32, sc32))  # all, if contiguous
+            if kind == TANH:  # literal unit scales, which LLVM folds away: two multiplies fewer per vector
+                done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), _F32(1.0), _F32(1.0)))
+            else:
+                done = np.uint64(tanh32_vectors(dst, d, src, o, n, _F32(bias), a32, sc32))  # all, if contiguous
             for u in range(done, n):
                 dst[d + u] = a32 * tanh32(sc32 * _F32(src[o + u] + bias))
         else:
@@ -147,8 +150,10 @@ def pools_activated(kind, itemsize):
 def act_pool_pairs(dst, d0, src, s0, width, count, bias, kind):
     """vectors.pool_pairs of the rows after kind(x + bias) (:func:`act_run`'s arithmetic), in one pass, where
     :func:`pools_activated` (else nothing is written)."""
-    a, sc = (1.0, 1.0) if kind == TANH else (_A, _S)
-    tanh32_pool_pairs(dst, d0, src, s0, width, count, _F32(bias), _F32(a), _F32(sc))
+    if kind == TANH:  # literal unit scales, folded away as in act_run
+        tanh32_pool_pairs(dst, d0, src, s0, width, count, _F32(bias), _F32(1.0), _F32(1.0))
+    else:
+        tanh32_pool_pairs(dst, d0, src, s0, width, count, _F32(bias), _F32(_A), _F32(_S))
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
