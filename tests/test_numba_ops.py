@@ -23,7 +23,7 @@ from tolerances import RTOL_ACT_F32, assert_close_f32, assert_close_f64
 import cnnkit.backends.numba as numba_backend
 import cnnkit.functional as F
 from cnnkit.backend import backend
-from cnnkit.backends import ACTIVATIONS, OPS
+from cnnkit.backends import ACTIVATIONS, OPS, SCALED_TANH_A
 from cnnkit.backends.numba import conv as nb_conv
 from cnnkit.backends.numba.activation import CODES, act_run
 from cnnkit.backends.numba.conv import _loops as nb_loops
@@ -416,6 +416,8 @@ def test_float32_tanh_dense_grid(kind):
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, y_ref, rtol=RTOL_ACT_F32, atol=0)
     assert (np.signbit(y) == np.signbit(x)).all()
+    bound = SCALED_TANH_A if kind == "scaled_tanh" else 1.0
+    assert np.abs(y).max() <= np.float32(bound), "tanh past its bound"  # (a rational can overshoot near its cap)
 
 
 @pytest.mark.parametrize("kind", ["tanh", "scaled_tanh"])
