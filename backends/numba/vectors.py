@@ -142,6 +142,13 @@ def _tanh_ir(builder, vec, x):
     return builder.fdiv(builder.fmul(x, horner(TANH_P)), horner(TANH_Q))
 
 
+def _scaled_tanh_ir(builder, vec, value, scalars):
+    """a * tanh(s * (value + bias)) of float32 vector ``value``, ``scalars`` the float32 IR values (bias, a, s):
+    the arithmetic of every float32 tanh intrinsic here, so they agree bit for bit."""
+    bias_, a_, s_ = (splat(builder, vec, v) for v in scalars)
+    return builder.fmul(a_, _tanh_ir(builder, vec, builder.fmul(s_, builder.fadd(value, bias_))))
+
+
 def _is_float32_run(a) -> bool:
     return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
 
@@ -161,11 +168,10 @@ def tanh32_vectors(typingctx, dst, d0, src, s0, count, bias, scale_out, scale_in
         dst_, src_ = _run_arrays(context, builder, signature, args)
         d0_, s0_, count_ = args[1], args[3], args[4]
         vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
-        bias_, a_, s_ = (splat(builder, vec, v) for v in args[5:8])
 
         def tanh_at(u, load_at, store_at):
-            x = builder.fmul(s_, builder.fadd(load_at(builder.gep(src_.data, [builder.add(s0_, u)])), bias_))
-            store_at(builder.fmul(a_, _tanh_ir(builder, vec, x)), builder.gep(dst_.data, [builder.add(d0_, u)]))
+            value = load_at(builder.gep(src_.data, [builder.add(s0_, u)]))
+            store_at(_scaled_tanh_ir(builder, vec, value, args[5:8]), builder.gep(dst_.data, [builder.add(d0_, u)]))
 
         whole = builder.mul(builder.sdiv(count_, ir.Constant(I64, vec.count)), ir.Constant(I64, vec.count))
         entry = builder.block
@@ -260,9 +266,7 @@ def tanh32_pool_pairs(typingctx, dst, d0, src, s0, width, count, bias, scale_out
         if not vectorised:
             return ir.Constant(I64, 0)
         vec = ir.VectorType(ir.FloatType(), VECTOR_BYTES // 4)
-        bias_, a_, s_ = (splat(builder, vec, v) for v in args[6:9])
-        _pool_ir(context, builder, signature, args, lambda value: builder.fmul(
-            a_, _tanh_ir(builder, vec, builder.fmul(s_, builder.fadd(value, bias_)))))
+        _pool_ir(context, builder, signature, args, lambda value: _scaled_tanh_ir(builder, vec, value, args[6:9]))
         return args[5]
     return sig, codegen
 
