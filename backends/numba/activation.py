@@ -279,22 +279,23 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope
 
 # ----------------------------------------------------------------------------------------------- softmax
 @njit(cache=True, fastmath=False, error_model="numpy")
-def row_max_logsumexp(x, i):
-    """(max, log(sum(exp(x[i] - max)))) of row i: the stable pieces of every softmax."""
+def row_max_logsumexp(row):
+    """(max, log(sum(exp(row - max)))) of a row: the stable pieces of every softmax. (It takes the row, not the
+    matrix and an index, whose type differs between callers: one compiled version serves them all.)"""
     m = -np.inf
-    for j in range(x.shape[1]):
-        if x[i, j] > m:
-            m = float(x[i, j])
+    for j in range(row.size):
+        if row[j] > m:
+            m = float(row[j])
     s = 0.0
-    for j in range(x.shape[1]):
-        s += exp_neg(m - x[i, j])
+    for j in range(row.size):
+        s += exp_neg(m - row[j])
     return m, math.log(s)
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _softmax(x, y, log):
     for i in prange(x.shape[0]):
-        m, lse = row_max_logsumexp(x, i)
+        m, lse = row_max_logsumexp(x[i])
         for j in range(x.shape[1]):
             z = (x[i, j] - m) - lse
             y[i, j] = z if log else exp_neg(-z)

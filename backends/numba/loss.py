@@ -13,7 +13,7 @@ from .activation import exp_neg, row_max_logsumexp
 def _xent(logits, labels, losses, dlogits):
     n = logits.shape[0]
     for i in prange(n):
-        m, lse = row_max_logsumexp(logits, i)
+        m, lse = row_max_logsumexp(logits[i])
         label = labels[i]
         for j in range(logits.shape[1]):
             prob = exp_neg(lse - (logits[i, j] - m))

@@ -68,7 +68,7 @@ def _lanes_forward(xl, wq, out, b, chan, off, wp, run, kind, slope):
              m, kd, t)
         flat, row = acc.reshape(-1), np.empty(t, dtype=out.dtype)
         for i in range(m):
-            act_run(row, 0, flat, i * t, t, b[g * m + i], kind, slope)
+            act_run(row, np.int64(0), flat, i * t, t, b[g * m + i], kind, slope)
             start = np.uint64(((g * m + i) * oh + h) * ow + w0)  # image 0's first pixel of the run
             for n in range(nn):
                 dst = start + n * plane

@@ -95,10 +95,11 @@ def _position_offsets(aoff, count, ow, sh, sw, wp):
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_rows, wp, band, kind, slope,
                     pooled, oh, ow, slide):
-    """out = act(conv(x, w) + b (+ res)) (module docstring), wq the weights as (groups, (c, r, s), Kpad), aq the
-    window offset of each row of wq; ``slide``: kernel rows of LINE taps at unit dilation (slide tiles). A task
-    takes a run of images (its buffers allocated once), band by band. With a non-empty ``pooled`` (band then
-    even, or all oh rows) also its 2x2 average pool, out written only if it is not empty (:func:`_pool_epilogue`)."""
+    """out = act(conv(x, w) + b (+ res unless None)) (module docstring), wq the weights as (groups, (c, r, s),
+    Kpad), aq the window offset of each row of wq; ``slide``: kernel rows of LINE taps at unit dilation (slide
+    tiles). A task takes a run of images (its buffers allocated once), band by band. With a non-empty ``pooled``
+    (band then even, or all oh rows) also its 2x2 average pool, out written only if it is not empty
+    (:func:`_pool_epilogue`)."""
     n_, c_, _, _ = x.shape
     groups, taps, kpad = wq.shape
     k_ = b.size
@@ -144,7 +145,7 @@ def _pool_epilogue(out, pooled, acc, count, b, n, k0, kg, h0, ow, kind, slope, r
             transpose_block(runs, p0, stride, acc_flat, p0 * kpad + kb, kpad)
         for kk in range(min(lane, kg - kb)):
             k = k0 + kb + kk
-            act_run(done, 0, runs, kk * stride, count, b[k], kind, slope)
+            act_run(done, np.int64(0), runs, kk * stride, count, b[k], kind, slope)
             if out.size > 0:
                 copy_run(out_flat, ((n * k_ + k) * oh + h0) * ow, done, 0, 1, count)
             for r in range(0, rows - 1, 2):
@@ -192,7 +193,7 @@ def _planar_weight(dy, x, part, tap_off, taps, sh, sw, top, left, win_rows, wp, 
                 count = min(band, oh - h0) * ow
                 _fill_planes(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left)
                 _transposed_rows(dyt, dy, n, g * kg, kg, h0 * ow, count)
-                _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined, False)
+                _gather_tiles(mine, win, arow, tap_off, aq, dyt, brow, boff, taps, 0, count, lined, np.bool_(False))
 
 
 @functools.lru_cache(maxsize=64)
@@ -229,8 +230,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     taps = cg * r * s
     aq = _tap_offsets(cg, r, s, win_rows, wp, *dilation, taps)
     empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
-    res = empty if residual is None else residual
-    _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, res, *stride, padding[0],
+    _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, residual, *stride, padding[0],
                     padding[2], win_rows, wp, band, kind, slope, empty if pooled is None else pooled, oh, ow,
                     s == LINE and dilation[1] == 1)
 

@@ -131,13 +131,14 @@ def _zero_columns(out, r0, chans, width, j, count):
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slope, pooled, oh, ow):
     """out[n, g*M + i, h, w] = act(b[g*M + i] + sum over the group's q of wq[g, i, q] * grid(g*Kq + chan[q],
-    v + lo + boff[q]) (+ res[n, g*M + i, h, w] when res is not empty, after the bias), 0 <= boff[q] <= reach,
+    v + lo + boff[q]) (+ res[n, g*M + i, h, w] unless res is None, after the bias), 0 <= boff[q] <= reach,
     at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one
     GEMM over all the batch's planes, tiles of tu positions, each task copying the window of the grid its tile
     reads. The forward (x's grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps:
-    -offsets) are both this correlation. With a non-empty ``pooled`` (tu then a multiple of the plane: whole
+    -offsets) are both this correlation. With ``pooled`` not None (tu then a multiple of the plane: whole
     images per tile) the epilogue also writes the 2x2 average pool of the (oh, ow) output, and out only if it
-    is not empty (:func:`_grid_pool_epilogue`)."""
+    is not empty (:func:`_grid_pool_epilogue`). res and pooled are None rather than empty when unused: numba
+    then compiles a version without their epilogues (a model compiles only those it runs)."""
     groups, m, kd = wq.shape
     kq = src.shape[1] // groups
     total = src.shape[0] * hp * wp
@@ -146,7 +147,7 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
         g, v0 = task // tiles, task % tiles * tu
         t = min(tu, total - v0)
         window = np.empty((kq, t + reach), dtype=out.dtype)
-        grid_window(window, 0, kq, window.shape[1], src, g * kq, v0 + lo, hp, wp)
+        grid_window(window, np.int64(0), kq, window.shape[1], src, g * kq, v0 + lo, hp, wp)
         acc = np.zeros((m, tu), dtype=out.dtype)
         gemm(wq[g], np.arange(m), np.zeros(m, dtype=np.int64), window, chan, boff, acc, m, kd, t)
         if pooled.size > 0:
@@ -187,7 +188,7 @@ def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
     """out at the real positions among the tile's t from wide-grid position v0: act(acc + bias), or with a
     residual act((acc + bias) + res) as add_forward would compute it on the conv's output (a loop of its own:
     the residual's branches slow the plain one)."""
-    if res.size > 0:
+    if res is not None:
         _grid_epilogue_sum(out, acc, t, b, res, g, v0, hp, wp, kind, slope)
         return
     m, tu = acc.shape
@@ -209,7 +210,7 @@ def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
 
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _grid_epilogue_sum(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
-    """:func:`_grid_epilogue` with the residual res: act((acc + bias) + res)."""
+    """:func:`_grid_epilogue` with the residual res (not None): act((acc + bias) + res)."""
     m, tu = acc.shape
     n_, k_, h_, w_ = out.shape
     out_flat, res_flat, flat = out.reshape(-1), res.reshape(-1), acc.reshape(-1)
@@ -270,12 +271,11 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, padding:
     oh, ow = y.shape[2:] if out_hw is None else out_hw
     hp, wp = grid_shape(x.shape, (oh, ow), padding)
     taps = _grid_taps(cg, r, s, wp, *dilation, padding[0], padding[2])
-    empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
     tile = _grid_tile(x.shape[0] * hp * wp, k // groups, groups)
     if pooled is not None:
         tile = max(1, tile // (hp * wp)) * hp * wp  # whole images per tile
-    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, empty if residual is None else residual, *taps,
-              hp, wp, tile, kind, slope, empty if pooled is None else pooled, oh, ow)
+    _tap_gemm(x, w.reshape(groups, k // groups, -1), y, b, residual, *taps, hp, wp, tile, kind, slope,
+              np.empty((0, 0, 0, 0), x.dtype) if pooled is None else pooled, oh, ow)
 
 
 def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: Pair, groups: int) -> np.ndarray:
@@ -286,7 +286,6 @@ def data_grad(dy: np.ndarray, x_shape, w: np.ndarray, padding: Pads, dilation: P
     taps = _grid_taps(kg, r, s, wp, *dilation, padding[0], padding[2], flipped=True)
     wt = np.ascontiguousarray(w.reshape(groups, kg, cg, r * s).transpose(0, 2, 1, 3)).reshape(groups, cg, -1)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    no_residual = np.empty((0, 0, 0, 0), dtype=dy.dtype)
-    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), no_residual, *taps, hp, wp,
-              _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0, no_residual, *x_shape[2:])
+    _tap_gemm(dy, wt, dx, np.zeros(x_shape[1], dtype=dy.dtype), None, *taps, hp, wp,
+              _grid_tile(x_shape[0] * hp * wp, cg, groups), NONE, 0.0, np.empty((0, 0, 0, 0), dy.dtype), *x_shape[2:])
     return dx
