@@ -9,6 +9,11 @@ on its own file only: after editing ``conv/_loops.py``, ``conv/simd.py``, ``redu
 (whose helpers other kernels inline or call), delete the cache files ``__pycache__/*.nbi`` and ``*.nbc`` (here and
 in ``conv/``).
 
+Compile time: numba compiles a kernel once per distinct argument types, and a literal (``0``, ``False``) is a
+type of its own, so a call passes ``np.int64(0)`` or ``np.bool_(False)`` where other calls of the same kernel
+pass a variable; and an absent optional array is ``None``, not empty, where numba should leave out the code
+that uses it (branches on ``is None`` are pruned by type: the residual of the shifted and planar convs).
+
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls
 included (they are Numba code, not BLAS: see conv/plan.py), and results do not depend on the thread count.

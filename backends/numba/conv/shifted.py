@@ -135,10 +135,11 @@ def _tap_gemm(src, wq, out, b, res, chan, boff, lo, reach, hp, wp, tu, kind, slo
     at the wide-grid position v = n*hp*wp + h*wp + w, grid being src's wide grid (:func:`grid_window`): one
     GEMM over all the batch's planes, tiles of tu positions, each task copying the window of the grid its tile
     reads. The forward (x's grid, boff = the taps' offsets) and the input gradient (dy's, flipped taps:
-    -offsets) are both this correlation. With ``pooled`` not None (tu then a multiple of the plane: whole
+    -offsets) are both this correlation. With a non-empty ``pooled`` (tu then a multiple of the plane: whole
     images per tile) the epilogue also writes the 2x2 average pool of the (oh, ow) output, and out only if it
-    is not empty (:func:`_grid_pool_epilogue`). res and pooled are None rather than empty when unused: numba
-    then compiles a version without their epilogues (a model compiles only those it runs)."""
+    is not empty (:func:`_grid_pool_epilogue`). No residual is None, not an empty array: numba then compiles a
+    version without the residual's epilogue (pooled stays a runtime choice, so that a pooled forward and an
+    input gradient share one version)."""
     groups, m, kd = wq.shape
     kq = src.shape[1] // groups
     total = src.shape[0] * hp * wp
