@@ -12,7 +12,7 @@ in ``conv/``).
 Compile time: numba compiles a kernel once per distinct argument types, and a literal (``0``, ``False``) is a
 type of its own, so a call passes ``np.int64(0)`` or ``np.bool_(False)`` where other calls of the same kernel
 pass a variable; and an absent optional array is ``None``, not empty, where numba should leave out the code
-that uses it (branches on ``is None`` are pruned by type: the residual of the shifted and planar convs).
+that uses it (branches on ``is None`` are pruned by type: the shifted conv's residual).
 
 Threads: the kernels use numba's thread pool as configured, ``NUMBA_NUM_THREADS`` or
 ``numba.set_num_threads(n)``; nothing here overrides it. Everything runs on that one pool, the conv matmuls

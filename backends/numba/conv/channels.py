@@ -92,13 +92,12 @@ def _tiles(acc, win, arow, aoff, wg, brow, boff, count, q0, q1):
 @njit(cache=True, fastmath=False, error_model="numpy")
 def epilogue(out, acc, count, b, res, n, k0, kg, h0, kind, slope, runs):
     """out[n, k0 + k] from flat output position h0 * OW on: act(acc[p, k] + b (+ res)) for p < count, k < kg
-    (act((acc + bias) + res), as add_forward on the output; no residual when res is None or empty: None
-    compiles a version without the residual's loops): L channels at a time transposed back into runs (L x
-    stride), then one run per channel."""
+    (act((acc + bias) + res), as add_forward on the output): L channels at a time transposed back into runs
+    (L x stride), then one run per channel."""
     _, k_, oh, ow = out.shape
     lane, kpad = lanes(acc), acc.shape[1]
     stride = runs.size // lane
-    out_flat, acc_flat = out.reshape(-1), acc.reshape(-1)
+    out_flat, acc_flat, res_flat = out.reshape(-1), acc.reshape(-1), res.reshape(-1)
     zero = np.zeros(1, dtype=out.dtype)[0]
     for kb in range(0, kg, lane):
         for p0 in range(0, count, lane):
@@ -106,12 +105,12 @@ def epilogue(out, acc, count, b, res, n, k0, kg, h0, kind, slope, runs):
         for kk in range(min(lane, kg - kb)):
             k = k0 + kb + kk
             dst = ((n * k_ + k) * oh + h0) * ow
-            if res is None or res.size == 0:
+            if res.size == 0:
                 act_run(out_flat, dst, runs, kk * stride, count, b[k], kind, slope)
             elif kind == RELU:
-                relu_sum_run(out_flat, dst, runs, kk * stride, b[k], res.reshape(-1), dst, count)
+                relu_sum_run(out_flat, dst, runs, kk * stride, b[k], res_flat, dst, count)
             else:
-                add_bias_run(runs, kk * stride, b[k], res.reshape(-1), dst, count)
+                add_bias_run(runs, kk * stride, b[k], res_flat, dst, count)
                 act_run(out_flat, dst, runs, kk * stride, count, zero, kind, slope)
 
 

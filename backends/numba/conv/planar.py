@@ -95,11 +95,10 @@ def _position_offsets(aoff, count, ow, sh, sw, wp):
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _planar_forward(x, wq, brow, boff, aq, out, b, res, sh, sw, top, left, win_rows, wp, band, kind, slope,
                     pooled, oh, ow, slide):
-    """out = act(conv(x, w) + b (+ res unless None)) (module docstring), wq the weights as (groups, (c, r, s),
-    Kpad), aq the window offset of each row of wq; ``slide``: kernel rows of LINE taps at unit dilation (slide
-    tiles). A task takes a run of images (its buffers allocated once), band by band. With a non-empty ``pooled``
-    (band then even, or all oh rows) also its 2x2 average pool, out written only if it is not empty
-    (:func:`_pool_epilogue`)."""
+    """out = act(conv(x, w) + b (+ res)) (module docstring), wq the weights as (groups, (c, r, s), Kpad), aq the
+    window offset of each row of wq; ``slide``: kernel rows of LINE taps at unit dilation (slide tiles). A task
+    takes a run of images (its buffers allocated once), band by band. With a non-empty ``pooled`` (band then
+    even, or all oh rows) also its 2x2 average pool, out written only if it is not empty (:func:`_pool_epilogue`)."""
     n_, c_, _, _ = x.shape
     groups, taps, kpad = wq.shape
     k_ = b.size
@@ -230,7 +229,8 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     taps = cg * r * s
     aq = _tap_offsets(cg, r, s, win_rows, wp, *dilation, taps)
     empty = np.empty((0, 0, 0, 0), dtype=x.dtype)
-    _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, residual, *stride, padding[0],
+    res = empty if residual is None else residual
+    _planar_forward(x, wq, np.arange(taps), np.zeros(taps, dtype=np.int64), aq, y, b, res, *stride, padding[0],
                     padding[2], win_rows, wp, band, kind, slope, empty if pooled is None else pooled, oh, ow,
                     s == LINE and dilation[1] == 1)
 
