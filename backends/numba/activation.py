@@ -254,7 +254,7 @@ def _add(a, b, y, kind, slope, zero):
         o = np.uint64(start)
         for u in range(np.uint64(count)):  # unsigned indices: no wraparound checks, so the loop vectorises
             total[u] = a[o + u] + b[o + u]
-        act_run(y, start, total, 0, count, zero, kind, slope)
+        act_run(y, start, total, np.int64(0), count, zero, kind, slope)
 
 
 @implements("numba")
