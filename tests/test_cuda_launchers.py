@@ -43,32 +43,46 @@ def test_conv_grid_covers_both_paths_and_tiles():
         n, _, oh, ow = c.y_shape
         kg, crs = c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3]
         tiles = -(-crs // cuda_conv.TILE_N) * -(-kg // (16 * cuda_conv._tm(kg))) * c.groups
-        if _tiled(c):
-            splits[True].append(cuda_conv.weight_splits(n * oh * ow, tiles)[0])
-        else:
-            splits[False].append(cuda_conv.weight_splits(n * oh * ow, kg * c.groups * crs,
-                                                          cuda_conv.MIN_DIRECT_SPLIT_ITEMS)[0])
+        blocks = tiles if _tiled(c) else kg * c.groups * crs
+        splits[_tiled(c)].append(cuda_conv.weight_splits(n * oh * ow, blocks,
+                                                         cuda_conv.weight_min_chunk(n * oh * ow, _tiled(c)))[0])
     for on_path in splits.values():
         assert max(on_path) > 1 and min(on_path) == 1
+    gemm_splits = {"forward": [], "data": []}
+    for c in tiled:
+        n, _, oh, ow = c.y_shape
+        kg, cg, rs = c.w[0] // c.groups, c.x[1] // c.groups, c.w[2] * c.w[3]
+        for name, rows, cols, reduction in (("forward", kg, n * oh * ow, cg * rs),
+                                            ("data", cg, n * c.x[2] * c.x[3], kg * rs)):
+            _, bm, bn = cuda_conv._tile(rows)
+            tiles = -(-cols // bn) * -(-rows // bm) * c.groups
+            gemm_splits[name].append(cuda_conv.gemm_splits(reduction, tiles)[0])
+    for on_pass in gemm_splits.values():  # every case splits: test_conv_paths_agree runs them unsplit too
+        assert max(on_pass) > 1
 
 
 @pytest.mark.parametrize("case_id", ["direct-depthwise-s2", "direct-groups2-batch1", "tiled-groups2-dil2-asym-pad",
-                                     "conv-split-k"])
+                                     "tiled-fwd-tm4-dgrad-tm1", "tiled-tm4-1x1-batch1", "im2row-288-per-output-relu",
+                                     "nan-in-w-tiled-s2"])
 def test_conv_paths_agree(be, monkeypatch, case_id):
-    """Both paths run the same reduction in the same order, so forward and dx agree to the bit; dw sums in a
+    """Both paths run the same reduction in the same order, so forward and dx agree to the bit where the tiled
+    GEMM runs its reduction unsplit, and to float32 tolerance where it splits it (a small grid); dw sums in a
     different order (block tree vs split chunks) and agrees to float32 tolerance."""
     case = by_id(CONV_CASES, case_id)
     x, w, b, dy = (None if a is None else a.on(be) for a in case.inputs())
     results = {}
-    for path in ("direct", "tiled"):
-        monkeypatch.setattr(cuda_conv, "conv_path", lambda *_, p=path: p)
+    for path, split_below in (("direct", 1), ("tiled", 1), ("tiled-split", 1 << 20)):
+        monkeypatch.setattr(cuda_conv, "conv_path", lambda *_, p=path: p.split("-")[0])
+        monkeypatch.setattr(cuda_conv, "SMALL_GEMM_BLOCKS", split_below)
         y = F.conv2d(x, w, b, activation="tanh", backend=be, **case.kwargs)
-        results[path] = (y, *F.conv2d_backward(dy, x, w, backend=be, **case.kwargs))
+        results[path] = [be.to_numpy(a) for a in (y, *F.conv2d_backward(dy, x, w, backend=be, **case.kwargs))]
     (y_d, dx_d, dw_d, db_d), (y_t, dx_t, dw_t, db_t) = results["direct"], results["tiled"]
-    assert bool(be.xp.array_equal(y_d, y_t)), "forward differs between paths"
-    assert bool(be.xp.array_equal(dx_d, dx_t)), "dx differs between paths"
-    assert bool(be.xp.array_equal(db_d, db_t))
-    assert_close_f32(be.to_numpy(dw_t), be.to_numpy(dw_d).astype(np.float64), "dw tiled vs direct")
+    np.testing.assert_array_equal(y_t, y_d, err_msg="forward differs between paths")
+    np.testing.assert_array_equal(dx_t, dx_d, err_msg="dx differs between paths")
+    np.testing.assert_array_equal(db_t, db_d)
+    assert_close_f32(dw_t, dw_d.astype(np.float64), "dw tiled vs direct")
+    for name, split, whole in zip(("y", "dx", "dw", "db"), results["tiled-split"], results["tiled"]):
+        assert_close_f32(split, whole.astype(np.float64), f"{name}: split-K tiled vs unsplit")
 
 
 def test_float64_is_refused_naming_the_argument(be):

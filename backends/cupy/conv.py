@@ -2,7 +2,8 @@
 backward weight, each on a direct or a shared-memory tiled implicit-GEMM path (see :func:`conv_path`)."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,10 +41,17 @@ TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
 MIN_SPLIT_ITEMS = 256
-"""The tiled weight gradient's shortest reduction chunk ..."""
+"""The tiled weight gradient's shortest reduction chunk (unless that leaves fewer than MIN_SPLITS chunks) ..."""
 MIN_DIRECT_SPLIT_ITEMS = 8 * THREADS
 """... and the direct one's: every thread of a chunk's block sums at least 8 products."""
 MAX_SPLITS = 256
+MIN_SPLITS = 16
+"""A short weight-gradient reduction (a linear layer's batch) may still be cut into this many chunks: its few
+output tiles would otherwise leave all but a handful of SMs idle."""
+SMALL_GEMM_BLOCKS = 256
+"""The forward and data-gradient GEMMs split their reduction (split-K) until about this many blocks run, where
+their output tiles are fewer (a linear layer of a small batch: LeNet-5's C5 forward is 8 tiles of 64 x 64 and a
+400-long reduction)."""
 MAX_GRID_YZ = 65535
 
 
@@ -113,6 +121,41 @@ def weight_splits(reduction: int, tiles: int, min_items: int = MIN_SPLIT_ITEMS) 
     return splits_for(reduction, want, TILE_K)
 
 
+def weight_min_chunk(reduction: int, tiled: bool) -> int:
+    """The shortest chunk of a weight gradient's reduction: MIN_SPLIT_ITEMS (tiled; shorter where that leaves
+    fewer than MIN_SPLITS chunks) or MIN_DIRECT_SPLIT_ITEMS (direct)."""
+    return min(MIN_SPLIT_ITEMS, max(TILE_K, reduction // MIN_SPLITS)) if tiled else MIN_DIRECT_SPLIT_ITEMS
+
+
+def gemm_splits(reduction: int, tiles: int) -> tuple[int, int]:
+    """(splits, chunk) of a forward or data-gradient GEMM's reduction over ``tiles`` output tiles (groups
+    included, so the grid's z stays at most SMALL_GEMM_BLOCKS): one chunk where the tiles fill SMALL_GEMM_BLOCKS,
+    else enough TILE_K-multiple chunks to run about that many blocks."""
+    return splits_for(reduction, max(1, min(SMALL_GEMM_BLOCKS // tiles, reduction // TILE_K)), TILE_K)
+
+
+def _split_gemm(gemm: Callable[[tuple, Any, np.int32], None], grid: tuple[int, int, int], reduction: int, out: Any,
+                epilogue: tuple = (None, 0, 1)) -> None:
+    """Run a forward or data-gradient GEMM, ``gemm(grid, target, chunk)``, into ``out``: split-K where its grid is
+    small, into the chunks' partial outputs (the kernel applies no epilogue to a part), then sum_splits with the
+    ``epilogue`` (bias or None, activation code, channels) into ``out``."""
+    splits, chunk = gemm_splits(reduction, grid[0] * grid[1] * grid[2])
+    if splits == 1:
+        gemm(grid, out, np.int32(chunk))
+        return
+    check_elements(splits * out.size, "the split conv GEMM's buffer")
+    partial = array_module().empty((splits, *out.shape), dtype=np.float32)
+    gemm((grid[0], grid[1], grid[2] * splits), partial, np.int32(chunk))
+    _sum_splits(partial, out, *epilogue)
+
+
+def _sum_splits(partial: Any, out: Any, bias: Any | None = None, act: int = 0, channels: int = 1) -> None:
+    """out = act(sum of ``partial``'s leading axis + bias), ``out`` an (N, channels, ...) array."""
+    launch("conv", "sum_splits", blocks(out.size), THREADS, partial, *i32(partial.shape[0], out.size),
+           partial if bias is None else bias, *i32(bias is not None, act), f32(LEAKY_SLOPE),
+           *i32(channels, out.size // (out.shape[0] * channels)), out)
+
+
 @implements("cupy")
 def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, dilation: Pair, groups: int,
                    activation: str | None = None, residual: Any | None = None) -> Any:
@@ -128,13 +171,16 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, stride: Pair, padding: Pads, d
     geom = _kernel_params(x.shape, w.shape, stride, padding, dilation, groups)
     n, k, oh, ow = geom[0], geom[4], geom[5], geom[6]
     y = xp.empty((n, k, oh, ow), dtype=np.float32)
-    head = (x, w, w if bias is None else bias, *i32(bias is not None, ACT_CODES[activation]), f32(LEAKY_SLOPE), y)
+    act = ACT_CODES[activation]
+    head = (x, w, w if bias is None else bias, *i32(bias is not None, act), f32(LEAKY_SLOPE))
     if conv_path(w.shape, groups) == "tiled":
         tile, bm, bn = _tile(k // groups)
         grid = _gemm_grid(k // groups, n * oh * ow, bm, bn, groups)
-        launch("conv", f"conv2d_fwd_gemm_{tile}", grid, THREADS, *head, *i32(*geom))
+        _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_fwd_gemm_{tile}", grid, THREADS, *head, out,
+                                                    chunk, *i32(*geom)),
+                    grid, math.prod(w.shape[1:]), y, (bias, act, k))
     else:
-        launch("conv", "conv2d_fwd_direct", blocks(y.size), THREADS, *head, *i32(*geom))
+        launch("conv", "conv2d_fwd_direct", blocks(y.size), THREADS, *head, y, *i32(*geom))
     return y
 
 
@@ -163,7 +209,9 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
     if tiled:
         tile, bm, bn = _tile(c // groups)
         grid = _gemm_grid(c // groups, n * h * wd, bm, bn, groups)
-        launch("conv", f"conv2d_bwd_data_gemm_{tile}", grid, THREADS, dy, w, dx, *i32(*geom))
+        _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_bwd_data_gemm_{tile}", grid, THREADS, dy, w, out,
+                                                    chunk, *i32(*geom)),
+                    grid, w.shape[0] // groups * math.prod(w.shape[2:]), dx)
     else:
         launch("conv", "conv2d_bwd_data_direct", blocks(dx.size), THREADS, dy, w, dx, *i32(*geom))
     return dx
@@ -176,7 +224,7 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
     tm = _tm(k // groups)
     tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups if tiled else dw.size
-    splits, chunk = weight_splits(n * oh * ow, tiles, MIN_SPLIT_ITEMS if tiled else MIN_DIRECT_SPLIT_ITEMS)
+    splits, chunk = weight_splits(n * oh * ow, tiles, weight_min_chunk(n * oh * ow, tiled))
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     if tiled:
@@ -186,5 +234,5 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
         launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), reduction_threads(chunk), dy, x, out,
                np.int32(chunk), *i32(*geom))  # a short reduction (a linear layer's batch) gets a small block
     if splits > 1:
-        launch("conv", "sum_splits", blocks(dw.size), THREADS, out, *i32(splits, dw.size), dw)
+        _sum_splits(out, dw)
     return dw

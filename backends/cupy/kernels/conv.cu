@@ -15,7 +15,10 @@
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
 //    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data, so the two
-//    paths give the same values (a zero's sign aside). Forward taps in the padding contribute w * 0 (as im2col
+//    paths give the same values (a zero's sign aside); except where the tiled GEMM has too few output tiles
+//    to fill the GPU (a linear layer's small batch): then its reduction is cut into `splits` consecutive
+//    chunks (a multiple of TILE_K each), each a running sum, and sum_splits adds the chunk sums in ascending
+//    order before the bias and the activation. Forward taps in the padding contribute w * 0 (as im2col
 //    does: a non-finite weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output
 //    pixel (out of range, or between strided output pixels) add nothing, so a non-finite weight reaches only
 //    the dx cells it touches (as col2im). Then bias is added, then the activation.
@@ -263,7 +266,9 @@ __device__ __forceinline__ float x_at(const ConvGeom& q, const float* x, const X
     return x[win.base + t.off];
 }
 
-// Forward, group g: A = W (Kg x Cg RS), B = Xcol (Cg RS x N P), output y with the fused epilogue.
+// Forward, group g, one reduction chunk: A = W (Kg x Cg RS), B = Xcol (Cg RS x N P), output y with the fused
+// epilogue; a split reduction writes chunk `split`'s partial y, with no epilogue, at y[split] (sum_splits adds
+// the partials and applies it).
 struct FwdOp {
     static constexpr bool kMasked = false;
     struct Tap {
@@ -272,18 +277,19 @@ struct FwdOp {
     };
     using Col = XWindow;
     ConvGeom q;
-    const float* x; const float* w; const float* bias; int has_bias, act; float slope; float* y; int g;
+    const float* x; const float* w; const float* bias; int has_bias, act; float slope; float* y; int g, split;
     __device__ Tap tap(int kk) const { return Tap{kk, x_tap(q, kk / q.RS, kk % q.RS)}; }
     __device__ Col col(int c) const { return x_window(q, c / q.P, g * q.Cg, c % q.P); }
     __device__ float a(int m, const Tap& t) const { return w[(g * q.Kg + m) * q.Cg * q.RS + t.kk]; }
     __device__ float b(const Tap& t, const Col& win) const { return x_at(q, x, win, t.x); }
     __device__ void store(int m, int c, float v) const {
         const int k = g * q.Kg + m, n = c / q.P, p = c % q.P;
-        y[(n * q.K + k) * q.P + p] = epilogue(v, bias, has_bias, k, act, slope);
+        y[((split * q.N + n) * q.K + k) * q.P + p] = epilogue(v, bias, has_bias, k, act, slope);
     }
 };
 
-// Backward data, group g: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W, masked), output dx.
+// Backward data, group g, one reduction chunk: A = W viewed as (Cg x Kg RS), B = dYcol (Kg RS x N H W,
+// masked), output dx (chunk `split`'s partial dx at dx[split]).
 struct DataOp {
     static constexpr bool kMasked = true;
     struct Tap {
@@ -293,7 +299,7 @@ struct DataOp {
         int dy_base, h, w;  // dy[n, 0, 0, 0] and the input pixel
     };
     ConvGeom q;
-    const float* dy; const float* w; float* dx; int g;
+    const float* dy; const float* w; float* dx; int g, split;
     __device__ Tap tap(int kk) const {
         const int k = g * q.Kg + kk / q.RS, rs = kk % q.RS, r = rs / q.S, s = rs % q.S;
         return Tap{k * q.Cg * q.RS + rs, k * q.P, q.pt - r * q.dh, q.pl - s * q.dw};
@@ -312,7 +318,7 @@ struct DataOp {
     }
     __device__ void store(int m, int c, float v) const {
         const int hw = q.H * q.W, n = c / hw;
-        dx[(n * q.C + g * q.Cg + m) * hw + c % hw] = v;
+        dx[((split * q.N + n) * q.C + g * q.Cg + m) * hw + c % hw] = v;
     }
 };
 
@@ -340,20 +346,25 @@ struct WeightOp {
     }
 };
 
-// Grid: x over column tiles, y over row tiles, z over groups (times splits for the weight gradient).
+// Grid: x over column tiles, y over row tiles, z over groups times reduction chunks (`chunk` items each:
+// block z takes group z % groups and chunk z / groups).
 template <int TY, int RPT>
 __device__ __forceinline__ void conv_fwd_gemm(const float* x, const float* w, const float* bias, int has_bias,
-                                              int act, float slope, float* y, const ConvGeom& q) {
-    const FwdOp op{q, x, w, bias, has_bias, act, slope, y, (int)blockIdx.z};
-    gemm_tile<TY, RPT>(op, q.Kg, q.N * q.P, 0, q.Cg * q.RS, blockIdx.y * TY * RPT,
+                                              int act, float slope, float* y, int chunk, const ConvGeom& q) {
+    const int g = blockIdx.z % q.groups, split = blockIdx.z / q.groups, k_begin = split * chunk;
+    const bool whole = chunk >= q.Cg * q.RS;  // else a partial sum: sum_splits applies the epilogue
+    const FwdOp op{q, x, w, bias, whole ? has_bias : 0, whole ? act : 0, slope, y, g, split};
+    gemm_tile<TY, RPT>(op, q.Kg, q.N * q.P, k_begin, min(q.Cg * q.RS, k_begin + chunk), blockIdx.y * TY * RPT,
                        blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
 template <int TY, int RPT>
-__device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, float* dx, const ConvGeom& q) {
-    const DataOp op{q, dy, w, dx, (int)blockIdx.z};
-    gemm_tile<TY, RPT>(op, q.Cg, q.N * q.H * q.W, 0, q.Kg * q.RS, blockIdx.y * TY * RPT,
-                       blockIdx.x * 4 * (GEMM_THREADS / TY));
+__device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, float* dx, int chunk,
+                                               const ConvGeom& q) {
+    const int g = blockIdx.z % q.groups, split = blockIdx.z / q.groups, k_begin = split * chunk;
+    const DataOp op{q, dy, w, dx, g, split};
+    gemm_tile<TY, RPT>(op, q.Cg, q.N * q.H * q.W, k_begin, min(q.Kg * q.RS, k_begin + chunk),
+                       blockIdx.y * TY * RPT, blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
 template <int TM>
@@ -371,38 +382,38 @@ __device__ __forceinline__ void conv_weight_gemm(const float* dy, const float* x
 // name from its definition, so no macro writes them.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_wide(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                     int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<4, 4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+                     int has_bias, int act, float slope, float* __restrict__ y, int chunk, CONV_PARAMS) {
+    conv_fwd_gemm<4, 4>(x, w, bias, has_bias, act, slope, y, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_tm2(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<16, 2>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+                    int has_bias, int act, float slope, float* __restrict__ y, int chunk, CONV_PARAMS) {
+    conv_fwd_gemm<16, 2>(x, w, bias, has_bias, act, slope, y, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_gemm_tm4(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                    int has_bias, int act, float slope, float* __restrict__ y, CONV_PARAMS) {
-    conv_fwd_gemm<16, 4>(x, w, bias, has_bias, act, slope, y, CONV_GEOM);
+                    int has_bias, int act, float slope, float* __restrict__ y, int chunk, CONV_PARAMS) {
+    conv_fwd_gemm<16, 4>(x, w, bias, has_bias, act, slope, y, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_wide(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                          CONV_PARAMS) {
-    conv_data_gemm<4, 4>(dy, w, dx, CONV_GEOM);
+                          int chunk, CONV_PARAMS) {
+    conv_data_gemm<4, 4>(dy, w, dx, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                         CONV_PARAMS) {
-    conv_data_gemm<16, 2>(dy, w, dx, CONV_GEOM);
+                         int chunk, CONV_PARAMS) {
+    conv_data_gemm<16, 2>(dy, w, dx, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
-                         CONV_PARAMS) {
-    conv_data_gemm<16, 4>(dy, w, dx, CONV_GEOM);
+                         int chunk, CONV_PARAMS) {
+    conv_data_gemm<16, 4>(dy, w, dx, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -423,12 +434,14 @@ conv2d_bwd_weight_gemm_tm4(const float* __restrict__ dy, const float* __restrict
     conv_weight_gemm<4>(dy, x, out, chunk, CONV_GEOM);
 }
 
-// out[i] = sum over s = 0, 1, ..., splits - 1 (in that order) of partial[s * count + i].
+// out[i] = act(sum over s = 0, 1, ..., splits - 1 (in that order) of partial[s * count + i] + bias[k]), k the
+// channel of i in an (N, K, P) output: a split forward's epilogue (a gradient passes no bias and no activation).
 extern "C" __global__ void sum_splits(const float* __restrict__ partial, int splits, int count,
-                                      float* __restrict__ out) {
+                                      const float* __restrict__ bias, int has_bias, int act, float slope, int K,
+                                      int P, float* __restrict__ out) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     float acc = 0.0f;
     for (int s = 0; s < splits; ++s) acc += partial[s * count + i];
-    out[i] = acc;
+    out[i] = epilogue(acc, bias, has_bias, (i / P) % K, act, slope);
 }
