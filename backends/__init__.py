@@ -2,13 +2,14 @@
 
 Every backend package (``cnnkit.backends.numpy``, ``.numba``, ``.cupy``; ``.cudasim`` runs cupy's) fills in
 exactly these ops, under these names, in modules of the same names (``conv``, ``linear``, ``pool``, ``activation``,
-``norm``, ``dropout``, ``loss``), and exposes ``create() -> Backend`` plus ``unavailable_reason() -> str | None``.
+``norm``, ``dropout``, ``loss``, ``optim``), and exposes ``create() -> Backend`` plus
+``unavailable_reason() -> str | None``.
 
 Conventions shared by all ops
 -----------------------------
 * Arrays are the backend's own (numpy.ndarray or cupy.ndarray), NCHW, float32 or float64 (cupy: float32).
   Outputs have the input's dtype. Inputs may be non-contiguous; ops never modify their inputs except the
-  running statistics of ``batch_norm_forward``.
+  running statistics of ``batch_norm_forward`` and the parameter and momentum buffer of ``sgd_step``.
 * Arguments arrive already validated and normalised by :mod:`cnnkit.functional` (kernels do not re-check):
   ``stride``, ``dilation``, ``kernel_size`` are ``(h, w)`` tuples of ints >= 1; conv ``padding`` is
   ``(top, bottom, left, right)`` ints >= 0; pooling ``padding`` is ``(h, w)``, applied on both sides.
@@ -302,6 +303,16 @@ def batch_norm_backward(dy, saved, weight):
 def softmax_cross_entropy(logits, labels):
     """(loss, dlogits): logits (N, C), labels int (N,) in [0, C). loss is a 0-d array: mean over the batch of
     -log softmax(logits)[label]; dlogits is its gradient, (softmax - onehot) / N."""
+
+
+@_op(lambda ops, make: ((make(3, 4), make(3, 4), make(3, 4), 0.1, 0.9, 0.0, 0.01, False, False), {}))
+def sgd_step(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One step of SGD on one parameter, in place, as torch.optim.SGD: with g = grad + weight_decay * param (grad
+    itself when weight_decay is 0), the contiguous momentum buffer becomes g on the ``first`` step, else
+    buffer * momentum + (1 - dampening) * g (+ g when dampening is 0); then param -= lr * (g + momentum * buffer
+    if nesterov else buffer). Without momentum, momentum_buffer is None and param -= lr * g. The scalars are
+    taken in the arrays' dtype and each product and sum rounds on its own, in that order (no fused multiply-add),
+    so every backend gives the bits of NumPy's array arithmetic. Returns (param, momentum_buffer)."""
 
 
 # ------------------------------------------------------------------------------------------------ registration

@@ -1,8 +1,8 @@
 """SGD (PyTorch's exact update rule) and learning-rate schedules.
 
-The update is plain array algebra on each parameter's own arrays, so one implementation serves every backend:
-``p.data -= lr * g`` works in place for NumPy and CuPy arrays alike. Schedules are closed forms of the epoch
-(or step) counter, so resuming from a saved counter reproduces the same learning rates exactly.
+The update is the backend op ``sgd_step`` on each parameter's own arrays, in place: NumPy's array algebra for host
+arrays (every CPU backend), one kernel per parameter for CuPy arrays, with the same roundings. Schedules are closed
+forms of the epoch (or step) counter, so resuming from a saved counter reproduces the same learning rates exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ import numpy as np
 from cnnkit.nn.base import Layer, Parameter
 
 Array = Any
+
+
+def _backend_of(a: Array) -> Any:
+    """The backend whose ``sgd_step`` updates array ``a``: cupy for a CuPy array, numpy for a host array."""
+    from cnnkit.backend import backend
+
+    return backend("cupy" if type(a).__module__.startswith("cupy") else "numpy")
 
 
 def _to_host(a: Array) -> np.ndarray:
@@ -70,22 +77,17 @@ class SGD:
             p.grad = None
 
     def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient: the backend op ``sgd_step`` per parameter (on
+        a GPU one kernel, not one per array operation)."""
         for i, p in enumerate(self.params):
-            g = p.grad
-            if g is None:
+            if p.grad is None:
                 continue
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            if self.momentum:
-                buf = self._buffers[i]
-                if buf is None:
-                    buf = self._buffers[i] = g.copy()
-                else:
-                    buf *= self.momentum
-                    buf += (1.0 - self.dampening) * g if self.dampening else g  # g * 1.0 is g: no temporary
-                g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= self.lr * g
+            be, buf = _backend_of(p.data), self._buffers[i]
+            first = bool(self.momentum) and buf is None
+            if first:
+                buf = self._buffers[i] = be.xp.empty_like(p.data)
+            be.ops.sgd_step(p.data, p.grad, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+                            self.nesterov, first)
 
     def graph_state(self) -> tuple[tuple, list[Array | None]]:
         """What a recorded step (:class:`cnnkit.step.TrainStep`) bakes in: the hyper-parameters, and the momentum

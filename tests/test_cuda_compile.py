@@ -45,7 +45,7 @@ def _compile(nvcc: str, source: Path, arch: str, out: Path) -> str:
 
 
 def test_there_are_kernels():
-    assert {p.stem for p in KERNELS} == {"conv", "pool", "activation", "norm", "dropout", "loss"}
+    assert {p.stem for p in KERNELS} == {"conv", "pool", "activation", "norm", "dropout", "loss", "optim"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)

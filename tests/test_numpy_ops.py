@@ -251,6 +251,7 @@ def _every_op(x: np.ndarray):
     yield "batch_norm_forward", [ybn]
     yield "batch_norm_backward", OP.batch_norm_backward(x, saved, np.ones(c, dt))
     yield "softmax_cross_entropy", OP.softmax_cross_entropy(z, np.arange(z.shape[0]) % z.shape[1])
+    yield "sgd_step", OP.sgd_step(z.copy(), z, z.copy(), 0.1, 0.9, 0.0, 0.01, True, False)  # in place, on copies
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

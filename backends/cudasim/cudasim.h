@@ -325,4 +325,8 @@ static inline int __float_as_int(float f) {
     return v;
 }
 static inline float __fdividef(float a, float b) { return a / b; }
+// Round-to-nearest products and sums that nvcc never fuses (the simulator builds with -ffp-contract=off).
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }

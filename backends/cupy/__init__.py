@@ -32,7 +32,7 @@ def unavailable_reason() -> str | None:
 
 def launcher_ops():
     """The op table of the launcher modules (not yet bound to a runtime)."""
-    from . import activation, conv, dropout, linear, loss, norm, pool  # noqa: F401  (@implements registers the ops)
+    from . import activation, conv, dropout, linear, loss, norm, optim, pool  # noqa: F401  (@implements registers the ops)
 
     return collect_ops(NAME)
 

@@ -14,7 +14,7 @@ def unavailable_reason() -> str | None:
 
 
 def create() -> Backend:
-    from . import activation, conv, dropout, linear, loss, norm, pool  # noqa: F401  (@implements registers the ops)
+    from . import activation, conv, dropout, linear, loss, norm, optim, pool  # noqa: F401  (@implements registers the ops)
 
     return Backend(
         name=NAME, xp=np, ops=collect_ops(NAME),
