@@ -78,6 +78,8 @@ def _launched() -> set[tuple[str, str]]:
         for file, name in pattern.findall(py.read_text()):
             names = [name.replace("{tm}", str(tm)) for tm in cuda_conv.TMS] if "{tm}" in name else [name]
             names = [n.replace("{tile}", cuda_conv._tile(rows)[0]) for n in names for rows in (16, 32, 64)]
+            names = [n.replace("{wtile}", cuda_conv._weight_tile(rows, cols)[0]) for n in names
+                     for rows in (16, 32, 64) for cols in (64, 65)]
             found.update((file, n) for n in names)
     return found
 

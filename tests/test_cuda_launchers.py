@@ -37,15 +37,20 @@ def test_conv_grid_covers_both_paths_and_tiles():
     tiled = [c for c in CONV_CASES if _tiled(c)]
     assert {cuda_conv._tile(c.w[0] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # forward
     assert {cuda_conv._tile(c.x[1] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # data gradient
-    assert {cuda_conv._tm(c.w[0] // c.groups) for c in tiled} == {1, 2, 4}  # weight gradient
+    weight_tiled = [c for c in CONV_CASES if cuda_conv.conv_path(c.w, c.groups, True) == "tiled"]
+    weight_ids = {c.id for c in weight_tiled}
+    assert {c.id for c in tiled} < weight_ids  # and the narrow layers of 16 or more outputs
+    weight_tiles = {cuda_conv._weight_tile(c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3])[0] for c in weight_tiled}
+    assert weight_tiles == {"tm1", "tm2", "tm4", "wide"}
     splits = {True: [], False: []}
     for c in CONV_CASES:
         n, _, oh, ow = c.y_shape
         kg, crs = c.w[0] // c.groups, c.w[1] * c.w[2] * c.w[3]
-        tiles = -(-crs // cuda_conv.TILE_N) * -(-kg // (16 * cuda_conv._tm(kg))) * c.groups
-        blocks = tiles if _tiled(c) else kg * c.groups * crs
-        splits[_tiled(c)].append(cuda_conv.weight_splits(n * oh * ow, blocks,
-                                                         cuda_conv.weight_min_chunk(n * oh * ow, _tiled(c)))[0])
+        _, bm, bn = cuda_conv._weight_tile(kg, crs)
+        on_tiles = c.id in weight_ids
+        blocks = -(-crs // bn) * -(-kg // bm) * c.groups if on_tiles else kg * c.groups * crs
+        splits[on_tiles].append(cuda_conv.weight_splits(n * oh * ow, blocks,
+                                                        cuda_conv.weight_min_chunk(n * oh * ow, on_tiles))[0])
     for on_path in splits.values():
         assert max(on_path) > 1 and min(on_path) == 1
     gemm_splits = {"forward": [], "data": []}

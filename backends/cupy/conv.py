@@ -35,8 +35,9 @@ TMS = (1, 2, 4)
 """The rows per thread that conv.cu has 16 TM x 64 tiles for (``conv2d_*_gemm_tm<TM>``; TM = 1 for the weight
 gradient only)."""
 WIDE_N = 256
-"""Columns of conv.cu's wide 16-row tile (``conv2d_fwd_gemm_wide``, ``conv2d_bwd_data_gemm_wide``), which takes
-the forward and data-gradient GEMMs of 16 to 31 rows (ResNet's 16-channel layers) instead of TM = 1."""
+"""Columns of conv.cu's wide 16-row tile (``conv2d_*_gemm_wide``), which takes the GEMMs of 16 to 31 rows
+(ResNet's 16-channel layers) instead of TM = 1: always in the forward and data gradient, and in the weight
+gradient where the columns are more than TILE_N."""
 TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
@@ -55,13 +56,17 @@ their output tiles are fewer (a linear layer of a small batch: LeNet-5's C5 forw
 MAX_GRID_YZ = 65535
 
 
-def conv_path(w_shape: tuple[int, ...], groups: int) -> str:
+def conv_path(w_shape: tuple[int, ...], groups: int, weight_gradient: bool = False) -> str:
     """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM reduces over
     at least two 16-deep slices, ``(in_channels / groups) * R * S >= 32``, and either fills a 16-row tile,
     ``out_channels / groups >= 16`` (ResNet's 3x3 stages, LeNet-5's C3 and C5), or has a 1x1 kernel (a linear
     layer's few outputs: the direct weight gradient would run a block per weight); otherwise ``"direct"``
-    (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly empty)."""
+    (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly empty). The
+    ``weight_gradient``'s GEMM reduces over (n, oh, ow), so it is tiled whenever its rows fill a 16-row tile (a
+    3-channel stem, a 1x1 projection of 16 channels too: the direct path there spends a block on each weight)."""
     k, cg, r, s = w_shape
+    if weight_gradient and k // groups >= 16:
+        return "tiled"
     return "tiled" if cg * r * s >= 32 and (k // groups >= 16 or r * s == 1) else "direct"
 
 
@@ -104,6 +109,15 @@ def _tile(rows: int) -> tuple[str, int, int]:
     wide 16 x WIDE_N tile where 16-row tiles are the largest the rows fill, else 16 TM x TILE_N."""
     tm = _tm(rows)
     return ("wide", 16, WIDE_N) if tm == 1 else (f"tm{tm}", 16 * tm, TILE_N)
+
+
+def _weight_tile(rows: int, cols: int) -> tuple[str, int, int]:
+    """(kernel suffix, BM, BN) of the weight-gradient GEMM tile (``cols`` = (in_channels / groups) R S): 16 TM x
+    TILE_N, or the wide 16 x WIDE_N tile where 16-row tiles are the largest the rows fill and the columns are
+    more than TILE_N (a 16-channel 3x3 layer's 144: one wide tile instead of three 16 x 64 ones, each gathered
+    element serving 4 rows of a thread instead of 1)."""
+    tm = _tm(rows)
+    return ("wide", 16, WIDE_N) if tm == 1 and cols > TILE_N else (f"tm{tm}", 16 * tm, TILE_N)
 
 
 def _gemm_grid(rows: int, cols: int, bm: int, bn: int, z: int) -> tuple[int, int, int]:
@@ -196,7 +210,7 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
     geom = _kernel_params(x.shape, w.shape, stride, padding, dilation, groups)
     tiled = conv_path(w.shape, groups) == "tiled"
     dx = _backward_data(dy, w, x.shape, geom, tiled) if need_dx else None
-    dw = _backward_weight(dy, x, w.shape, geom, tiled) if need_dw else None
+    dw = _backward_weight(dy, x, w.shape, geom, conv_path(w.shape, groups, True) == "tiled") if need_dw else None
     db = channel_sums(dy) if need_db else None
     return dx, dw, db
 
@@ -222,14 +236,14 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     dw = xp.empty(w_shape, dtype=np.float32)
     k, cg, r, s = w_shape
     n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
-    tm = _tm(k // groups)
-    tiles = ceil_div(cg * r * s, TILE_N) * ceil_div(k // groups, 16 * tm) * groups if tiled else dw.size
+    wtile, bm, bn = _weight_tile(k // groups, cg * r * s)
+    tiles = ceil_div(cg * r * s, bn) * ceil_div(k // groups, bm) * groups if tiled else dw.size
     splits, chunk = weight_splits(n * oh * ow, tiles, weight_min_chunk(n * oh * ow, tiled))
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     if tiled:
-        grid = _gemm_grid(k // groups, cg * r * s, 16 * tm, TILE_N, groups * splits)
-        launch("conv", f"conv2d_bwd_weight_gemm_tm{tm}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
+        grid = _gemm_grid(k // groups, cg * r * s, bm, bn, groups * splits)
+        launch("conv", f"conv2d_bwd_weight_gemm_{wtile}", grid, THREADS, dy, x, out, np.int32(chunk), *i32(*geom))
     else:
         launch("conv", "conv2d_bwd_weight_direct", (dw.size, splits), reduction_threads(chunk), dy, x, out,
                np.int32(chunk), *i32(*geom))  # a short reduction (a linear layer's batch) gets a small block

@@ -8,9 +8,10 @@
 //        forward         Y[k, (n,oh,ow)]   = sum over (c,r,s)    W[k, (c,r,s)]    * Xcol[(c,r,s), (n,oh,ow)]
 //        backward data   dX[c, (n,h,w)]    = sum over (k,r,s)    W[k, c, r, s]    * dYcol[(k,r,s), (n,h,w)]
 //        backward weight dW[k, (c,r,s)]    = sum over (n,oh,ow)  dY[k, (n,oh,ow)] * Xcol[(c,r,s), (n,oh,ow)]
-//    256 threads per block (gemm_tile): 16 TM x 64 output tiles with TM 1, 2 or 4, and for the forward and
-//    data-gradient GEMMs of fewer than 32 rows a wide 16 x 256 tile instead of TM = 1 (the launcher picks the
-//    largest tile the layer's rows fill, so each gathered B element serves as many rows as it can).
+//    256 threads per block (gemm_tile): 16 TM x 64 output tiles with TM 1, 2 or 4, and for GEMMs of fewer
+//    than 32 rows a wide 16 x 256 tile instead of TM = 1 (but for a weight gradient of at most 64 columns);
+//    the launcher picks the largest tile the layer's rows fill, so each gathered B element serves as many rows
+//    as it can.
 //
 // Summation order (float32, every product added with fmaf):
 //  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
@@ -367,17 +368,19 @@ __device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, 
                        blockIdx.y * TY * RPT, blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
-template <int TM>
+template <int TY, int RPT>
 __device__ __forceinline__ void conv_weight_gemm(const float* dy, const float* x, float* out, int chunk,
                                                  const ConvGeom& q) {
     const int g = blockIdx.z % q.groups, split = blockIdx.z / q.groups;
     const int k_begin = split * chunk, k_end = min(q.N * q.P, k_begin + chunk);
     const WeightOp op{q, dy, x, out, g, split};
-    gemm_tile<16, TM>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * 16 * TM, blockIdx.x * TILE_N);
+    gemm_tile<TY, RPT>(op, q.Kg, q.Cg * q.RS, k_begin, k_end, blockIdx.y * TY * RPT,
+                       blockIdx.x * 4 * (GEMM_THREADS / TY));
 }
 
-// The tiled kernels: forward and data gradient in the wide 16 x 256 tile (at most 16 rows) and 16 TM x 64
-// tiles (TM = 2, 4); the weight gradient, whose columns (Cg R S) are few, in 16 TM x 64 tiles (TM = 1, 2, 4).
+// The tiled kernels: forward and data gradient in the wide 16 x 256 tile (16 to 31 rows) and 16 TM x 64 tiles
+// (TM = 2, 4); the weight gradient, whose columns (Cg R S) are few, in 16 TM x 64 tiles (TM = 1, 2, 4) and,
+// for 16 to 31 rows and more than 64 columns, the wide tile.
 // extern "C" functions cannot be templates, and the simulator's build and the compile test read each kernel's
 // name from its definition, so no macro writes them.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -417,21 +420,27 @@ conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_gemm_wide(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                            int chunk, CONV_PARAMS) {
+    conv_weight_gemm<4, 4>(dy, x, out, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight_gemm_tm1(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                            int chunk, CONV_PARAMS) {
-    conv_weight_gemm<1>(dy, x, out, chunk, CONV_GEOM);
+    conv_weight_gemm<16, 1>(dy, x, out, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight_gemm_tm2(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                            int chunk, CONV_PARAMS) {
-    conv_weight_gemm<2>(dy, x, out, chunk, CONV_GEOM);
+    conv_weight_gemm<16, 2>(dy, x, out, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                            int chunk, CONV_PARAMS) {
-    conv_weight_gemm<4>(dy, x, out, chunk, CONV_GEOM);
+    conv_weight_gemm<16, 4>(dy, x, out, chunk, CONV_GEOM);
 }
 
 // out[i] = act(sum over s = 0, 1, ..., splits - 1 (in that order) of partial[s * count + i] + bias[k]), k the
