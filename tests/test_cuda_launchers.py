@@ -8,6 +8,8 @@ unavailable runtime fails, it never skips. The conv path is forced by monkeypatc
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from op_cases import CONV_CASES, DROPOUT_CASES, backend_under_test, by_id, data, ids
@@ -37,6 +39,8 @@ def test_conv_grid_covers_both_paths_and_tiles():
     tiled = [c for c in CONV_CASES if _tiled(c)]
     assert {cuda_conv._tile(c.w[0] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # forward
     assert {cuda_conv._tile(c.x[1] // c.groups)[0] for c in tiled} == {"wide", "tm2", "tm4"}  # data gradient
+    strided = {c.geometry[2] == (1, 1) for c in tiled if c.geometry[0] != (1, 1)}
+    assert strided == {True, False}  # the data gradient's phase kernels, and the masked ones of dilated strides
     weight_tiled = [c for c in CONV_CASES if cuda_conv.conv_path(c.w, c.groups, True) == "tiled"]
     weight_ids = {c.id for c in weight_tiled}
     assert {c.id for c in tiled} < weight_ids  # and the narrow layers of 16 or more outputs
@@ -98,6 +102,30 @@ def test_float64_is_refused_naming_the_argument(be):
         be.avg_pool2d_forward(be.asarray(x, dtype=np.float64), (2, 2), (2, 2), (0, 0), False, True)
     with pytest.raises(TypeError, match="dtype"):
         be.dropout_mask((3,), 0.5, 1, np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+SGD_SETTINGS = [(m, n, wd, d, first) for m, n, wd, d in itertools.product((0.0, 0.9), (False, True), (0.0, 5e-4),
+                                                                          (0.0, 0.3))
+                for first in ((False, True) if m else (False,)) if not (n and (m == 0 or d != 0))]
+
+
+def test_sgd_step_gives_the_numpy_backends_bits(be):
+    """sgd_step's kernel updates the parameter and the momentum buffer in place to the same bits as the numpy
+    backend's array arithmetic (which the numba backend shares), in every setting of cnnkit.optim.SGD."""
+    ref = backend_under_test("numpy")
+    rng = np.random.default_rng(3)
+    for momentum, nesterov, weight_decay, dampening, first in SGD_SETTINGS:
+        p, g, buf = (rng.standard_normal((5, 3, 7)).astype(np.float32) for _ in range(3))
+        buf = buf if momentum else None
+        args = (0.05, momentum, dampening, weight_decay, nesterov, first)
+        want = ref.sgd_step(p.copy(), g, None if buf is None else buf.copy(), *args)
+        got = be.sgd_step(be.asarray(p.copy()), be.asarray(g), None if buf is None else be.asarray(buf.copy()), *args)
+        setting = f"momentum {momentum} nesterov {nesterov} weight_decay {weight_decay} dampening {dampening}"
+        np.testing.assert_array_equal(be.to_numpy(got[0]), want[0], err_msg=f"param, {setting}, first {first}")
+        if buf is not None:
+            np.testing.assert_array_equal(be.to_numpy(got[1]), want[1], err_msg=f"buffer, {setting}, first {first}")
+        assert not np.array_equal(want[0], p)
 
 
 # ----------------------------------------------------------------------------------------------- loss

@@ -15,9 +15,11 @@ import sys
 
 from . import build
 
-SANITIZER_SUBSET = "conv_paths_agree or integers or bn-split or x7x10 or x3x1000 or dropout_mask or relu-nan-inf"
-"""pytest -k expression: every kernel at least once (both conv paths and the split-K sum, max pool's atomics,
-the block reductions of softmax, cross-entropy and batch norm, dropout, activations), on small arrays."""
+SANITIZER_SUBSET = ("conv_paths_agree or integers or bn-split or x7x10 or x3x1000 or dropout_mask or relu-nan-inf "
+                    "or sgd_step")
+"""pytest -k expression: every kernel at least once (both conv paths and the split-K sums, max pool's atomics,
+the block reductions of softmax, cross-entropy and batch norm, dropout, activations, the SGD step), on small
+arrays."""
 DEFAULT_ARGS = ("-q", "-p", "no:cacheprovider", "-m", "cudasim", "-k", SANITIZER_SUBSET, "tests/test_ops.py",
                 "tests/test_cuda_launchers.py")
 _LIBRARY = {"address": "libasan.so", "thread": "libtsan.so"}

@@ -218,14 +218,22 @@ def conv2d_backward(dy: Any, x: Any, w: Any, stride: Pair, padding: Pads, dilati
 def _backward_data(dy, w, x_shape, geom, tiled: bool):
     xp = array_module()
     n, c, h, wd = x_shape
-    groups = geom[-1]
+    k, _, r, s = w.shape
+    groups, stride, dilation = geom[-1], geom[9:11], geom[13:15]
     dx = xp.empty(x_shape, dtype=np.float32)
-    if tiled:
+    if tiled and stride != UNIT and dilation == UNIT:  # the taps that meet an output pixel, phase by phase
+        tile, bm, bn = _tile(c // groups)
+        sh, sw = stride
+        grid = _gemm_grid(c // groups, n * ceil_div(h, sh) * ceil_div(wd, sw), bm, bn, groups * sh * sw)
+        _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_bwd_data_phase_{tile}", grid, THREADS, dy, w,
+                                                    out, chunk, *i32(*geom)),
+                    grid, k // groups * ceil_div(r, sh) * ceil_div(s, sw), dx)  # phase (0, 0)'s, the largest
+    elif tiled:
         tile, bm, bn = _tile(c // groups)
         grid = _gemm_grid(c // groups, n * h * wd, bm, bn, groups)
         _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_bwd_data_gemm_{tile}", grid, THREADS, dy, w, out,
                                                     chunk, *i32(*geom)),
-                    grid, w.shape[0] // groups * math.prod(w.shape[2:]), dx)
+                    grid, k // groups * r * s, dx)
     else:
         launch("conv", "conv2d_bwd_data_direct", blocks(dx.size), THREADS, dy, w, dx, *i32(*geom))
     return dx

@@ -323,6 +323,59 @@ struct DataOp {
     }
 };
 
+// Backward data of a strided conv without dilation, one phase (ph, pw) of group g: the input pixels
+// (h, w) = (ph + sh i, pw + sw j) meet output pixels only through the taps (r, s) = (r0 + sh t, s0 + sw u), r0 =
+// (ph + pad_t) mod sh and s0 likewise, at (oh, ow) = (bh + i - t, bw + j - u): A = W viewed as (Cg x Kg nr ns),
+// B = dYcol over those taps only (masked where (oh, ow) is out of range), output dx at those pixels. A
+// stride-2 3x3 layer's data gradient thus runs 2.25 taps per pixel instead of scanning 9, in the same
+// ascending (k, r, s) order over the taps that exist.
+struct PhaseDataOp {
+    static constexpr bool kMasked = true;
+    struct Tap {
+        int w_off, dy_off, th, tw;  // w[k, 0, r, s], dy[0, k, 0, 0], and (bh - t, bw - u)
+    };
+    struct Col {
+        int dy_base, i, j;  // dy[n, 0, 0, 0] and the pixel's row and column in the phase
+    };
+    ConvGeom q;
+    const float* dy; const float* w; float* dx; int g, split;
+    int ph, pw, Hp, Wp, r0, s0, nr, ns, bh, bw;
+    __device__ PhaseDataOp(const ConvGeom& geom, const float* dy_, const float* w_, float* dx_, int g_, int split_,
+                           int phase)
+        : q(geom), dy(dy_), w(w_), dx(dx_), g(g_), split(split_), ph(phase / geom.sw), pw(phase % geom.sw) {
+        Hp = ph < q.H ? (q.H - ph + q.sh - 1) / q.sh : 0;
+        Wp = pw < q.W ? (q.W - pw + q.sw - 1) / q.sw : 0;
+        r0 = (ph + q.pt) % q.sh;
+        s0 = (pw + q.pl) % q.sw;
+        nr = r0 < q.R ? (q.R - r0 + q.sh - 1) / q.sh : 0;
+        ns = s0 < q.S ? (q.S - s0 + q.sw - 1) / q.sw : 0;
+        bh = (ph + q.pt - r0) / q.sh;
+        bw = (pw + q.pl - s0) / q.sw;
+    }
+    __device__ int reduction() const { return q.Kg * nr * ns; }
+    __device__ int columns() const { return q.N * Hp * Wp; }
+    __device__ Tap tap(int kk) const {
+        const int taps = nr * ns, k = g * q.Kg + kk / taps, t = (kk % taps) / ns, u = kk % ns;
+        return Tap{k * q.Cg * q.RS + (r0 + q.sh * t) * q.S + s0 + q.sw * u, k * q.P, bh - t, bw - u};
+    }
+    __device__ Col col(int c) const {
+        const int hw = Hp * Wp;
+        return Col{(c / hw) * q.K * q.P, (c % hw) / Wp, c % Wp};
+    }
+    __device__ float a(int m, const Tap& t) const { return w[t.w_off + m * q.RS]; }
+    __device__ bool b(const Tap& t, const Col& pix, float& v) const {
+        const int oh = pix.i + t.th, ow = pix.j + t.tw;
+        v = 0.0f;
+        if (oh < 0 || oh >= q.OH || ow < 0 || ow >= q.OW) return false;
+        v = dy[pix.dy_base + t.dy_off + oh * q.OW + ow];
+        return true;
+    }
+    __device__ void store(int m, int c, float v) const {
+        const int hw = Hp * Wp, n = c / hw, h = ph + q.sh * ((c % hw) / Wp), x = pw + q.sw * (c % Wp);
+        dx[(((split * q.N + n) * q.C + g * q.Cg + m) * q.H + h) * q.W + x] = v;
+    }
+};
+
 // Backward weight, group g, one reduction chunk: A = dY (Kg x N P), B = Xcol^T (N P x Cg RS),
 // output the chunk's partial dw at out[split][K][Cg RS].
 struct WeightOp {
@@ -366,6 +419,19 @@ __device__ __forceinline__ void conv_data_gemm(const float* dy, const float* w, 
     const DataOp op{q, dy, w, dx, g, split};
     gemm_tile<TY, RPT>(op, q.Cg, q.N * q.H * q.W, k_begin, min(q.Kg * q.RS, k_begin + chunk),
                        blockIdx.y * TY * RPT, blockIdx.x * 4 * (GEMM_THREADS / TY));
+}
+
+// Grid z: groups times sh sw phases times reduction chunks (block z takes group z % groups, phase
+// (z / groups) % (sh sw) and chunk z / (groups sh sw)); x covers the largest phase's columns.
+template <int TY, int RPT>
+__device__ __forceinline__ void conv_phase_data_gemm(const float* dy, const float* w, float* dx, int chunk,
+                                                     const ConvGeom& q) {
+    const int phases = q.sh * q.sw, rest = blockIdx.z / q.groups, k_begin = (rest / phases) * chunk;
+    const PhaseDataOp op(q, dy, w, dx, blockIdx.z % q.groups, rest / phases, rest % phases);
+    const int n0 = blockIdx.x * 4 * (GEMM_THREADS / TY);
+    if (n0 >= op.columns()) return;  // the whole block: this phase has fewer columns
+    gemm_tile<TY, RPT>(op, q.Cg, op.columns(), k_begin, min(op.reduction(), k_begin + chunk), blockIdx.y * TY * RPT,
+                       n0);
 }
 
 template <int TY, int RPT>
@@ -417,6 +483,24 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_gemm_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                          int chunk, CONV_PARAMS) {
     conv_data_gemm<16, 4>(dy, w, dx, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_phase_wide(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                           int chunk, CONV_PARAMS) {
+    conv_phase_data_gemm<4, 4>(dy, w, dx, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_phase_tm2(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                          int chunk, CONV_PARAMS) {
+    conv_phase_data_gemm<16, 2>(dy, w, dx, chunk, CONV_GEOM);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_phase_tm4(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                          int chunk, CONV_PARAMS) {
+    conv_phase_data_gemm<16, 4>(dy, w, dx, chunk, CONV_GEOM);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
