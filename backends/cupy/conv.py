@@ -41,18 +41,20 @@ gradient where the columns are more than TILE_N."""
 TARGET_BLOCKS = 2048
 """The tiled weight gradient splits its reduction until about this many blocks run: 8 resident 256-thread blocks
 on each of an H100's or H200's 132 SMs, twice over (512 left such a GPU mostly idle: bench/NOTES.md)."""
-MIN_SPLIT_ITEMS = 256
+MIN_SPLIT_ITEMS = 64
 """The tiled weight gradient's shortest reduction chunk (unless that leaves fewer than MIN_SPLITS chunks) ..."""
 MIN_DIRECT_SPLIT_ITEMS = 8 * THREADS
 """... and the direct one's: every thread of a chunk's block sums at least 8 products."""
-MAX_SPLITS = 256
+MAX_SPLITS = 1024
 MIN_SPLITS = 16
 """A short weight-gradient reduction (a linear layer's batch) may still be cut into this many chunks: its few
 output tiles would otherwise leave all but a handful of SMs idle."""
-SMALL_GEMM_BLOCKS = 256
+SMALL_GEMM_BLOCKS = 1024
 """The forward and data-gradient GEMMs split their reduction (split-K) until about this many blocks run, where
 their output tiles are fewer (a linear layer of a small batch: LeNet-5's C5 forward is 8 tiles of 64 x 64 and a
 400-long reduction)."""
+WEIGHT_TILE_MIN = 128
+"""The weights per group from which the weight gradient takes the tiled path (see :func:`conv_path`)."""
 MAX_GRID_YZ = 65535
 
 
@@ -62,11 +64,13 @@ def conv_path(w_shape: tuple[int, ...], groups: int, weight_gradient: bool = Fal
     ``out_channels / groups >= 16`` (ResNet's 3x3 stages, LeNet-5's C3 and C5), or has a 1x1 kernel (a linear
     layer's few outputs: the direct weight gradient would run a block per weight); otherwise ``"direct"``
     (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly empty). The
-    ``weight_gradient``'s GEMM reduces over (n, oh, ow), so it is tiled whenever its rows fill a 16-row tile (a
-    3-channel stem, a 1x1 projection of 16 channels too: the direct path there spends a block on each weight)."""
+    ``weight_gradient``'s GEMM reduces over (n, oh, ow), so it is tiled wherever a group has at least
+    WEIGHT_TILE_MIN weights (LeNet-5's C1 with 150, a 3-channel stem, 1x1 projections of 16 channels: the direct
+    path spends a block on each weight and divides to find each product's pixel); a depthwise 3x3 layer's 9 stay
+    direct."""
     k, cg, r, s = w_shape
-    if weight_gradient and k // groups >= 16:
-        return "tiled"
+    if weight_gradient:
+        return "tiled" if k // groups * cg * r * s >= WEIGHT_TILE_MIN else "direct"
     return "tiled" if cg * r * s >= 32 and (k // groups >= 16 or r * s == 1) else "direct"
 
 

@@ -159,10 +159,11 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 
 // ------------------------------------------------------------------------------------------------ tiled
 // One BM x BN output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + BN) and reduction
-// [k_begin, k_end). The block's 256 threads form a TY x (256 / TY) grid; thread (tx, ty) owns rows ty + TY i
-// (i < RPT) and columns tx + TX j (j < 4), so BM = TY RPT and BN = 4 TX: TY = 16 gives the 16 RPT x 64 tiles,
+// [k_begin, k_end). The block's 256 threads form a TY x (256 / TY) grid; thread (tx, ty) owns the RPT rows
+// RPT ty + i and the 4 columns 4 tx + j, so BM = TY RPT and BN = 4 TX: TY = 16 gives the 16 RPT x 64 tiles,
 // TY = 4 with RPT = 4 the "wide" 16 x 256 tile, whose 4 x 4 outputs per thread read half as much shared memory
-// per FMA as the 1 x 4 of a 16 x 64 tile. The gathers' index arithmetic (divisions by runtime sizes) is done
+// per FMA as the 1 x 4 of a 16 x 64 tile. A thread's rows and columns are adjacent in the 16-byte aligned
+// tiles, so each k reads them as one vector load apiece (LDS.128 for 4 floats). The gathers' index arithmetic (divisions by runtime sizes) is done
 // once, not per element: Op::col(col) once per thread for the one B column it loads (256 is a multiple of BN
 // or BN of 256), and Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block
 // reads. Op supplies a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) ->
@@ -174,8 +175,8 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
     using Tap = typename Op::Tap;
     constexpr int TX = GEMM_THREADS / TY, BM = TY * RPT, BN = 4 * TX;
     static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B columns must map onto the threads");
-    __shared__ float As[TILE_K][BM + 1];  // +1: the column-wise stores below hit distinct banks
-    __shared__ float Bs[TILE_K][BN];
+    __shared__ __align__(16) float As[TILE_K][BM + 4];  // +4: the column-wise stores below, 2-way bank conflicts
+    __shared__ __align__(16) float Bs[TILE_K][BN];
     __shared__ bool Bm[Op::kMasked ? TILE_K : 1][BN];  // the B element exists (masked ops only)
     __shared__ Tap taps[TILE_K];
     __shared__ int nonfinite_a;  // masked ops: non-finite A values in this k-step's tile
@@ -218,13 +219,13 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
                 for (int kk = 0; kk < TILE_K; ++kk)
                     for (int i = 0; i < RPT; ++i)
                         for (int j = 0; j < 4; ++j)
-                            if (Bm[kk][tx + TX * j])
-                                acc[i][j] = fmaf(As[kk][ty + TY * i], Bs[kk][tx + TX * j], acc[i][j]);
+                            if (Bm[kk][4 * tx + j])
+                                acc[i][j] = fmaf(As[kk][RPT * ty + i], Bs[kk][4 * tx + j], acc[i][j]);
         } else {
             for (int kk = 0; kk < TILE_K; ++kk) {
                 float a[RPT], b[4];
-                for (int i = 0; i < RPT; ++i) a[i] = As[kk][ty + TY * i];
-                for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + TX * j];
+                for (int i = 0; i < RPT; ++i) a[i] = As[kk][RPT * ty + i];
+                for (int j = 0; j < 4; ++j) b[j] = Bs[kk][4 * tx + j];
                 for (int i = 0; i < RPT; ++i)
                     for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
             }
@@ -233,7 +234,7 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
     }
     for (int i = 0; i < RPT; ++i)
         for (int j = 0; j < 4; ++j) {
-            const int m = m0 + ty + TY * i, c = n0 + tx + TX * j;
+            const int m = m0 + RPT * ty + i, c = n0 + 4 * tx + j;
             if (m < M && c < Ncol) op.store(m, c, acc[i][j]);
         }
 }
