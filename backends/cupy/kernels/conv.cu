@@ -166,7 +166,8 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 // tiles, so each k reads them as one vector load apiece (LDS.128 for 4 floats). The gathers' index arithmetic (divisions by runtime sizes) is done
 // once, not per element: Op::col(col) once per thread for the one B column it loads (256 is a multiple of BN
 // or BN of 256), and Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block
-// reads. Op supplies a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) ->
+// reads. The next k-step's gathers are issued before this one's FMAs (into registers, stored to the shared
+// tiles after the k-step), so their memory latency overlaps the arithmetic. Op supplies a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) ->
 // bool and, in a k-step whose A tile holds a non-finite value, a product whose b is false is skipped rather
 // than added as a * 0 (with finite A, adding a * 0 leaves the sum's value as it is).
 template <int TY, int RPT, class Op>
@@ -174,12 +175,13 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
                                           int n0) {
     using Tap = typename Op::Tap;
     constexpr int TX = GEMM_THREADS / TY, BM = TY * RPT, BN = 4 * TX;
+    constexpr int A_LOADS = (BM * TILE_K) / GEMM_THREADS, B_LOADS = (TILE_K * BN) / GEMM_THREADS;
     static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B columns must map onto the threads");
     __shared__ __align__(16) float As[TILE_K][BM + 4];  // +4: the column-wise stores below, 2-way bank conflicts
     __shared__ __align__(16) float Bs[TILE_K][BN];
     __shared__ bool Bm[Op::kMasked ? TILE_K : 1][BN];  // the B element exists (masked ops only)
-    __shared__ Tap taps[TILE_K];
-    __shared__ int nonfinite_a;  // masked ops: non-finite A values in this k-step's tile
+    __shared__ Tap taps[2][TILE_K];                     // this k-step's and the next one's
+    __shared__ int nonfinite_a[2];                      // masked ops: non-finite A values in a k-step's tile
     const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
     const int bcol = tid % BN;
     const bool bcol_inside = n0 + bcol < Ncol;
@@ -187,33 +189,53 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_b
     float acc[RPT][4];
     for (int i = 0; i < RPT; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-
-    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        if (tid < TILE_K && k0 + tid < k_end) taps[tid] = op.tap(k0 + tid);
-        if constexpr (Op::kMasked)
-            if (tid == 0) nonfinite_a = 0;
-        __syncthreads();
-        for (int l = 0; l < (BM * TILE_K) / GEMM_THREADS; ++l) {
+    // The next k-step's tile, gathered into registers while this one's FMAs run.
+    float a_next[A_LOADS], b_next[B_LOADS];
+    bool b_exists[Op::kMasked ? B_LOADS : 1];
+    auto gather = [&](int k0, const Tap* t) {
+        for (int l = 0; l < A_LOADS; ++l) {
             const int e = tid + GEMM_THREADS * l, kk = e % TILE_K, m = e / TILE_K;
-            const float a = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, taps[kk]) : 0.0f;
-            As[kk][m] = a;
-            if constexpr (Op::kMasked)
-                if (!isfinite(a)) atomicAdd(&nonfinite_a, 1);
+            a_next[l] = (m0 + m < M && k0 + kk < k_end) ? op.a(m0 + m, t[kk]) : 0.0f;
         }
-        for (int l = 0; l < (TILE_K * BN) / GEMM_THREADS; ++l) {  // column bcol of B
+        for (int l = 0; l < B_LOADS; ++l) {  // column bcol of B
             const int kk = (tid + GEMM_THREADS * l) / BN;
             const bool inside = bcol_inside && k0 + kk < k_end;
             if constexpr (Op::kMasked) {
                 float v = 0.0f;
-                Bm[kk][bcol] = inside && op.b(taps[kk], col, v);
-                Bs[kk][bcol] = v;
+                b_exists[l] = inside && op.b(t[kk], col, v);
+                b_next[l] = v;
             } else {
-                Bs[kk][bcol] = inside ? op.b(taps[kk], col) : 0.0f;
+                b_next[l] = inside ? op.b(t[kk], col) : 0.0f;
             }
         }
+    };
+
+    if (tid < TILE_K && k_begin + tid < k_end) taps[0][tid] = op.tap(k_begin + tid);
+    if constexpr (Op::kMasked)
+        if (tid == 0) nonfinite_a[0] = 0;
+    __syncthreads();
+    if (k_begin < k_end) gather(k_begin, taps[0]);
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K, buf ^= 1) {
+        for (int l = 0; l < A_LOADS; ++l) {
+            const int e = tid + GEMM_THREADS * l;
+            As[e % TILE_K][e / TILE_K] = a_next[l];
+            if constexpr (Op::kMasked)
+                if (!isfinite(a_next[l])) atomicAdd(&nonfinite_a[buf], 1);
+        }
+        for (int l = 0; l < B_LOADS; ++l) {
+            const int kk = (tid + GEMM_THREADS * l) / BN;
+            Bs[kk][bcol] = b_next[l];
+            if constexpr (Op::kMasked) Bm[kk][bcol] = b_exists[l];
+        }
+        const int k1 = k0 + TILE_K;
+        if (tid < TILE_K && k1 + tid < k_end) taps[buf ^ 1][tid] = op.tap(k1 + tid);
+        if constexpr (Op::kMasked)
+            if (tid == 0) nonfinite_a[buf ^ 1] = 0;
         __syncthreads();
+        if (k1 < k_end) gather(k1, taps[buf ^ 1]);
         bool masked = false;
-        if constexpr (Op::kMasked) masked = nonfinite_a != 0;
+        if constexpr (Op::kMasked) masked = nonfinite_a[buf] != 0;
         if (masked) {
             if constexpr (Op::kMasked)
                 for (int kk = 0; kk < TILE_K; ++kk)
