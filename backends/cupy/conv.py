@@ -60,10 +60,11 @@ MAX_GRID_YZ = 65535
 
 def conv_path(w_shape: tuple[int, ...], groups: int, weight_gradient: bool = False) -> str:
     """Which kernels a layer uses: ``"tiled"`` (shared-memory implicit GEMM) when each group's GEMM reduces over
-    at least two 16-deep slices, ``(in_channels / groups) * R * S >= 32``, and either fills a 16-row tile,
+    at least one 16-deep slice, ``(in_channels / groups) * R * S >= 16`` (a 3-channel 3x3 stem's 27, a 1x1
+    projection of 16 channels), and either fills a 16-row tile,
     ``out_channels / groups >= 16`` (ResNet's 3x3 stages, LeNet-5's C3 and C5), or has a 1x1 kernel (a linear
     layer's few outputs: the direct weight gradient would run a block per weight); otherwise ``"direct"``
-    (LeNet C1, a 3-channel stem, depthwise and other narrow layers, where tiles would be mostly empty). The
+    (LeNet C1, depthwise and other narrow layers, where tiles would be mostly empty). The
     ``weight_gradient``'s GEMM reduces over (n, oh, ow), so it is tiled wherever a group has at least
     WEIGHT_TILE_MIN weights (LeNet-5's C1 with 150, a 3-channel stem, 1x1 projections of 16 channels: the direct
     path spends a block on each weight and divides to find each product's pixel); a depthwise 3x3 layer's 9 stay
@@ -71,7 +72,7 @@ def conv_path(w_shape: tuple[int, ...], groups: int, weight_gradient: bool = Fal
     k, cg, r, s = w_shape
     if weight_gradient:
         return "tiled" if k // groups * cg * r * s >= WEIGHT_TILE_MIN else "direct"
-    return "tiled" if cg * r * s >= 32 and (k // groups >= 16 or r * s == 1) else "direct"
+    return "tiled" if cg * r * s >= TILE_K and (k // groups >= 16 or r * s == 1) else "direct"
 
 
 UNIT, NO_PADS = (1, 1), (0, 0, 0, 0)
