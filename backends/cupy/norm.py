@@ -22,23 +22,19 @@ from ._module import (
     splits_for,
 )
 
-PARTIAL_SUM, PARTIAL_SQDEV = 0, 1
-"""channel_partials modes (norm.cu)."""
 SPLIT_ITEMS = 8192
 """A channel's (n, h, w) reduction is split into chunks of about this many values, one block each ..."""
 MAX_SPLITS = 64
 """... and at most this many chunks per channel."""
 
 
-def _partials(a: Any, mode: int, center: Any = None) -> tuple[Any, int]:
-    """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits); ``center`` (the mean, for
-    PARTIAL_SQDEV) is passed as ``a`` where the mode does not read it."""
+def _partials(a: Any) -> tuple[Any, int]:
+    """(partial, splits): per-channel partial sums of an NCHW array, shape (C, splits)."""
     xp = array_module()
     n, c, h, w = a.shape
     splits, chunk = _splits(n * h * w)
     partial = xp.empty((c, splits), dtype=np.float32)
-    launch("norm", "channel_partials", (c, splits), reduction_threads(chunk), a, a if center is None else center,
-           *i32(mode, n, c, h * w, chunk), partial)
+    launch("norm", "channel_partials", (c, splits), reduction_threads(chunk), a, *i32(n, c, h * w, chunk), partial)
     return partial, splits
 
 
@@ -57,7 +53,7 @@ def _finalize(partial: Any, splits: int, divisor: float) -> Any:
 
 def channel_sums(a: Any) -> Any:
     """Sum over N, H and W of each channel of a float32 NCHW array (conv's db, batch norm's dbeta)."""
-    partial, splits = _partials(a, PARTIAL_SUM)
+    partial, splits = _partials(a)
     return _finalize(partial, splits, 1.0)
 
 
@@ -83,14 +79,14 @@ def batch_norm_forward(x: Any, weight: Any, bias: Any, running_mean: Any, runnin
     count = n * h * w
     mean = xp.empty(c, dtype=np.float32)
     invstd = xp.empty(c, dtype=np.float32)
+    splits, chunk = _splits(count)
     if training:
-        partial, splits = _partials(x, PARTIAL_SUM)
-        launch("norm", "channel_finalize", blocks(c), THREADS, partial, *i32(c, splits), f32(count), mean)
-        sq_partial, splits = _partials(x, PARTIAL_SQDEV, center=mean)
+        partial = xp.empty((2 * c, splits), dtype=np.float32)
+        launch("norm", "bn_partials", (c, splits), reduction_threads(chunk), x, *i32(n, c, h * w, chunk), partial)
     else:
-        sq_partial, splits = running_var, 1  # not read in eval
-    launch("norm", "bn_stats", blocks(c), THREADS, sq_partial, *i32(c, splits, count), f32(eps), f32(momentum),
-           np.int32(training), mean, invstd, running_mean, running_var)
+        partial = running_var  # not read in eval
+    launch("norm", "bn_stats", blocks(c), THREADS, partial, *i32(c, splits, chunk, count), f32(eps),
+           f32(momentum), np.int32(training), mean, invstd, running_mean, running_var)
     y = xp.empty_like(x)
     launch("norm", "bn_normalize", blocks(x.size), THREADS, x, mean, invstd, weight, bias, y,
            *i32(x.size, c, h * w, ACT_CODES[activation]), f32(LEAKY_SLOPE))

@@ -6,11 +6,11 @@
 // float32 sum, then the block tree of common.cuh.
 // channel_finalize / bn_stats then add the splits' partial sums in ascending split order. The backward's two
 // sums (dbeta, dgamma) share one pass, bn_backward_partials, which also applies the forward's fused activation.
-// The variance is two-pass (sum of squared deviations from the already reduced mean).
+// The forward's statistics take one launch, bn_partials: each block sums its chunk, then sums the squared
+// deviations from the chunk's own mean (a second pass over the chunk, from cache); bn_stats merges the chunks'
+// (sum, squared deviations) pairs as Chan et al.'s parallel variance does, so no sum of squares is ever
+// subtracted from another.
 #include "common.cuh"
-
-#define PARTIAL_SUM 0         // sum a
-#define PARTIAL_SQDEV 1       // sum (a - center[c])^2
 
 // f(off) for the elements of channel c whose flat (n, hw) index lies in this block's chunk [begin, end), off
 // being the element's NCHW offset: thread t takes begin + t, + blockDim.x, + 2 blockDim.x, ... in order, the
@@ -31,19 +31,38 @@ __device__ __forceinline__ void for_chunk(int C, int HW, int c, int begin, int e
 }
 
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
-channel_partials(const float* __restrict__ a, const float* __restrict__ center, int mode, int N, int C, int HW,
-                 int chunk, float* __restrict__ partial) {
+channel_partials(const float* __restrict__ a, int N, int C, int HW, int chunk, float* __restrict__ partial) {
     __shared__ float sh[CNN_MAX_BLOCK];
     const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int begin = split * chunk, end = min(N * HW, begin + chunk);
-    const float mu = mode == PARTIAL_SUM ? 0.0f : center[c];
     float acc = 0.0f;
-    for_chunk(C, HW, c, begin, end, [&](int off) {
-        const float d = a[off] - mu;
-        acc += mode == PARTIAL_SUM ? a[off] : d * d;
-    });
+    for_chunk(C, HW, c, begin, end, [&](int off) { acc += a[off]; });
     const float total = block_sum(acc, sh);
     if (threadIdx.x == 0) partial[c * splits + split] = total;
+}
+
+// The forward's statistics per (channel c, split), the chunks as channel_partials': partial[c, split] is the
+// chunk's sum s (in channel_partials' order) and partial[C + c, split] the sum of (a - s / n)^2 over its n
+// values, in the same order.
+extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
+bn_partials(const float* __restrict__ a, int N, int C, int HW, int chunk, float* __restrict__ partial) {
+    __shared__ float sh[CNN_MAX_BLOCK];
+    const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int begin = split * chunk, end = min(N * HW, begin + chunk);
+    float acc = 0.0f;
+    for_chunk(C, HW, c, begin, end, [&](int off) { acc += a[off]; });
+    const float total = block_sum(acc, sh);
+    const float mu = total / (float)(end - begin);
+    float sq = 0.0f;
+    for_chunk(C, HW, c, begin, end, [&](int off) {
+        const float d = a[off] - mu;
+        sq += d * d;
+    });
+    const float total_sq = block_sum(sq, sh);
+    if (threadIdx.x == 0) {
+        partial[c * splits + split] = total;
+        partial[(C + c) * splits + split] = total_sq;
+    }
 }
 
 // The backward's two sums in one pass, per (channel c, split) as channel_partials and in the same order: with
@@ -82,10 +101,12 @@ extern "C" __global__ void channel_finalize(const float* __restrict__ partial, i
     out[c] = acc / divisor;
 }
 
-// Training: biased batch variance from the squared-deviation partials -> invstd, and the running statistics
-// moved in place (running = (1 - momentum) running + momentum batch, with the unbiased variance).
+// Training: from bn_partials' chunks (of `chunk` values, the last one the rest of `count`), the batch mean (the
+// chunk sums added in ascending order) and the biased variance (each chunk's squared deviations plus
+// n (chunk mean - mean)^2, added in ascending order) -> mean and invstd, and the running statistics moved in
+// place (running = (1 - momentum) running + momentum batch, with the unbiased variance).
 // Eval: mean and invstd from the running statistics.
-extern "C" __global__ void bn_stats(const float* __restrict__ sq_partial, int C, int splits, int count,
+extern "C" __global__ void bn_stats(const float* __restrict__ partial, int C, int splits, int chunk, int count,
                                     float eps, float momentum, int training, float* __restrict__ mean,
                                     float* __restrict__ invstd, float* __restrict__ running_mean,
                                     float* __restrict__ running_var) {
@@ -96,11 +117,18 @@ extern "C" __global__ void bn_stats(const float* __restrict__ sq_partial, int C,
         invstd[c] = 1.0f / sqrtf(running_var[c] + eps);
         return;
     }
+    float total = 0.0f;
+    for (int s = 0; s < splits; ++s) total += partial[c * splits + s];
+    const float mu = total / (float)count;
     float sq = 0.0f;
-    for (int s = 0; s < splits; ++s) sq += sq_partial[c * splits + s];
+    for (int s = 0; s < splits; ++s) {
+        const float n = (float)min(chunk, count - s * chunk), d = partial[c * splits + s] / n - mu;
+        sq += partial[(C + c) * splits + s] + n * d * d;
+    }
+    mean[c] = mu;
     const float var = sq / (float)count;
     invstd[c] = 1.0f / sqrtf(var + eps);
-    running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
+    running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu;
     running_var[c] = (1.0f - momentum) * running_var[c] + momentum * (var * ((float)count / (float)(count - 1)));
 }
 
