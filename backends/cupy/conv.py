@@ -46,6 +46,7 @@ MIN_SPLIT_ITEMS = 64
 MIN_DIRECT_SPLIT_ITEMS = 8 * THREADS
 """... and the direct one's: every thread of a chunk's block sums at least 8 products."""
 MAX_SPLITS = 1024
+"""At most this many chunks of a weight gradient's reduction."""
 MIN_SPLITS = 16
 """A short weight-gradient reduction (a linear layer's batch) may still be cut into this many chunks: its few
 output tiles would otherwise leave all but a handful of SMs idle."""

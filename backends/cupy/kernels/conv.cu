@@ -2,7 +2,8 @@
 //
 // Two paths; backends/cupy/conv.py picks one per layer shape (conv_path):
 //  * direct: one thread per output element (forward), one per input element (backward data), one block
-//    per weight element (backward weight); for narrow layers (LeNet C1, a ResNet stem, depthwise).
+//    per weight element (backward weight); for narrow layers (LeNet C1's forward and data gradient,
+//    depthwise).
 //  * tiled implicit GEMM: within group g the conv is a matrix product whose operands are gathered on the
 //    fly (never materialised) into shared-memory tiles of BM x TILE_K (A) and TILE_K x BN (B):
 //        forward         Y[k, (n,oh,ow)]   = sum over (c,r,s)    W[k, (c,r,s)]    * Xcol[(c,r,s), (n,oh,ow)]
@@ -11,17 +12,18 @@
 //    256 threads per block (gemm_tile): 16 TM x 64 output tiles with TM 1, 2 or 4, and for GEMMs of fewer
 //    than 32 rows a wide 16 x 256 tile instead of TM = 1 (but for a weight gradient of at most 64 columns);
 //    the launcher picks the largest tile the layer's rows fill, so each gathered B element serves as many rows
-//    as it can.
+//    as it can. A strided conv's data gradient (without dilation) runs phase by phase (PhaseDataOp): each
+//    phase's input pixels meet output pixels through a fixed subset of the taps, so only those are gathered.
 //
 // Summation order (float32, every product added with fmaf):
-//  * forward and backward data, both paths: each output is one running sum from 0 over the reduction
-//    index in ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data, so the two
-//    paths give the same values (a zero's sign aside); except where the tiled GEMM has too few output tiles
-//    to fill the GPU (a linear layer's small batch): then its reduction is cut into `splits` consecutive
-//    chunks (a multiple of TILE_K each), each a running sum, and sum_splits adds the chunk sums in ascending
-//    order before the bias and the activation. Forward taps in the padding contribute w * 0 (as im2col
-//    does: a non-finite weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no output
-//    pixel (out of range, or between strided output pixels) add nothing, so a non-finite weight reaches only
+//  * forward and backward data, both paths: each output is one running sum from 0 over the reduction index in
+//    ascending lexicographic order, (c, r, s) forward and (k, r, s) backward data, so the two paths give the same
+//    values (a zero's sign aside; the phase kernels skip only taps that add nothing); except where the tiled GEMM
+//    has too few output tiles to fill the GPU (a linear layer's small batch): then its reduction is cut into
+//    `splits` consecutive chunks (a multiple of TILE_K each), each a running sum, and sum_splits adds the chunk
+//    sums in ascending order before the bias and the activation. Forward taps in the padding contribute w * 0 (as
+//    im2col does: a non-finite weight makes its whole output NaN, as in PyTorch); backward-data taps that meet no
+//    output pixel (out of range, or between strided output pixels) add nothing, so a non-finite weight reaches only
 //    the dx cells it touches (as col2im). Then bias is added, then the activation.
 //  * backward weight, direct: the flat (n, oh, ow) range is cut into `splits` consecutive chunks; in each,
 //    thread t of a block of T threads (a power of two from 32 to 256, by the chunk's length) sums the indices
@@ -158,18 +160,19 @@ conv2d_bwd_weight_direct(const float* __restrict__ dy, const float* __restrict__
 }
 
 // ------------------------------------------------------------------------------------------------ tiled
-// One BM x BN output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + BN) and reduction
-// [k_begin, k_end). The block's 256 threads form a TY x (256 / TY) grid; thread (tx, ty) owns the RPT rows
-// RPT ty + i and the 4 columns 4 tx + j, so BM = TY RPT and BN = 4 TX: TY = 16 gives the 16 RPT x 64 tiles,
-// TY = 4 with RPT = 4 the "wide" 16 x 256 tile, whose 4 x 4 outputs per thread read half as much shared memory
-// per FMA as the 1 x 4 of a 16 x 64 tile. A thread's rows and columns are adjacent in the 16-byte aligned
-// tiles, so each k reads them as one vector load apiece (LDS.128 for 4 floats). The gathers' index arithmetic (divisions by runtime sizes) is done
-// once, not per element: Op::col(col) once per thread for the one B column it loads (256 is a multiple of BN
-// or BN of 256), and Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block
-// reads. The next k-step's gathers are issued before this one's FMAs (into registers, stored to the shared
-// tiles after the k-step), so their memory latency overlaps the arithmetic. Op supplies a(m, tap), b(tap, col) and store(m, col, value); when Op::kMasked, b is b(tap, col, v) ->
-// bool and, in a k-step whose A tile holds a non-finite value, a product whose b is false is skipped rather
-// than added as a * 0 (with finite A, adding a * 0 leaves the sum's value as it is).
+// One BM x BN output tile of C = A B with rows [m0, m0 + BM), columns [n0, n0 + BN) and reduction [k_begin, k_end).
+// The block's 256 threads form a TY x (256 / TY) grid; thread (tx, ty) owns the RPT rows RPT ty + i and the 4
+// columns 4 tx + j, so BM = TY RPT and BN = 4 TX: TY = 16 gives the 16 RPT x 64 tiles, TY = 4 with RPT = 4 the
+// "wide" 16 x 256 tile, whose 4 x 4 outputs per thread read half as much shared memory per FMA as the 1 x 4 of a 16
+// x 64 tile. A thread's rows and columns are adjacent in the 16-byte aligned tiles, so each k reads them as one
+// vector load apiece (LDS.128 for 4 floats). The gathers' index arithmetic (divisions by runtime sizes) is done
+// once, not per element: Op::col(col) once per thread for the one B column it loads (256 is a multiple of BN or BN
+// of 256), and Op::tap(kk) once per reduction index of a k-step, into a shared table the whole block reads. The
+// next k-step's gathers are issued before this one's FMAs (into registers, stored to the shared tiles after the
+// k-step), so their memory latency overlaps the arithmetic. Op supplies a(m, tap), b(tap, col) and store(m, col,
+// value); when Op::kMasked, b is b(tap, col, v) -> bool and, in a k-step whose A tile holds a non-finite value, a
+// product whose b is false is skipped rather than added as a * 0 (with finite A, adding a * 0 leaves the sum's
+// value as it is).
 template <int TY, int RPT, class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int M, int Ncol, int k_begin, int k_end, int m0,
                                           int n0) {

@@ -30,15 +30,19 @@ __device__ __forceinline__ void for_chunk(int C, int HW, int c, int begin, int e
     }
 }
 
+// The block's sum of channel c's values in its chunk [begin, end): for_chunk's running sums, then the block tree.
+__device__ __forceinline__ float chunk_sum(const float* a, int C, int HW, int c, int begin, int end, float* sh) {
+    float acc = 0.0f;
+    for_chunk(C, HW, c, begin, end, [&](int off) { acc += a[off]; });
+    return block_sum(acc, sh);
+}
+
 extern "C" __global__ void __launch_bounds__(CNN_MAX_BLOCK)
 channel_partials(const float* __restrict__ a, int N, int C, int HW, int chunk, float* __restrict__ partial) {
     __shared__ float sh[CNN_MAX_BLOCK];
-    const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    const int begin = split * chunk, end = min(N * HW, begin + chunk);
-    float acc = 0.0f;
-    for_chunk(C, HW, c, begin, end, [&](int off) { acc += a[off]; });
-    const float total = block_sum(acc, sh);
-    if (threadIdx.x == 0) partial[c * splits + split] = total;
+    const int c = blockIdx.x, split = blockIdx.y, begin = split * chunk;
+    const float total = chunk_sum(a, C, HW, c, begin, min(N * HW, begin + chunk), sh);
+    if (threadIdx.x == 0) partial[c * gridDim.y + split] = total;
 }
 
 // The forward's statistics per (channel c, split), the chunks as channel_partials': partial[c, split] is the
@@ -49,9 +53,7 @@ bn_partials(const float* __restrict__ a, int N, int C, int HW, int chunk, float*
     __shared__ float sh[CNN_MAX_BLOCK];
     const int c = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int begin = split * chunk, end = min(N * HW, begin + chunk);
-    float acc = 0.0f;
-    for_chunk(C, HW, c, begin, end, [&](int off) { acc += a[off]; });
-    const float total = block_sum(acc, sh);
+    const float total = chunk_sum(a, C, HW, c, begin, end, sh);
     const float mu = total / (float)(end - begin);
     float sq = 0.0f;
     for_chunk(C, HW, c, begin, end, [&](int off) {
