@@ -285,7 +285,7 @@ def test_op_profile_times_each_cuda_kernel():
     result = profile("lenet5", "cudasim", batch=1, steps=1, warmup=0)
     assert SimulatorRuntime.launch is launch, "the runtime's launch is restored after the profile"
     kernels = result["kernels"]
-    assert {"conv2d_fwd_direct", "conv2d_bwd_weight_direct", "xent_rows"} <= set(kernels)
+    assert {"conv2d_fwd_direct", "conv2d_bwd_weight_gemm_tm1", "xent_rows"} <= set(kernels)
     assert kernels["avg_pool2d_fwd"]["calls"] == 2 and all(k["ms"] > 0 for k in kernels.values())
     assert "(all kernels)" in format_profile(result)
 
