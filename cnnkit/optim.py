@@ -19,11 +19,18 @@ from cnnkit.nn.base import Layer, Parameter
 Array = Any
 
 
-def _backend_of(a: Array) -> Any:
-    """The backend whose ``sgd_step`` updates array ``a``: cupy for a CuPy array, numpy for a host array."""
-    from cnnkit.backend import backend
+_SGD_STEPS: dict[type, Any] = {}
 
-    return backend("cupy" if type(a).__module__.startswith("cupy") else "numpy")
+
+def _sgd_step_for(a: Array) -> Any:
+    """The ``sgd_step`` op that updates arrays of ``a``'s type: cupy's for a CuPy array, numpy's for a host array
+    (looked up once per type: a step calls it for every parameter)."""
+    kind = type(a)
+    if kind not in _SGD_STEPS:
+        from cnnkit.backend import backend
+
+        _SGD_STEPS[kind] = backend("cupy" if kind.__module__.startswith("cupy") else "numpy").ops.sgd_step
+    return _SGD_STEPS[kind]
 
 
 def _to_host(a: Array) -> np.ndarray:
@@ -82,12 +89,12 @@ class SGD:
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            be, buf = _backend_of(p.data), self._buffers[i]
+            buf = self._buffers[i]
             first = bool(self.momentum) and buf is None
             if first:
-                buf = self._buffers[i] = be.xp.empty_like(p.data)
-            be.ops.sgd_step(p.data, p.grad, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
-                            self.nesterov, first)
+                buf = self._buffers[i] = p.data.copy()  # sgd_step sets it to the first gradient
+            _sgd_step_for(p.data)(p.data, p.grad, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+                                  self.nesterov, first)
 
     def graph_state(self) -> tuple[tuple, list[Array | None]]:
         """What a recorded step (:class:`cnnkit.step.TrainStep`) bakes in: the hyper-parameters, and the momentum
