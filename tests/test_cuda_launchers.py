@@ -128,6 +128,20 @@ def test_sgd_step_gives_the_numpy_backends_bits(be):
         assert not np.array_equal(want[0], p)
 
 
+def test_sgd_step_refuses_what_it_cannot_update_in_place(be):
+    """The kernel writes param and the momentum buffer in place: a strided view or a float64 array is refused
+    by name before the launch, never updated partly or wrongly."""
+    p, g = be.asarray(data((4, 6), "p")), be.asarray(data((4, 6), "g"))
+    with pytest.raises(ValueError, match="param must be a C-contiguous"):
+        be.sgd_step(p[:, ::2], g[:, ::2], None, 0.1, 0.0, 0.0, 0.0, False, False)
+    with pytest.raises(ValueError, match="momentum_buffer must be a C-contiguous"):
+        be.sgd_step(p, g, be.asarray(data((6, 4), "b")).T, 0.1, 0.9, 0.0, 0.0, False, False)
+    with pytest.raises(TypeError, match=r"\bparam\b.*float64"):
+        be.sgd_step(be.asarray(p, dtype=np.float64), g, None, 0.1, 0.0, 0.0, 0.0, False, False)
+    with pytest.raises(ValueError, match="grad has shape"):
+        be.sgd_step(p, g[:2], None, 0.1, 0.0, 0.0, 0.0, False, False)
+
+
 # ----------------------------------------------------------------------------------------------- loss
 def test_cross_entropy_bad_label_gives_nan_not_a_sync(be):
     """The kernel does not check labels on the host (that would need a synchronisation): a label outside
