@@ -53,8 +53,7 @@ def test_conv_grid_covers_both_paths_and_tiles():
         _, bm, bn = cuda_conv._weight_tile(kg, crs)
         on_tiles = c.id in weight_ids
         blocks = -(-crs // bn) * -(-kg // bm) * c.groups if on_tiles else kg * c.groups * crs
-        splits[on_tiles].append(cuda_conv.weight_splits(n * oh * ow, blocks,
-                                                        cuda_conv.weight_min_chunk(n * oh * ow, on_tiles))[0])
+        splits[on_tiles].append(cuda_conv.weight_splits(n * oh * ow, blocks, on_tiles)[0])
     for on_path in splits.values():
         assert max(on_path) > 1 and min(on_path) == 1
     gemm_splits = {"forward": [], "data": []}

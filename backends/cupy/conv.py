@@ -133,18 +133,14 @@ def _gemm_grid(rows: int, cols: int, bm: int, bn: int, z: int) -> tuple[int, int
     return grid
 
 
-def weight_splits(reduction: int, tiles: int, min_items: int = MIN_SPLIT_ITEMS) -> tuple[int, int]:
+def weight_splits(reduction: int, tiles: int, tiled: bool) -> tuple[int, int]:
     """(splits, chunk) of the weight gradient's (n, oh, ow) reduction over ``tiles`` blocks (tiled: output tiles;
-    direct: weight elements): enough splits to run about TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk at
-    least ``min_items`` long and a multiple of TILE_K."""
+    direct: weight elements): enough splits to run about TARGET_BLOCKS blocks, at most MAX_SPLITS, each chunk a
+    multiple of TILE_K and at least MIN_SPLIT_ITEMS long (tiled; shorter where that leaves fewer than MIN_SPLITS
+    chunks) or MIN_DIRECT_SPLIT_ITEMS (direct)."""
+    min_items = min(MIN_SPLIT_ITEMS, max(TILE_K, reduction // MIN_SPLITS)) if tiled else MIN_DIRECT_SPLIT_ITEMS
     want = max(1, min(MAX_SPLITS, TARGET_BLOCKS // tiles, reduction // min_items))
     return splits_for(reduction, want, TILE_K)
-
-
-def weight_min_chunk(reduction: int, tiled: bool) -> int:
-    """The shortest chunk of a weight gradient's reduction: MIN_SPLIT_ITEMS (tiled; shorter where that leaves
-    fewer than MIN_SPLITS chunks) or MIN_DIRECT_SPLIT_ITEMS (direct)."""
-    return min(MIN_SPLIT_ITEMS, max(TILE_K, reduction // MIN_SPLITS)) if tiled else MIN_DIRECT_SPLIT_ITEMS
 
 
 def gemm_splits(reduction: int, tiles: int) -> tuple[int, int]:
@@ -227,15 +223,14 @@ def _backward_data(dy, w, x_shape, geom, tiled: bool):
     k, _, r, s = w.shape
     groups, stride, dilation = geom[-1], geom[9:11], geom[13:15]
     dx = xp.empty(x_shape, dtype=np.float32)
+    tile, bm, bn = _tile(c // groups)
     if tiled and stride != UNIT and dilation == UNIT:  # the taps that meet an output pixel, phase by phase
-        tile, bm, bn = _tile(c // groups)
         sh, sw = stride
         grid = _gemm_grid(c // groups, n * ceil_div(h, sh) * ceil_div(wd, sw), bm, bn, groups * sh * sw)
         _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_bwd_data_phase_{tile}", grid, THREADS, dy, w,
                                                     out, chunk, *i32(*geom)),
                     grid, k // groups * ceil_div(r, sh) * ceil_div(s, sw), dx)  # phase (0, 0)'s, the largest
     elif tiled:
-        tile, bm, bn = _tile(c // groups)
         grid = _gemm_grid(c // groups, n * h * wd, bm, bn, groups)
         _split_gemm(lambda grid, out, chunk: launch("conv", f"conv2d_bwd_data_gemm_{tile}", grid, THREADS, dy, w, out,
                                                     chunk, *i32(*geom)),
@@ -252,7 +247,7 @@ def _backward_weight(dy, x, w_shape, geom, tiled: bool):
     n, oh, ow, groups = geom[0], geom[5], geom[6], geom[-1]
     wtile, bm, bn = _weight_tile(k // groups, cg * r * s)
     tiles = ceil_div(cg * r * s, bn) * ceil_div(k // groups, bm) * groups if tiled else dw.size
-    splits, chunk = weight_splits(n * oh * ow, tiles, weight_min_chunk(n * oh * ow, tiled))
+    splits, chunk = weight_splits(n * oh * ow, tiles, tiled)
     check_elements(splits * dw.size, "the split weight-gradient buffer")
     out = dw if splits == 1 else xp.empty((splits, *w_shape), dtype=np.float32)
     if tiled:
