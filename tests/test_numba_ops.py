@@ -24,7 +24,9 @@ import cnnkit.backends.numba as numba_backend
 import cnnkit.functional as F
 from cnnkit.backend import backend
 from cnnkit.backends import ACTIVATIONS, OPS, SCALED_TANH_A
+from cnnkit.backends.numba import activation as nb_activation
 from cnnkit.backends.numba import conv as nb_conv
+from cnnkit.backends.numba import loss as nb_loss
 from cnnkit.backends.numba.activation import CODES, act_run
 from cnnkit.backends.numba.conv import _loops as nb_loops
 
@@ -433,6 +435,32 @@ def test_float32_tanh_runs_of_every_length(kind):
     numba.njit(lambda d, s_, code: act_run(d, 3, s_, 5, 17, np.float32(0), code, 0.0))(dst, src, CODES[kind])
     np.testing.assert_array_equal(dst[3:20], long[:17])
     assert (dst[:3] == 7).all() and (dst[20:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_arrays_on_this_thread_give_the_parallel_kernels_bits(dtype, monkeypatch):
+    """Activations, their backward and the softmax cross-entropy run on the calling thread up to SERIAL_ELEMENTS
+    and as parallel kernels above it: the same bits either way (NaN, infinities and saturation included)."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(5003) * 4).astype(dtype)
+    x[:6] = (np.nan, np.inf, -np.inf, 0.0, 30.0, -30.0)
+    dy = rng.standard_normal(x.size).astype(dtype)
+    logits, labels = (rng.standard_normal((97, 13)) * 3).astype(dtype), rng.integers(0, 13, 97)
+    logits[5, 2] = 1e4  # a saturated row
+
+    def results():
+        out = list(NB.ops.softmax_cross_entropy(logits, labels))
+        for kind in ACTIVATIONS:
+            y = NB.ops.activation_forward(x, kind, 0.1)
+            out += [y, NB.ops.activation_backward(dy, y, kind, 0.1)]
+        return out
+
+    assert x.size <= nb_activation.SERIAL_ELEMENTS and logits.size <= nb_activation.SERIAL_ELEMENTS
+    serial = results()
+    monkeypatch.setattr(nb_activation, "SERIAL_ELEMENTS", 0)
+    monkeypatch.setattr(nb_loss, "SERIAL_ELEMENTS", 0)
+    for got, want in zip(results(), serial, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 # ----------------------------------------------------------------------------------------------- dropout

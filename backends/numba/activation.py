@@ -25,6 +25,10 @@ _A, _S = SCALED_TANH_A, SCALED_TANH_S
 _S_OVER_A, _A2 = SCALED_TANH_S / SCALED_TANH_A, SCALED_TANH_A ** 2
 _LN2_HI, _LN2_LO, _INV_LN2 = 6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.44269504088896338700e+00
 _BLOCK = 4096  # elements per task of the elementwise kernels
+SERIAL_ELEMENTS = 1 << 16
+"""Arrays up to this many elements are done on the calling thread by the serial run functions (the parallel
+kernels' own task bodies): waking the worker threads would cost more than the second core saves, and a model
+whose arrays are all this small (LeNet-5's dense layers, the loss) compiles no parallel kernel for them."""
 
 
 def code(kind: str | None) -> int:
@@ -233,7 +237,16 @@ def _backward(dy, y, dx, kind, slope):
 
 def activate(a: np.ndarray, kind: int, slope: float) -> None:
     """a = kind(a) in place, for a 1-D C-contiguous array (each element is read before it is written)."""
-    _forward(a, a, kind, float(slope), a.dtype.type(0))
+    _activate_into(a, a, kind, slope)
+
+
+def _activate_into(y: np.ndarray, x: np.ndarray, kind: int, slope: float) -> None:
+    """y = kind(x) for 1-D C-contiguous arrays: one run on this thread up to SERIAL_ELEMENTS, else in parallel
+    blocks (the same bits either way: each element is computed alone)."""
+    if x.size <= SERIAL_ELEMENTS:
+        act_run(y, 0, x, 0, x.size, x.dtype.type(0), kind, float(slope))
+    else:
+        _forward(x, y, kind, float(slope), x.dtype.type(0))
 
 
 @implements("numba")
@@ -241,7 +254,7 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_S
     """y = kind(x) for relu, leaky_relu, sigmoid, tanh or scaled_tanh (A * tanh(S * x))."""
     flat = np.ascontiguousarray(x).reshape(-1)
     y = np.empty_like(flat)
-    _forward(flat, y, code(kind), float(negative_slope), flat.dtype.type(0))
+    _activate_into(y, flat, code(kind), negative_slope)
     return y.reshape(x.shape)
 
 
@@ -270,10 +283,14 @@ def add_forward(a: np.ndarray, b: np.ndarray, activation: str | None = None,
 
 @implements("numba")
 def activation_backward(dy: np.ndarray, y: np.ndarray, kind: str, negative_slope: float = LEAKY_SLOPE) -> np.ndarray:
-    """dx from dy and the output y."""
+    """dx from dy and the output y (on this thread up to SERIAL_ELEMENTS, as the forward)."""
     yf = np.ascontiguousarray(y).reshape(-1)
+    dyf = np.ascontiguousarray(dy, dtype=y.dtype).reshape(-1)
     dx = np.empty_like(yf)
-    _backward(np.ascontiguousarray(dy, dtype=y.dtype).reshape(-1), yf, dx, code(kind), float(negative_slope))
+    if yf.size <= SERIAL_ELEMENTS:
+        grad_run(dx, dyf, yf, 0, yf.size, code(kind), float(negative_slope))
+    else:
+        _backward(dyf, yf, dx, code(kind), float(negative_slope))
     return dx.reshape(y.shape)
 
 

@@ -6,13 +6,14 @@ from numba import njit, prange
 
 from cnnkit.backends import implements
 
-from .activation import exp_neg, row_max_logsumexp
+from .activation import SERIAL_ELEMENTS, exp_neg, row_max_logsumexp
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _xent(logits, labels, losses, dlogits):
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _xent_rows(logits, labels, losses, dlogits, start, stop):
+    """Rows start .. stop-1: losses[i] = -log softmax(logits[i])[labels[i]], dlogits[i] = (softmax - onehot) / N."""
     n = logits.shape[0]
-    for i in prange(n):
+    for i in range(start, stop):
         m, lse = row_max_logsumexp(logits[i])
         label = labels[i]
         for j in range(logits.shape[1]):
@@ -21,12 +22,22 @@ def _xent(logits, labels, losses, dlogits):
         losses[i] = lse - (logits[i, label] - m)
 
 
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _xent(logits, labels, losses, dlogits):
+    for i in prange(logits.shape[0]):
+        _xent_rows(logits, labels, losses, dlogits, i, i + 1)
+
+
 @implements("numba")
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(loss, dlogits): loss = mean_i -log softmax(logits_i)[label_i] as a 0-d array in the logits' dtype;
-    dlogits = (softmax - onehot) / N."""
+    dlogits = (softmax - onehot) / N. Row by row on this thread up to SERIAL_ELEMENTS logits, else in parallel."""
     logits = np.ascontiguousarray(logits)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
     losses = np.empty(logits.shape[0])
     dlogits = np.empty_like(logits)
-    _xent(logits, np.ascontiguousarray(labels, dtype=np.int64), losses, dlogits)
+    if logits.size <= SERIAL_ELEMENTS:
+        _xent_rows(logits, labels, losses, dlogits, 0, logits.shape[0])
+    else:
+        _xent(logits, labels, losses, dlogits)
     return np.asarray(losses.mean(), dtype=logits.dtype), dlogits

@@ -14,9 +14,10 @@ in its on-disk cache; later runs load it from there. So a first run spends secon
   mode, as :func:`cnnkit.train.fit` does) of a fresh copy of the model on a random batch of the training shape,
   so every kernel training calls is compiled or loaded with the argument types training passes. At the first
   compile, a helper process (this module run as a script) starts on the same step from the other end: it records
-  the step's kernel calls on the NumPy backend (their inputs) and makes the same calls on this backend in reverse
-  order, the backward's last call first, so that the two meet in the middle; this process loads what the helper
-  compiled from numba's cache. The helper is ended when this process is through its step.
+  the step's kernel calls on the NumPy backend (their inputs) and makes the same calls on this backend from the
+  other end, the forward's last call first and then the backward's last first, so that the two meet in the middle
+  of each; this process loads what the helper compiled from numba's cache. The helper is ended when this process
+  is through its step.
 
 The two share numba's cache through a temporary folder. Numba writes each cache file atomically (a temporary
 file, then ``os.replace``), but adding an entry reads, extends and rewrites the function's index and then writes
@@ -123,8 +124,11 @@ def _plain(value: Any) -> bool:
 
 def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: Sequence[int] | None) -> list[Call]:
     """The kernel calls of :func:`_step` for the model ``build()`` returns, recorded on the NumPy backend (with
-    their inputs), in the helper's order: the backward's calls last first, then the forward's last first. Calls
-    with an argument that is not :func:`_plain` are left out (this process compiles those)."""
+    their inputs), in the helper's order: the forward's calls last first, then the backward's last first, so
+    that the two processes meet in the middle of the forward and then of the backward (a model's first and later
+    conv layers often need different kernels, the costliest to compile: with the backward first, the helper
+    would leave them all to this process). Calls with an argument that is not :func:`_plain` are left out (this
+    process compiles those)."""
     from cnnkit.backend import backend
 
     numpy_backend, calls = backend("numpy"), []
@@ -140,7 +144,7 @@ def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: 
     model = build().to(dataclasses.replace(numpy_backend, ops=ops), dtype)
     _step(model, batch_size, dtype, input_shape or model.input_shape)
     backward = [call for call in calls if call[0].endswith("_backward")]
-    return backward[::-1] + [call for call in calls if not call[0].endswith("_backward")][::-1]
+    return [call for call in calls if not call[0].endswith("_backward")][::-1] + backward[::-1]
 
 
 # ----------------------------------------------------------------------------------------------- the helper
