@@ -27,6 +27,7 @@ from cnnkit.backends import ACTIVATIONS, OPS, SCALED_TANH_A
 from cnnkit.backends.numba import activation as nb_activation
 from cnnkit.backends.numba import conv as nb_conv
 from cnnkit.backends.numba import loss as nb_loss
+from cnnkit.backends.numba import reduce as nb_reduce
 from cnnkit.backends.numba.activation import CODES, act_run
 from cnnkit.backends.numba.conv import _loops as nb_loops
 
@@ -440,7 +441,8 @@ def test_float32_tanh_runs_of_every_length(kind):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_arrays_on_this_thread_give_the_parallel_kernels_bits(dtype, monkeypatch):
     """Activations, their backward and the softmax cross-entropy run on the calling thread up to SERIAL_ELEMENTS
-    and as parallel kernels above it: the same bits either way (NaN, infinities and saturation included)."""
+    and as parallel kernels above it, the conv bias gradient's channel sums up to SERIAL_SUM_ELEMENTS: the same
+    bits either way (NaN, infinities and saturation included)."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(5003) * 4).astype(dtype)
     x[:6] = (np.nan, np.inf, -np.inf, 0.0, 30.0, -30.0)
@@ -448,17 +450,23 @@ def test_small_arrays_on_this_thread_give_the_parallel_kernels_bits(dtype, monke
     logits, labels = (rng.standard_normal((97, 13)) * 3).astype(dtype), rng.integers(0, 13, 97)
     logits[5, 2] = 1e4  # a saturated row
 
+    planes = rng.standard_normal((5, 7, 301)).astype(dtype)
+
     def results():
-        out = list(NB.ops.softmax_cross_entropy(logits, labels))
+        sums = np.empty(planes.shape[1])
+        nb_reduce.channel_sums(planes, sums)
+        out = [sums, *NB.ops.softmax_cross_entropy(logits, labels)]
         for kind in ACTIVATIONS:
             y = NB.ops.activation_forward(x, kind, 0.1)
             out += [y, NB.ops.activation_backward(dy, y, kind, 0.1)]
         return out
 
     assert x.size <= nb_activation.SERIAL_ELEMENTS and logits.size <= nb_activation.SERIAL_ELEMENTS
+    assert planes.size <= nb_reduce.SERIAL_SUM_ELEMENTS
     serial = results()
     monkeypatch.setattr(nb_activation, "SERIAL_ELEMENTS", 0)
     monkeypatch.setattr(nb_loss, "SERIAL_ELEMENTS", 0)
+    monkeypatch.setattr(nb_reduce, "SERIAL_SUM_ELEMENTS", 0)
     for got, want in zip(results(), serial, strict=True):
         np.testing.assert_array_equal(got, want)
 

@@ -13,11 +13,11 @@ in its on-disk cache; later runs load it from there. So a first run spends secon
 * :func:`precompile` runs one training step (forward, loss and backward in training mode, then a forward in eval
   mode, as :func:`cnnkit.train.fit` does) of a fresh copy of the model on a random batch of the training shape,
   so every kernel training calls is compiled or loaded with the argument types training passes. At the first
-  compile, a helper process (this module run as a script) starts on the same step from the other end: it records
-  the step's kernel calls on the NumPy backend (their inputs) and makes the same calls on this backend from the
-  other end, the forward's last call first and then the backward's last first, so that the two meet in the middle
-  of each; this process loads what the helper compiled from numba's cache. The helper is ended when this process
-  is through its step.
+  compile (at once on a first run, :func:`_first_run`), a helper process (this module run as a script) starts on
+  the same step from the other end: it records the step's kernel calls on the NumPy backend (their inputs) and
+  makes the same calls on this backend from the other end, the forward's last call first and then the backward's
+  last first, so that the two meet in the middle of each; this process loads what the helper compiled from
+  numba's cache. The helper is ended when this process is through its step.
 
 The two share numba's cache through a temporary folder. Numba writes each cache file atomically (a temporary
 file, then ``os.replace``), but adding an entry reads, extends and rewrites the function's index and then writes
@@ -267,6 +267,8 @@ def precompile(build: Callable[[], Any], batch_size: int, dtype: str = "float32"
     request = _helper_request(build, batch_size, dtype, input_shape)
     with contextlib.ExitStack() as stack:
         listener.precompiling = _Helper(request, stack) if request is not None else (lambda: None)
+        if request is not None and _first_run():
+            listener.precompiling()  # now: its start-up overlaps this process's, not its first compile
         try:
             with nn.init.fork_rng():
                 model = build().to("numba", dtype)
@@ -278,6 +280,18 @@ def precompile(build: Callable[[], Any], batch_size: int, dtype: str = "float32"
         listener.noticed = True
         logger.warning("%s: %.1f s", NOTICE, seconds)
     return seconds
+
+
+def _first_run() -> bool:
+    """Whether numba's cache holds no compiled ``act_run`` (every conv epilogue calls it): then no model has been
+    compiled here yet, and the helper can start before the step's first compile. Otherwise it starts at the first
+    compile, if any (a warm cache starts no process)."""
+    from .activation import act_run
+
+    try:
+        return not os.path.exists(act_run._cache._cache_file._index_path)
+    except AttributeError:  # another numba's cache layout: start at the first compile
+        return False
 
 
 def _helper_main() -> None:

@@ -19,12 +19,33 @@ def row_sum(row):
     return total
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def channel_sums(x3, out):
-    """out[k] = sum of x3 (N, K, P) over (n, p), accumulated in float64: vector partial sums per plane, then the
-    planes in order (the conv bias gradient)."""
-    for k in prange(x3.shape[1]):
+SERIAL_SUM_ELEMENTS = 1 << 18
+"""channel_sums of up to this many elements runs on the calling thread: a sum streams about 10 elements per ns
+there, so waking the worker threads would cost about as much as the second core saves (LeNet-5's bias gradients at
+batch 32 then need no parallel kernel)."""
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _channel_range_sums(x3, out, k0, k1):
+    """out[k] for k0 <= k < k1: the sum of x3 (N, K, P) over (n, p), accumulated in float64: vector partial sums
+    per plane, then the planes in order (the conv bias gradient)."""
+    for k in range(k0, k1):
         total = 0.0
         for n in range(x3.shape[0]):
             total += row_sum(x3[n, k])
         out[k] = total
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _channel_sums(x3, out):
+    for k in prange(x3.shape[1]):
+        _channel_range_sums(x3, out, k, k + 1)
+
+
+def channel_sums(x3: np.ndarray, out: np.ndarray) -> None:
+    """out[k] = sum of x3 (N, K, P) over (n, p) in float64 (:func:`_channel_range_sums`), in parallel over the
+    channels above SERIAL_SUM_ELEMENTS (the same bits either way)."""
+    if x3.size <= SERIAL_SUM_ELEMENTS:
+        _channel_range_sums(x3, out, 0, x3.shape[1])
+    else:
+        _channel_sums(x3, out)
