@@ -102,6 +102,20 @@ def _compile(watch: pc._Watch, *functions) -> None:
         watch.on_end(_event(function))
 
 
+def test_helper_takes_the_convs_and_poolings_first_from_the_forwards_end():
+    """The helper's calls (LeNet-5): every conv and pooling call before the rest; among them the forward's last
+    conv (C5) first, C3's before C1's, then the backward's from its last call (C1's)."""
+    calls = pc._record(functools.partial(models.create, "lenet5", num_classes=10), 2, "float32", None)
+    costly = ["conv" in name or "pool" in name for name, _, _ in calls]
+    assert costly == sorted(costly, reverse=True) and any(costly) and not all(costly)
+    convs = [(name, args[1].shape) for name, args, _ in calls if name.startswith("conv2d_")]
+    forward = [c for c in convs if not c[0].endswith("_backward")]
+    assert [shape for _, shape in forward[:3]] == [(120, 16, 5, 5), (16, 6, 5, 5), (6, 1, 5, 5)]
+    assert convs[:len(forward)] == forward  # the forward's convs before the backward's
+    first_backward = next(args for name, args, _ in calls if name == "conv2d_backward")
+    assert first_backward[2].shape == (6, 1, 5, 5)  # (dy, x, w): C1's gradient, the backward's last call
+
+
 def test_notice_is_logged_once_and_silenced_by_the_loggers_level(caplog):
     caplog.set_level(logging.WARNING, logger="cnnkit.backends.numba")
     watch = pc._Watch()

@@ -15,9 +15,10 @@ in its on-disk cache; later runs load it from there. So a first run spends secon
   so every kernel training calls is compiled or loaded with the argument types training passes. At the first
   compile (at once on a first run, :func:`_first_run`), a helper process (this module run as a script) starts on
   the same step from the other end: it records the step's kernel calls on the NumPy backend (their inputs) and
-  makes the same calls on this backend from the other end, the forward's last call first and then the backward's
-  last first, so that the two meet in the middle of each; this process loads what the helper compiled from
-  numba's cache. The helper is ended when this process is through its step.
+  makes the same calls on this backend from the other end, the convs and poolings first, each the forward's last
+  call first and then the backward's last first (:func:`_record`), so that the two meet in the middle; this
+  process loads what the helper compiled from numba's cache. The helper is ended when this process is through
+  its step.
 
 The two share numba's cache through a temporary folder. Numba writes each cache file atomically (a temporary
 file, then ``os.replace``), but adding an entry reads, extends and rewrites the function's index and then writes
@@ -124,11 +125,11 @@ def _plain(value: Any) -> bool:
 
 def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: Sequence[int] | None) -> list[Call]:
     """The kernel calls of :func:`_step` for the model ``build()`` returns, recorded on the NumPy backend (with
-    their inputs), in the helper's order: the forward's calls last first, then the backward's last first, so
-    that the two processes meet in the middle of the forward and then of the backward (a model's first and later
-    conv layers often need different kernels, the costliest to compile: with the backward first, the helper
-    would leave them all to this process). Calls with an argument that is not :func:`_plain` are left out (this
-    process compiles those)."""
+    their inputs), in the helper's order: the conv and pooling calls first, whose kernels are the costliest to
+    compile, then the rest (elementwise ops, the loss: this process soon reaches them itself); in each, the
+    forward's calls last first, then the backward's last first. So the two processes meet in the middle of the
+    forward (a model's first and later conv layers often need different kernels) and then of the backward. Calls
+    with an argument that is not :func:`_plain` are left out (this process compiles those)."""
     from cnnkit.backend import backend
 
     numpy_backend, calls = backend("numpy"), []
@@ -144,7 +145,8 @@ def _record(build: Callable[[], Any], batch_size: int, dtype: str, input_shape: 
     model = build().to(dataclasses.replace(numpy_backend, ops=ops), dtype)
     _step(model, batch_size, dtype, input_shape or model.input_shape)
     backward = [call for call in calls if call[0].endswith("_backward")]
-    return [call for call in calls if not call[0].endswith("_backward")][::-1] + backward[::-1]
+    order = [call for call in calls if not call[0].endswith("_backward")][::-1] + backward[::-1]
+    return sorted(order, key=lambda call: "conv" not in call[0] and "pool" not in call[0])  # (a stable sort)
 
 
 # ----------------------------------------------------------------------------------------------- the helper
