@@ -449,7 +449,6 @@ def test_small_arrays_on_this_thread_give_the_parallel_kernels_bits(dtype, monke
     dy = rng.standard_normal(x.size).astype(dtype)
     logits, labels = (rng.standard_normal((97, 13)) * 3).astype(dtype), rng.integers(0, 13, 97)
     logits[5, 2] = 1e4  # a saturated row
-
     planes = rng.standard_normal((5, 7, 301)).astype(dtype)
 
     def results():
