@@ -116,9 +116,7 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
         return
     d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(count)
     if kind == RELU:
-        for u in range(n):
-            v = src[o + u] + bias
-            dst[d + u] = 0.0 if v < 0.0 else v
+        relu_run(dst, d0, src, s0, count, bias)
     elif kind == LEAKY_RELU:
         for u in range(n):
             v = float(src[o + u] + bias)
@@ -142,6 +140,25 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
     else:
         for u in range(n):
             dst[d + u] = src[o + u] + bias
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def act_run_inline(dst, d0, src, s0, count, bias, kind, slope):
+    """:func:`act_run`, with ReLU's run inlined at the call: the conv epilogues call it once per short output run
+    (an image row of one channel), where a call costs about as much as the run itself."""
+    if kind == RELU:
+        relu_run(dst, d0, src, s0, count, bias)
+    else:
+        act_run(dst, d0, src, s0, count, bias, kind, slope)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def relu_run(dst, d0, src, s0, count, bias):
+    """:func:`act_run`'s ReLU: dst[d0 + u] = relu(src[s0 + u] + bias) for u < count, NaN passing."""
+    d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(max(count, 0))
+    for u in range(n):
+        v = src[o + u] + bias
+        dst[d + u] = 0.0 if v < 0.0 else v
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")

@@ -25,7 +25,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import NONE, RELU, act_pool_pairs, act_run, costly_remainder, pools_activated
+from ..activation import NONE, RELU, act_pool_pairs, act_run, act_run_inline, costly_remainder, pools_activated
 from ..vectors import copy_padded, pool_pairs
 from ._loops import (
     MIN_TASKS,
@@ -206,7 +206,7 @@ def _grid_epilogue(out, acc, t, b, res, g, v0, hp, wp, kind, slope):
                 if whole:
                     copy_run(out_flat, dst, flat, at, 1, hi - lo)
                 else:
-                    act_run(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
+                    act_run_inline(out_flat, dst, flat, at, hi - lo, b[g * m + i], kind, slope)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
