@@ -222,6 +222,19 @@ def test_peak_falls_back_to_gemm_without_llvmlite(monkeypatch):
     peaks = report.measured_peaks("cpu", 1)
     assert peaks["peak_kind"] == "GEMM" and peaks["peak_gflops"] == peaks["gemm_peak_gflops"] > 0
 
+def test_bench_rates_against_the_best_peak_it_read(tmp_path, monkeypatch):
+    from cnnkit.bench import report
+
+    readings = iter([110.0, 220.0, 150.0])  # before the cases, after train, after infer: a neighbour came and went
+    monkeypatch.setattr(report, "fma_peak_gflops", lambda threads: next(readings))
+    monkeypatch.setattr(report, "gemm_peak_gflops", lambda device: 50.0)
+    assert _bench(tmp_path, "--no-torch") == 0
+    data, rows = _results(tmp_path)
+    assert next(readings, None) is None  # read once before the cases and once after each of the two cases
+    assert data["machine"]["peak_gflops"] == data["machine"]["fma_peak_gflops"] == 220.0
+    assert rows["train", "numpy"]["pct_peak"] == pytest.approx(100 * rows["train", "numpy"]["gflop_per_s"] / 220.0)
+
+
 def test_bench_with_torch_hidden(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert _bench(tmp_path) == 0

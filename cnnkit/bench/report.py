@@ -77,7 +77,7 @@ def write_chart(rows: list[dict], machine: dict, path: Path) -> str | None:
 def measured_peaks(device: str, threads: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
     """The machine's measured float32 rates: the GEMM peak and, on CPU, the FMA peak (:mod:`cnnkit.bench.peak`);
     ``peak_gflops`` is the FMA one when measured, else the GEMM one. With ``before`` (an earlier result) each is
-    the best of both: a shared machine can be busy at either end of a run."""
+    the best of both: a shared machine can be busy at any moment of a run."""
     gemm = gemm_peak_gflops(device)
     fma = fma_peak_gflops(threads) if device == "cpu" else None
     if before is not None:
@@ -87,7 +87,7 @@ def measured_peaks(device: str, threads: int, before: dict[str, Any] | None = No
             "peak_kind": "GEMM" if fma is None else "FMA",
             "gemm_peak_how": f"best of 5 float32 {GEMM_SIZE[device]}^2 matmuls with "
                              f"{'cupy' if device == 'gpu' else 'numpy'}" + ("" if before is None else ", before and "
-                                                                              "after the cases"),
+                                                                              "after each case"),
             "fma_peak_how": None if fma is None else f"independent vector FMAs on {threads} threads at once "
                                                      "(cnnkit.bench.peak)"}
 
