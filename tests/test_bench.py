@@ -222,6 +222,7 @@ def test_peak_falls_back_to_gemm_without_llvmlite(monkeypatch):
     peaks = report.measured_peaks("cpu", 1)
     assert peaks["peak_kind"] == "GEMM" and peaks["peak_gflops"] == peaks["gemm_peak_gflops"] > 0
 
+
 def test_bench_rates_against_the_best_peak_it_read(tmp_path, monkeypatch):
     from cnnkit.bench import report
 

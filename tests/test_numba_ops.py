@@ -28,7 +28,7 @@ from cnnkit.backends.numba import activation as nb_activation
 from cnnkit.backends.numba import conv as nb_conv
 from cnnkit.backends.numba import loss as nb_loss
 from cnnkit.backends.numba import reduce as nb_reduce
-from cnnkit.backends.numba.activation import CODES, act_run
+from cnnkit.backends.numba.activation import CODES, act_run, act_run_inline
 from cnnkit.backends.numba.conv import _loops as nb_loops
 
 NB, NP = backend("numba"), backend("numpy")
@@ -436,6 +436,34 @@ def test_float32_tanh_runs_of_every_length(kind):
     numba.njit(lambda d, s_, code: act_run(d, 3, s_, 5, 17, np.float32(0), code, 0.0))(dst, src, CODES[kind])
     np.testing.assert_array_equal(dst[3:20], long[:17])
     assert (dst[:3] == 7).all() and (dst[20:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inlined_epilogue_runs_are_exact(dtype):
+    """act_run_inline (ReLU's loop inlined in the shifted conv's epilogue) writes the exact sum for no activation
+    and ReLU and act_run's bits for the others, for every run length, NaN and infinities included, and nothing
+    outside the run."""
+    rng = np.random.default_rng(13)
+    src = (rng.standard_normal(64) * 4).astype(dtype)
+    src[5:11] = (np.nan, np.inf, -np.inf, 0.0, -0.0, -1e-30)
+    dtype = np.dtype(dtype).type
+    bias = dtype(0.25)
+
+    @numba.njit
+    def both(inline, plain, code, n):
+        act_run_inline(inline, 3, src, 5, n, bias, code, 0.1)
+        act_run(plain, 3, src, 5, n, bias, code, 0.1)
+
+    summed = src + bias
+    exact = {None: summed, "relu": np.where(summed < 0, dtype(0), summed)}  # NaN passes the ReLU, as PyTorch's
+    for kind in (None, *ACTIVATIONS):
+        for n in range(41):
+            inline, plain = np.full(64, 7.0, dtype), np.full(64, 7.0, dtype)
+            both(inline, plain, CODES[kind], n)
+            want = exact[kind][5:5 + n] if kind in exact else plain[3:3 + n]
+            np.testing.assert_array_equal(inline[3:3 + n].view(f"u{inline.itemsize}"), want.view(f"u{want.itemsize}"),
+                                          err_msg=f"{kind}, n={n}")
+            assert (inline[:3] == 7).all() and (inline[3 + n:] == 7).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
