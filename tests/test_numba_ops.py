@@ -467,6 +467,24 @@ def test_inlined_epilogue_runs_are_exact(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_add_is_the_sum_then_the_activation_bit_for_bit(dtype):
+    """add_forward (ReLU in one loop over both inputs, other kinds through a block buffer) gives the bits of the
+    sum followed by activation_forward: signed zeros (relu(-0 + -0) is +0, as the NumPy reference), NaN and
+    infinities included, over several parallel blocks and a partial one."""
+    ops = backend("numba").ops
+    rng = np.random.default_rng(17)
+    a, b = (rng.standard_normal((2, 3 * 4096 + 77)) * 3).astype(dtype)
+    a[:8] = (np.nan, np.inf, -np.inf, -0.0, -0.0, 0.0, 1.0, np.inf)
+    b[:8] = (1.0, -1.0, np.inf, -0.0, 0.0, -0.0, -1.0, -np.inf)
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        total = a + b
+    for kind in (None, *ACTIVATIONS):
+        want = ops.activation_forward(total, kind) if kind else total
+        got = ops.add_forward(a, b, kind)
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"), err_msg=kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_small_arrays_on_this_thread_give_the_parallel_kernels_bits(dtype, monkeypatch):
     """Activations, their backward and the softmax cross-entropy run on the calling thread up to SERIAL_ELEMENTS
     and as parallel kernels above it, the conv bias gradient's channel sums up to SERIAL_SUM_ELEMENTS: the same

@@ -162,6 +162,17 @@ def relu_run(dst, d0, src, s0, count, bias):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+def relu_sum_run(dst, d0, src, s0, bias, res, r0, count):
+    """dst[d0 + u] = relu((src[s0 + u] + bias) + res[r0 + u]) for u < count (NaN passes); starts must be >= 0."""
+    if count <= 0:
+        return
+    d, o, r, n = np.uint64(d0), np.uint64(s0), np.uint64(r0), np.uint64(count)
+    for u in range(n):
+        v = (src[o + u] + bias) + res[r + u]
+        dst[d + u] = 0.0 if v < 0.0 else v
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def pools_activated(kind, itemsize):
     """True when :func:`act_pool_pairs` runs ``kind`` on arrays of this itemsize (float32 tanh and scaled tanh)."""
     return (kind == TANH or kind == SCALED_TANH) and itemsize == 4
@@ -277,14 +288,22 @@ def activation_forward(x: np.ndarray, kind: str, negative_slope: float = LEAKY_S
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _add(a, b, y, kind, slope, zero):
-    """y = kind(a + b) over flat arrays, block by block: the sum into a block buffer, then the activation."""
+    """y = kind(a + b) over flat arrays, block by block: the plain sum and ReLU in one loop (ReLU as
+    relu((a + 0) + b), the bits of :func:`act_run`'s relu((a + b) + 0): both make a -0 sum +0); other kinds the
+    sum into a block buffer, then the activation."""
     for blk in prange((y.size + _BLOCK - 1) // _BLOCK):
         start, count = blk * _BLOCK, min(_BLOCK, y.size - blk * _BLOCK)
-        total = np.empty(count, dtype=y.dtype)
         o = np.uint64(start)
-        for u in range(np.uint64(count)):  # unsigned indices: no wraparound checks, so the loop vectorises
-            total[u] = a[o + u] + b[o + u]
-        act_run(y, start, total, np.int64(0), count, zero, kind, slope)
+        if kind == NONE:
+            for u in range(np.uint64(count)):  # unsigned indices: no wraparound checks, so the loop vectorises
+                y[o + u] = a[o + u] + b[o + u]
+        elif kind == RELU:
+            relu_sum_run(y, start, a, start, zero, b, start, count)
+        else:
+            total = np.empty(count, dtype=y.dtype)
+            for u in range(np.uint64(count)):
+                total[u] = a[o + u] + b[o + u]
+            act_run(y, start, total, np.int64(0), count, zero, kind, slope)
 
 
 @implements("numba")

@@ -295,17 +295,6 @@ def add_bias_run(dst, d0, bias, src, s0, count):
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def relu_sum_run(dst, d0, src, s0, bias, res, r0, count):
-    """dst[d0 + u] = relu((src[s0 + u] + bias) + res[r0 + u]) for u < count (NaN passes); starts must be >= 0."""
-    if count <= 0:
-        return
-    d, o, r, n = np.uint64(d0), np.uint64(s0), np.uint64(r0), np.uint64(count)
-    for u in range(n):
-        v = (src[o + u] + bias) + res[r + u]
-        dst[d + u] = 0.0 if v < 0.0 else v
-
-
-@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def axpy_run(dst, d0, dstep, src, s0, sstep, count, alpha):
     """dst[d0 + u * dstep] += alpha * src[s0 + u * sstep] for u < count; starts must be >= 0."""
     if count <= 0:

@@ -22,9 +22,9 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import RELU, act_run
+from ..activation import RELU, act_run, relu_sum_run
 from ..vectors import VECTOR_BYTES, transpose_block
-from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, gemm, relu_sum_run, zero_run
+from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, gemm, zero_run
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, fma_tile_channels, fma_tile_channels_narrow, lanes
 
 POSITIONS = 256   # forward: output positions per task at most, unless one output row has more

@@ -25,7 +25,16 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..activation import NONE, RELU, act_pool_pairs, act_run, act_run_inline, costly_remainder, pools_activated
+from ..activation import (
+    NONE,
+    RELU,
+    act_pool_pairs,
+    act_run,
+    act_run_inline,
+    costly_remainder,
+    pools_activated,
+    relu_sum_run,
+)
 from ..vectors import copy_padded, pool_pairs
 from ._loops import (
     MIN_TASKS,
@@ -37,7 +46,6 @@ from ._loops import (
     copy_run,
     dot_blocks,
     gemm,
-    relu_sum_run,
     zero_run,
 )
 
