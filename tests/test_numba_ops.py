@@ -122,8 +122,8 @@ AUTOMATIC_PATHS = {
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("planar", "planar", "im2row"),            # 8x8-like planes: dx gathers rows
     "planar-odd-bands-tanh": ("planar", "planar", "shifted"),          # 300 outputs: two bands of 15 rows
-    "channels-s2-wide-rows-relu": ("channels", "channels", "im2row"),  # Cg >= 16, Kg = 32: any stride
-    "channels-groups2-dil1x2-tanh": ("channels", "channels", "im2row"),
+    "channels-s2-wide-rows-relu": ("channels", "planar", "im2row"),    # Cg >= 16, Kg = 32: any stride; dw: Cg 17
+    "channels-groups2-dil1x2-tanh": ("channels", "planar", "im2row"),  # dw: Cg = 16
 }
 # Every conv path (forced) runs these: the cases above and those with non-finite values (whose NaN and inf must
 # land where PyTorch puts them on every path).
@@ -186,8 +186,8 @@ def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
-    resnet20 = {(16, 32, 1): ("shifted", "channels", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, OH, s)
-                (64, 8, 1): ("channels",) * 3, (32, 16, 2): ("channels", "channels", "im2row"),
+    resnet20 = {(16, 32, 1): ("shifted", "planar", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, OH, s)
+                (64, 8, 1): ("channels",) * 3, (32, 16, 2): ("channels", "planar", "im2row"),
                 (64, 8, 2): ("channels", "channels", "im2row")}
     for (k, size, s), paths in resnet20.items():
         c, h = (k // s, size * s)

@@ -32,7 +32,9 @@ the stride, the forward is channels for kernels wider than 1x1 with at least CHA
 group and a multiple of CHANNELS_K (32) outputs per group (whole tiles): ResNet-20's 32- and 64-channel layers; so
 is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg outputs) and its flipped padding fits
 (``_loops.flip_fits``), ahead of im2row's; and the weight gradient from CHANNELS_MIN_C input channels and
-WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's. ``path=``
+WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's, on the
+planar path instead where Kg is a multiple of PLANAR_K and Cg is not one of CHANNELS_K (the channels path's
+(s, c) runs then end in partial tiles: 35-50% slower at Cg = 17 to 40; 4-8% at ResNet-20's Cg = 16). ``path=``
 forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight times a
@@ -111,14 +113,14 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     channels_weight = w_shape[1] >= CHANNELS_MIN_C and kg >= WEIGHT_GEMM_MIN and w_shape[2] * w_shape[3] > 1
     if stride != (1, 1):
         route = "im2row" if reduction >= ROW_MIN_STRIDED else "packed"
-        weight = "channels" if channels_weight else "direct" if kg < WEIGHT_GEMM_MIN else route
+        weight = _weight_gemm(w_shape, kg) if channels_weight else "direct" if kg < WEIGHT_GEMM_MIN else route
         return "channels" if channels_fit else route, weight, route
     grid_h, grid_w = shifted.grid_shape(x_shape, (out_h, out_w), padding)
     wide_ok = grid_w <= MAX_WIDE_WASTE * out_w
     narrow = "shifted" if wide_ok else "packed"
     if reduction < ROW_MIN and grid_h * grid_w > LANES_WASTE * out_h * out_w:
         narrow = "planar" if kg % PLANAR_K == 0 else "lanes"
-    weight = "channels" if channels_weight else "im2row" if reduction >= ROW_MIN else narrow
+    weight = _weight_gemm(w_shape, kg) if channels_weight else "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
     if channels_fit:
         forward = "channels"
@@ -135,6 +137,12 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
 def _channels_fit(inputs: int, outputs: int, w_shape) -> bool:
     """Whether a correlation with these input and output channels per group suits the channels path."""
     return inputs >= CHANNELS_MIN_C and outputs % CHANNELS_K == 0 and w_shape[2] * w_shape[3] > 1
+
+
+def _weight_gemm(w_shape, kg: int) -> str:
+    """The weight gradient's path where the channels rule takes it: planar for whole vectors of outputs per group
+    and input channels that are no multiple of CHANNELS_K, else channels."""
+    return "planar" if kg % PLANAR_K == 0 and w_shape[1] % CHANNELS_K != 0 else "channels"
 
 
 def _finite(a: np.ndarray) -> bool:
