@@ -440,9 +440,9 @@ def test_float32_tanh_runs_of_every_length(kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inlined_epilogue_runs_are_exact(dtype):
-    """act_run_inline (ReLU's loop inlined in the shifted conv's epilogue) writes the exact sum for no activation
-    and ReLU and act_run's bits for the others, for every run length, NaN and infinities included, and nothing
-    outside the run."""
+    """act_run_inline (one select loop for ReLU and no activation, inlined in the shifted conv's epilogue) writes
+    the exact sum for no activation and ReLU and act_run's bits for the others, for every run length, NaN and
+    infinities included, and nothing outside the run."""
     rng = np.random.default_rng(13)
     src = (rng.standard_normal(64) * 4).astype(dtype)
     src[5:11] = (np.nan, np.inf, -np.inf, 0.0, -0.0, -1e-30)
