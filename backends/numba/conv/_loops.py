@@ -15,6 +15,7 @@ from numba import njit, prange
 from cnnkit.backends import conv_output_size
 
 from ..activation import NONE, act_run
+from ..vectors import transpose_block
 from .simd import (
     DOT_TILE,
     SHORT,
@@ -333,6 +334,46 @@ def activate_rows(acc, t, b, k0, kind, slope):
 
 
 # ----------------------------------------------------------------------------------------------- padded planes
+@njit(cache=True, fastmath=False, error_model="numpy")
+def fill_window(win, x, n, c0, cg, ih0, rows, wp, left, tmp):
+    """win[((i * wp + left + iw) * cg + c] = x[n, c0 + c, ih0 + i, iw] for window rows i < rows, 0 in the margins
+    and in rows outside the image: a zero-padded channel-last window of image n's channels c0 .. c0+cg-1 (the
+    channels path's, im2row's padded image). L x L blocks of (channels, positions) transposed, straight into the
+    window along image rows at least L wide, else through tmp (L * L elements) along the flat positions of the
+    rows."""
+    _, c_, h_, w_ = x.shape
+    lane = lanes(win)
+    plane, row_len = h_ * w_, wp * cg
+    first, last = max(ih0, 0), min(ih0 + rows, h_)
+    for i in range(rows):
+        if i + ih0 < first or i + ih0 >= last:
+            zero_run(win, i * row_len, row_len)
+        else:
+            zero_run(win, i * row_len, left * cg)
+            zero_run(win, (i * wp + left + w_) * cg, (wp - left - w_) * cg)
+    flat = x.reshape(-1)
+    blocks_c = cg - cg % lane
+    for cb in range(0, blocks_c, lane):
+        src = (n * c_ + c0 + cb) * plane
+        if w_ >= lane:
+            for ih in range(first, last):
+                for w0 in range(0, w_ - w_ % lane, lane):
+                    transpose_block(win, ((ih - ih0) * wp + left + w0) * cg + cb, cg, flat, src + ih * w_ + w0, plane)
+        else:
+            for f0 in range(first * w_, last * w_ - lane + 1, lane):
+                transpose_block(tmp, 0, lane, flat, src + f0, plane)
+                for j in range(lane):
+                    f = f0 + j
+                    copy_run(win, ((f // w_ - ih0) * wp + left + f % w_) * cg + cb, tmp, j * lane, 1, lane)
+    whole_w = w_ - w_ % lane  # what the blocks covered: these columns of each row, or flat positions before whole_f
+    whole_f = last * w_ - (last - first) * w_ % lane
+    for f in range(first * w_, last * w_):  # the rest of the channels and positions
+        covered = f % w_ < whole_w if w_ >= lane else f < whole_f
+        dst = ((f // w_ - ih0) * wp + left + f % w_) * cg
+        for c in range(blocks_c if covered else 0, cg):
+            win[dst + c] = flat[(n * c_ + c0 + c) * plane + f]
+
+
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
 def padded_plane(dst, base, src, top, left, wp, plane):
     """dst[base + (top + h) * wp + left + w] = src[h, w], and 0 on the rest of dst[base:base + plane] (the

@@ -24,50 +24,12 @@ from numba import njit, prange
 
 from ..activation import RELU, act_run, relu_sum_run
 from ..vectors import VECTOR_BYTES, transpose_block
-from ._loops import Pads, Pair, add_bias_run, cdiv, copy_run, gemm, zero_run
+from ._loops import Pads, Pair, add_bias_run, cdiv, fill_window, gemm
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, fma_tile_channels, fma_tile_channels_narrow, lanes
 
 POSITIONS = 256   # forward: output positions per task at most, unless one output row has more
 WEIGHT_POSITIONS = 1024  # weight gradient: output positions per window at most (ResNet-20's whole images) ...
 WEIGHT_CHUNKS = 8  # ... and partials (chunks of images) at most
-
-
-@njit(cache=True, fastmath=False, error_model="numpy")
-def _fill_window(win, x, n, c0, cg, ih0, rows, wp, left, tmp):
-    """win[((i * wp + left + iw) * cg + c] = x[n, c0 + c, ih0 + i, iw] for window rows i < rows, 0 in the margins
-    and in rows outside the image; L x L blocks of (channels, positions) transposed, straight into the window
-    along image rows at least L wide, else through tmp along the flat positions of the rows."""
-    _, c_, h_, w_ = x.shape
-    lane = lanes(win)
-    plane, row_len = h_ * w_, wp * cg
-    first, last = max(ih0, 0), min(ih0 + rows, h_)
-    for i in range(rows):
-        if i + ih0 < first or i + ih0 >= last:
-            zero_run(win, i * row_len, row_len)
-        else:
-            zero_run(win, i * row_len, left * cg)
-            zero_run(win, (i * wp + left + w_) * cg, (wp - left - w_) * cg)
-    flat = x.reshape(-1)
-    blocks_c = cg - cg % lane
-    for cb in range(0, blocks_c, lane):
-        src = (n * c_ + c0 + cb) * plane
-        if w_ >= lane:
-            for ih in range(first, last):
-                for w0 in range(0, w_ - w_ % lane, lane):
-                    transpose_block(win, ((ih - ih0) * wp + left + w0) * cg + cb, cg, flat, src + ih * w_ + w0, plane)
-        else:
-            for f0 in range(first * w_, last * w_ - lane + 1, lane):
-                transpose_block(tmp, 0, lane, flat, src + f0, plane)
-                for j in range(lane):
-                    f = f0 + j
-                    copy_run(win, ((f // w_ - ih0) * wp + left + f % w_) * cg + cb, tmp, j * lane, 1, lane)
-    whole_w = w_ - w_ % lane  # what the blocks covered: these columns of each row, or flat positions before whole_f
-    whole_f = last * w_ - (last - first) * w_ % lane
-    for f in range(first * w_, last * w_):  # the rest of the channels and positions
-        covered = f % w_ < whole_w if w_ >= lane else f < whole_f
-        dst = ((f // w_ - ih0) * wp + left + f % w_) * cg
-        for c in range(blocks_c if covered else 0, cg):
-            win[dst + c] = flat[(n * c_ + c0 + c) * plane + f]
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -131,7 +93,7 @@ def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw,
         count = min(band, oh - h0) * ow
         tmp = np.empty(lane * lane, dtype=out.dtype)
         win = np.empty((1, win_rows * wp * cg), dtype=out.dtype)
-        _fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left, tmp)
+        fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, win_rows, wp, left, tmp)
         rows = (count + CHANNEL_ROWS - 1) // CHANNEL_ROWS * CHANNEL_ROWS
         acc = np.zeros((max(rows, (count + lane - 1) // lane * lane), kpad), dtype=out.dtype)
         aoff = np.zeros(acc.shape[0], dtype=np.int64)  # rows past count read the window's start
@@ -171,7 +133,7 @@ def _channels_weight(dy, x, part, sh, sw, top, left, dh, dw, r_, s_, wp, band):
             arow = np.arange(kg) + n * k_ + g * kg
             for h0 in range(0, oh, band):
                 count = min(band, oh - h0) * ow
-                _fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, rows, wp, left, tmp)
+                fill_window(win.reshape(-1), x, n, g * cg, cg, h0 * sh - top, rows, wp, left, tmp)
                 aoff[:] = h0 * ow  # dy's rows from the band's first position
                 for r in range(r_):
                     for s in range(0, s_, span):

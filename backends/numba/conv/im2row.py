@@ -20,7 +20,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..activation import act_run
-from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, gemm
+from ..vectors import transpose_block
+from ._loops import MIN_TASKS, Pads, Pair, add_run, cdiv, copy_run, fill_window, gemm
+from .simd import lanes
 
 ROW_TILE = 64             # pixels per task tile (a multiple of 8: whole register tiles; see bench/NOTES.md)
 WEIGHT_CHUNKS = 8         # at most this many partial weight gradients
@@ -28,22 +30,14 @@ WEIGHT_CHUNKS = 8         # at most this many partial weight gradients
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _channel_last(x, xh, top, left):
-    """xh[n, g, top + h, left + w, c] = x[n, g*Cg + c, h, w]; every other element of xh is 0. One task per
-    padded row."""
-    n_, c_, h_, w_ = x.shape
-    groups, hp, cg = xh.shape[1], xh.shape[2], xh.shape[4]
-    for task in prange(n_ * groups * hp):
-        n, g, h = task // (groups * hp), (task // hp) % groups, task % hp - top
-        row = xh[n, g, h + top]
-        if h < 0 or h >= h_:
-            row[:, :] = 0
-            continue
-        row[:left, :] = 0
-        row[left + w_:, :] = 0
-        for c in range(cg):
-            src = x[n, g * cg + c, h]
-            for w in range(w_):
-                row[left + w, c] = src[w]
+    """xh[n, g, top + h, left + w, c] = x[n, g*Cg + c, h, w]; every other element of xh is 0. One task per image
+    and group (``_loops.fill_window``: blocks transposed in registers)."""
+    groups, hp, wp, cg = xh.shape[1], xh.shape[2], xh.shape[3], xh.shape[4]
+    lane = lanes(xh)
+    for task in prange(x.shape[0] * groups):
+        n, g = task // groups, task % groups
+        tmp = np.empty(lane * lane, dtype=xh.dtype)
+        fill_window(xh[n, g].reshape(-1), x, n, g * cg, cg, -top, hp, wp, left, tmp)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
@@ -142,16 +136,28 @@ def _im2row_scatter(dyh, wr, dxh, s_, sh, sw, dil_h, dil_w, tp):
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
 def _channel_first(xh, x, top, left):
-    """x[n, g*Cg + c, h, w] = xh[n, g, top + h, left + w, c]: the inverse of _channel_last, padding dropped."""
+    """x[n, g*Cg + c, h, w] = xh[n, g, top + h, left + w, c]: the inverse of _channel_last, padding dropped; L x L
+    blocks of (positions, channels) transposed by vectors.transpose_block, the rest one by one. One task per
+    image and group (a task per row would share the cache lines of narrow planes' rows with other threads)."""
     n_, c_, h_, w_ = x.shape
-    cg = xh.shape[4]
-    for task in prange(n_ * c_):
-        n, ci = task // c_, task % c_
-        img = xh[n, ci // cg]
-        c = ci % cg
+    groups, wp, cg = xh.shape[1], xh.shape[3], xh.shape[4]
+    lane, plane = lanes(x), h_ * w_
+    whole_c, whole_w = cg - cg % lane, w_ - w_ % lane
+    x_flat = x.reshape(-1)
+    for task in prange(n_ * groups):
+        n, g = task // groups, task % groups
+        img = xh[n, g].reshape(-1)
+        first = (n * c_ + g * cg) * plane
         for h in range(h_):
-            for w in range(w_):
-                x[n, ci, h, w] = img[top + h, left + w, c]
+            src, dst = ((top + h) * wp + left) * cg, first + h * w_
+            for c0 in range(0, whole_c, lane):
+                for w0 in range(0, whole_w, lane):
+                    transpose_block(x_flat, dst + c0 * plane + w0, plane, img, src + w0 * cg + c0, cg)
+        for c in range(cg):  # the rest, plane by plane (unsigned indices: no wraparound checks)
+            for h in range(h_):
+                src, dst = np.uint64(((top + h) * wp + left) * cg + c), np.uint64(first + c * plane + h * w_)
+                for w in range(np.uint64(whole_w if c < whole_c else 0), np.uint64(w_)):
+                    x_flat[dst + w] = img[src + w * np.uint64(cg)]
 
 
 def _tile(pixels: int, images: int) -> int:
