@@ -40,14 +40,30 @@ def _plane_sums(x, y, n, c, shift, mode):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _plane_moments(x, means, m2s):
+def _batch_moments_kernel(x, means, m2s, mean, var):
     """Per plane (n, c): its mean, then its centred sum of squares (the plane is still in cache: one read of x
-    from memory, and no cancellation)."""
+    from memory, and no cancellation); then per channel, on this thread, the planes' moments combined exactly
+    (Chan et al.: equal counts, so the total centred sum of squares is the planes' own plus P times the squared
+    deviations of their means), each sum over the planes in batch order."""
     n_, c_, p_ = x.shape
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
-        mean = _plane_sums(x, x, n, c, 0.0, 0)[0] / p_
-        means[n, c], m2s[n, c] = mean, _plane_sums(x, x, n, c, mean, 1)[1]
+        plane_mean = _plane_sums(x, x, n, c, 0.0, 0)[0] / p_
+        means[n, c], m2s[n, c] = plane_mean, _plane_sums(x, x, n, c, plane_mean, 1)[1]
+    own, spread = np.zeros(c_), np.zeros(c_)
+    mean[:] = 0.0
+    for n in range(n_):  # rows in batch order, channels along each row (contiguous: the loops vectorise)
+        for c in range(c_):
+            mean[c] += means[n, c]
+    for c in range(c_):
+        mean[c] /= n_
+    for n in range(n_):
+        for c in range(c_):
+            d = means[n, c] - mean[c]
+            own[c] += m2s[n, c]
+            spread[c] += d * d
+    for c in range(c_):
+        var[c] = (own[c] + p_ * spread[c]) / (n_ * p_)
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
@@ -63,26 +79,32 @@ def _relu_plane_sums(dy, y, x, n, c, shift):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _plane_grad_sums(dy, x, mean, dbeta, dgamma_raw, y, relu):
-    """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both; with ``relu``, dy is that
-    of the ReLU whose output is y."""
+def _grad_sums(dy, x, mean, inv_std, planes, dbeta, dgamma, y, relu):
+    """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both (with ``relu``, dy is that
+    of the ReLU whose output is y), into planes[0 / 1, n, c]; then per channel, on this thread, dbeta = the
+    first sums and dgamma = the second times inv_std, each sum over the planes in batch order."""
     n_, c_ = x.shape[0], x.shape[1]
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
         if relu:
-            dbeta[n, c], dgamma_raw[n, c] = _relu_plane_sums(dy, y, x, n, c, mean[c])
+            planes[0, n, c], planes[1, n, c] = _relu_plane_sums(dy, y, x, n, c, mean[c])
         else:
-            dbeta[n, c], dgamma_raw[n, c] = _plane_sums(x, dy, n, c, mean[c], 2)
+            planes[0, n, c], planes[1, n, c] = _plane_sums(x, dy, n, c, mean[c], 2)
+    dbeta[:] = 0.0
+    dgamma[:] = 0.0
+    for n in range(n_):  # rows in batch order, channels along each row (contiguous: the loops vectorise)
+        for c in range(c_):
+            dbeta[c] += planes[0, n, c]
+            dgamma[c] += planes[1, n, c]
+    for c in range(c_):
+        dgamma[c] *= inv_std[c]
 
 
 def _batch_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel float64 mean and biased variance of x (N, C, P): the planes' moments combined exactly
-    (Chan et al.: equal counts, so the total centred sum of squares is the planes' own plus P times the squared
-    deviations of their means)."""
-    means, m2s = np.empty(x.shape[:2]), np.empty(x.shape[:2])
-    _plane_moments(x, means, m2s)
-    mean = means.mean(axis=0)
-    return mean, (m2s.sum(axis=0) + x.shape[2] * ((means - mean) ** 2).sum(axis=0)) / (x.shape[0] * x.shape[2])
+    """Per-channel float64 mean and biased variance of x (N, C, P), by :func:`_batch_moments_kernel`."""
+    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _batch_moments_kernel(x, np.empty(x.shape[:2]), np.empty(x.shape[:2]), mean, var)
+    return mean, var
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
@@ -169,9 +191,8 @@ def batch_norm_backward(dy: np.ndarray, saved, weight: np.ndarray):
     xf, mean, inv_std, training, relu = saved
     dyf = _flat(dy, xf.dtype)
     y, gamma_fwd, beta_fwd = (xf, mean, mean) if relu is None else relu  # (unread without the ReLU)
-    dbeta, dgamma = np.empty(xf.shape[:2]), np.empty(xf.shape[:2])
-    _plane_grad_sums(dyf, xf, mean, dbeta, dgamma, y, relu is not None)
-    dbeta, dgamma = dbeta.sum(axis=0), dgamma.sum(axis=0) * inv_std
+    dbeta, dgamma = np.empty(xf.shape[1]), np.empty(xf.shape[1])
+    _grad_sums(dyf, xf, mean, inv_std, np.empty((2, *xf.shape[:2])), dbeta, dgamma, y, relu is not None)
     dx = np.empty_like(xf)
     _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(weight, dtype=np.float64), dgamma, dbeta,
                 training, dx, relu is not None, gamma_fwd, beta_fwd)
