@@ -116,7 +116,7 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
         return
     d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(count)
     if kind == RELU:
-        relu_run(dst, d0, src, s0, count, bias)
+        relu_run(dst, d0, src, s0, count, bias, True)
     elif kind == LEAKY_RELU:
         for u in range(n):
             v = float(src[o + u] + bias)
@@ -146,24 +146,22 @@ def act_run(dst, d0, src, s0, count, bias, kind, slope):
 def act_run_inline(dst, d0, src, s0, count, bias, kind, slope):
     """:func:`act_run`, with the runs of ReLU and of no activation inlined at the call: the shifted conv's
     epilogue calls it once per image row of a channel (32 elements at 32x32), where a call costs about as much as
-    the row itself. One loop serves both (a select on a flag fixed for the run): two inlined loops would not
-    both vectorise."""
+    the row itself. One loop serves both (:func:`relu_run`, a select on a flag fixed for the run): two inlined
+    loops would not both vectorise."""
     if kind == RELU or kind == NONE:
-        d, o, n, relu = np.uint64(d0), np.uint64(s0), np.uint64(max(count, 0)), kind == RELU
-        for u in range(n):
-            v = src[o + u] + bias
-            dst[d + u] = 0.0 if relu and v < 0.0 else v
+        relu_run(dst, d0, src, s0, count, bias, kind == RELU)
     else:
         act_run(dst, d0, src, s0, count, bias, kind, slope)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def relu_run(dst, d0, src, s0, count, bias):
-    """:func:`act_run`'s ReLU: dst[d0 + u] = relu(src[s0 + u] + bias) for u < count, NaN passing."""
+def relu_run(dst, d0, src, s0, count, bias, relu):
+    """:func:`act_run`'s ReLU: dst[d0 + u] = relu(src[s0 + u] + bias) for u < count, NaN passing; the plain sum
+    where ``relu`` is false (one loop with a select on the flag: :func:`act_run_inline` runs both)."""
     d, o, n = np.uint64(d0), np.uint64(s0), np.uint64(max(count, 0))
     for u in range(n):
         v = src[o + u] + bias
-        dst[d + u] = 0.0 if v < 0.0 else v
+        dst[d + u] = 0.0 if relu and v < 0.0 else v
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", inline="always")

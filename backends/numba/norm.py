@@ -40,12 +40,13 @@ def _plane_sums(x, y, n, c, shift, mode):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _batch_moments_kernel(x, means, m2s, mean, var):
+def _batch_moments_kernel(x, mean, var):
     """Per plane (n, c): its mean, then its centred sum of squares (the plane is still in cache: one read of x
     from memory, and no cancellation); then per channel, on this thread, the planes' moments combined exactly
     (Chan et al.: equal counts, so the total centred sum of squares is the planes' own plus P times the squared
     deviations of their means), each sum over the planes in batch order."""
     n_, c_, p_ = x.shape
+    means, m2s = np.empty((n_, c_)), np.empty((n_, c_))
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
         plane_mean = _plane_sums(x, x, n, c, 0.0, 0)[0] / p_
@@ -79,11 +80,12 @@ def _relu_plane_sums(dy, y, x, n, c, shift):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _grad_sums(dy, x, mean, inv_std, planes, dbeta, dgamma, y, relu):
+def _grad_sums(dy, x, mean, inv_std, dbeta, dgamma, y, relu):
     """Per plane (n, c): sum(dy) and sum(dy * (x - mean[c])), in one pass over both (with ``relu``, dy is that
-    of the ReLU whose output is y), into planes[0 / 1, n, c]; then per channel, on this thread, dbeta = the
-    first sums and dgamma = the second times inv_std, each sum over the planes in batch order."""
+    of the ReLU whose output is y); then per channel, on this thread, dbeta = the first sums and dgamma = the
+    second times inv_std, each sum over the planes in batch order."""
     n_, c_ = x.shape[0], x.shape[1]
+    planes = np.empty((2, n_, c_))
     for task in prange(n_ * c_):
         n, c = task // c_, task % c_
         if relu:
@@ -103,7 +105,7 @@ def _grad_sums(dy, x, mean, inv_std, planes, dbeta, dgamma, y, relu):
 def _batch_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel float64 mean and biased variance of x (N, C, P), by :func:`_batch_moments_kernel`."""
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _batch_moments_kernel(x, np.empty(x.shape[:2]), np.empty(x.shape[:2]), mean, var)
+    _batch_moments_kernel(x, mean, var)
     return mean, var
 
 
@@ -192,7 +194,7 @@ def batch_norm_backward(dy: np.ndarray, saved, weight: np.ndarray):
     dyf = _flat(dy, xf.dtype)
     y, gamma_fwd, beta_fwd = (xf, mean, mean) if relu is None else relu  # (unread without the ReLU)
     dbeta, dgamma = np.empty(xf.shape[1]), np.empty(xf.shape[1])
-    _grad_sums(dyf, xf, mean, inv_std, np.empty((2, *xf.shape[:2])), dbeta, dgamma, y, relu is not None)
+    _grad_sums(dyf, xf, mean, inv_std, dbeta, dgamma, y, relu is not None)
     dx = np.empty_like(xf)
     _input_grad(dyf, xf, mean, inv_std, np.ascontiguousarray(weight, dtype=np.float64), dgamma, dbeta,
                 training, dx, relu is not None, gamma_fwd, beta_fwd)
