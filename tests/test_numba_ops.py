@@ -117,13 +117,15 @@ AUTOMATIC_PATHS = {
     "kernel-1x1": ("shifted", "shifted", "shifted"),
     "batch1-odd-sizes-tanh": ("shifted", "shifted", "shifted"),
     "pad-beyond-kernel": ("shifted", "shifted", "packed"),             # dx: padding past the kernel's reach
-    "im2row-288-per-output-relu": ("im2row", "channels", "channels"),  # 288 weights per output; dx: 16 in, 32 out
+    "im2row-288-per-output-relu": ("im2row", "channels", "winograd"),  # 288 weights per output; dx: 16 in, 32 out
     "im2row-groups-dil1x2-tanh": ("im2row", "im2row", "shifted"),      # 6x9 grid planes, 5x7 outputs
     "im2row-strided": ("im2row", "im2row", "im2row"),                  # strided: the weight gradient gathers too
     "dx-im2row-32-filters": ("planar", "planar", "im2row"),            # 8x8-like planes: dx gathers rows
     "planar-odd-bands-tanh": ("planar", "planar", "shifted"),          # 300 outputs: two bands of 15 rows
     "channels-s2-wide-rows-relu": ("channels", "planar", "im2row"),    # Cg >= 16, Kg = 32: any stride; dw: Cg 17
     "channels-groups2-dil1x2-tanh": ("channels", "planar", "im2row"),  # dw: Cg = 16
+    "winograd-odd-asym-pad-relu": ("winograd", "channels", "winograd"),  # 3x3, stride 1: the channels rule's
+    "winograd-groups2-tanh": ("winograd", "planar", "shifted"),          # dx: Kg 32 in, Cg 16 out (no whole tile)
 }
 # Every conv path (forced) runs these: the cases above and those with non-finite values (whose NaN and inf must
 # land where PyTorch puts them on every path).
@@ -182,12 +184,53 @@ def test_channels_path_in_bands_of_output_rows(x_shape, w_shape, stride, padding
         _check(got, ref, dtype, what)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, padding, groups", [
+    ((2, 16, 34, 33), (32, 16, 3, 3), (2, 1, 0, 2), 1),  # 35 x 33 outputs: bands of 6 rows, the last of 5
+    ((1, 8, 9, 4), (12, 4, 3, 3), (0, 2, 1, 1), 2),      # odd output rows and columns: partial tiles
+])
+def test_winograd_path_in_bands_and_partial_tiles(x_shape, w_shape, padding, groups, dtype):
+    """The winograd forward and input gradient over planes of more tiles than one task holds (TILES), in bands,
+    and with an output row or column left over in the last tiles."""
+    from cnnkit.backends.numba.conv import winograd
+
+    x, w, b = _data(x_shape, "wg-x"), _data(w_shape, "wg-w", scale=0.2), _data(w_shape[:1], "wg-b")
+    geometry = ((1, 1), padding, (1, 1), groups)
+    y_ref = F.conv2d(x, w, b, *geometry, activation="relu", backend=NP)
+    dy = _data(y_ref.shape, "wg-dy")
+    dx_ref = F.conv2d_backward(dy, x, w, *geometry, backend=NP)[0]
+    assert nb_conv.plan(x_shape, w_shape, *geometry, path="winograd")[::2] == ("winograd", "winograd")
+    xd, wd = x.astype(dtype), w.astype(dtype)
+    _check(nb_conv.conv2d_forward(xd, wd, b.astype(dtype), *geometry, activation="relu", path="winograd"), y_ref,
+           dtype, "y")
+    _check(nb_conv.conv2d_backward(dy.astype(dtype), xd, wd, *geometry, path="winograd")[0], dx_ref, dtype, "dx")
+    assert winograd.band_rows(y_ref.shape[2:]) < y_ref.shape[2] or x_shape[2] < 30
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_recomputes_what_its_transforms_cannot_take(dtype):
+    """Inputs whose transforms would overflow (x * 4 past the dtype's range), and non-finite weights, are computed
+    on the channels path instead: the same bits as that path, finite where the direct conv is."""
+    big = np.finfo(dtype).max / 3
+    x = _data((2, 32, 6, 6), "wo-x").astype(dtype)
+    x[1, 3, 2, 2] = big
+    w = (_data((32, 32, 3, 3), "wo-w", scale=0.01) / 32).astype(dtype)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    y = nb_conv.conv2d_forward(x, w, None, *geometry, path="winograd")
+    np.testing.assert_array_equal(y, nb_conv.conv2d_forward(x, w, None, *geometry, path="channels"))
+    assert np.isfinite(y).all()
+    w[3, 5, 1, 1] = np.inf
+    np.testing.assert_array_equal(nb_conv.conv2d_forward(x, w, None, *geometry, path="winograd"),
+                                  nb_conv.conv2d_forward(x, w, None, *geometry, path="channels"))
+
+
 def test_conv_automatic_paths_are_the_documented_ones():
     """The rule of the conv/plan.py docstring, on the shapes it names."""
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
-    resnet20 = {(16, 32, 1): ("shifted", "planar", "shifted"), (32, 16, 1): ("channels",) * 3,  # (K, OH, s)
-                (64, 8, 1): ("channels",) * 3, (32, 16, 2): ("channels", "planar", "im2row"),
+    resnet20 = {(16, 32, 1): ("shifted", "planar", "shifted"),  # (K, OH, s)
+                (32, 16, 1): ("winograd", "channels", "winograd"), (64, 8, 1): ("winograd", "channels", "winograd"),
+                (32, 16, 2): ("channels", "planar", "im2row"),
                 (64, 8, 2): ("channels", "channels", "im2row")}
     for (k, size, s), paths in resnet20.items():
         c, h = (k // s, size * s)

@@ -92,7 +92,7 @@ def _run_arrays(context, builder, signature, args):
     return (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2))
 
 
-def _vector_loop(builder, count, lanes: int, name: str, body) -> None:
+def vector_loop(builder, count, lanes: int, name: str, body) -> None:
     """``body(j)`` for j = 0, lanes, 2 lanes, ... while j < count, as an IR loop (no iteration when count <= 0);
     body emits straight-line code into the loop block."""
     entry = builder.block
@@ -302,7 +302,7 @@ def _pool_ir(context, builder, signature, args, transform) -> None:
         masked_store(builder, builder.fmul(total, quarter), builder.gep(dst_.data, [builder.add(d0_, j)]),
                      out_mask)
 
-    _vector_loop(builder, count_, lanes, "pool", pool_step)
+    vector_loop(builder, count_, lanes, "pool", pool_step)
 
 
 # ----------------------------------------------------------------------------------------------- padded copy
@@ -329,6 +329,6 @@ def copy_padded(typingctx, dst, d0, src, s0, count, total):
             value = masked_load(builder, builder.gep(src_.data, [builder.add(s0_, j)]), vec, read)
             masked_store(builder, value, builder.gep(dst_.data, [builder.add(d0_, j)]), write)
 
-        _vector_loop(builder, total_, lanes, "pad", copy_step)
+        vector_loop(builder, total_, lanes, "pad", copy_step)
         return context.get_dummy_value()
     return sig, codegen

@@ -33,7 +33,7 @@ WEIGHT_CHUNKS = 8  # ... and partials (chunks of images) at most
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _tiles(acc, win, arow, aoff, wg, brow, boff, count, q0, q1):
+def tiles(acc, win, arow, aoff, wg, brow, boff, count, q0, q1):
     """acc[i, j] += sum over q0 <= q < q1 of win[aoff[i] + q] * wg[brow[q], j] for i < count (rounded up to the
     tile's rows; acc has CHANNEL_ROWS-rounded rows) and every column of acc: wide tiles, then narrow ones for the
     columns left over."""
@@ -103,7 +103,7 @@ def _channels_forward(x, wq, brow, boff, out, b, res, sh, sw, top, left, dh, dw,
         for r in range(r_):
             for s in range(0, s_, span):
                 q0 = (r * dh * wp + s * dw) * cg
-                _tiles(acc, win, arow, aoff, wq[g], brow, boff, count, q0, q0 + span * cg)
+                tiles(acc, win, arow, aoff, wq[g], brow, boff, count, q0, q0 + span * cg)
         runs = np.empty(lane * ((count + lane - 1) // lane * lane), dtype=out.dtype)
         epilogue(out, acc, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
 

@@ -18,6 +18,8 @@ Paths (one module each, all parallel over the output they write):
   flipped padding does not fit its automatic path.
 * ``planar`` (any stride; the input gradient at stride 1): the channels path's operands for few input channels,
   the input rows copied as planes (no transpose) and read through per-position and per-tap offsets (planar.py).
+* ``winograd`` (3x3 kernels, stride 1, no dilation; forward and input gradient): Winograd's F(2x2, 3x3) on the
+  channels path's operands, 4/9 of the multiplies (winograd.py).
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul for
 LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed (direct
@@ -34,8 +36,11 @@ is the stride-1 input gradient where it is such a correlation (Kg inputs, Cg out
 (``_loops.flip_fits``), ahead of im2row's; and the weight gradient from CHANNELS_MIN_C input channels and
 WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every other rule but direct's, on the
 planar path instead where Kg is a multiple of PLANAR_K and Cg is not one of CHANNELS_K (the channels path's
-(s, c) runs then end in partial tiles: 35-50% slower at Cg = 17 to 40; 4-8% at ResNet-20's Cg = 16). ``path=``
-forces one (the tests run every path on every shape; ``lanes`` forces the shifted input gradient).
+(s, c) runs then end in partial tiles: 35-50% slower at Cg = 17 to 40; 4-8% at ResNet-20's Cg = 16). Where the
+channels rule takes a forward or input gradient of a 3x3 kernel at stride 1 without dilation, winograd takes it
+instead (ResNet-20's 32- and 64-channel layers). ``path=`` forces one (the tests run every path on every shape;
+``lanes`` forces the shifted input gradient; ``winograd`` runs the passes it cannot on their automatic paths, the
+weight gradient always).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight times a
 padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding taps, the
@@ -43,7 +48,9 @@ lanes passes multiply exactly the real taps, the channels and planar passes the 
 shifted and im2row passes also multiply margins and wide-grid columns that are no real tap (0 * NaN is NaN). So a
 non-finite weight sends the direct forward and the shifted/im2row input gradient to the packed path, and a non-
 finite weight (or bias) gradient from the direct or shifted path is recomputed on the packed path; the checks read
-only the weights and the weight gradient (small arrays), and finite values take the paths the rule picks.
+only the weights and the weight gradient (small arrays), and finite values take the paths the rule picks. The
+winograd passes mix a tile's inputs, so they check their own inputs and recompute on the channels path where a
+value is not finite (winograd.py); a non-finite weight sends the winograd input gradient to the packed path too.
 
 Why no BLAS: NumPy's OpenBLAS keeps its own thread pool, which spins after each call and fights Numba's pool for
 the cores (the conv stalls when they alternate); and its kernels are built for AVX2 ("Haswell") while LLVM
@@ -52,11 +59,11 @@ geometry (LeNet-5's C5, see packed.py): a single small matmul per pass, where on
 layers use, see ``create``) is as fast as a Numba kernel at b64 and saves that kernel's seconds of compiling.
 
 Task decomposition (race-free, thread-count independent, so results do not depend on NUMBA_NUM_THREADS): forward
-over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels: (image, group, band of output
-rows); planar: (group, run of images)); backward-data over (group, position tile) for shifted and (image block,
-group) for packed (col2im scatters within its own images); backward-weight over (batch chunk, group) with one
-partial gradient per chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of output rows; channels
-and planar: per chunk of images), summed afterwards.
+over (image, group, pixel tile) (lanes: (group, output row, run of pixels); channels and winograd: (image, group,
+band of output rows); planar: (group, run of images)); backward-data over (group, position tile) for shifted and
+(image block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk,
+group) with one partial gradient per chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of
+output rows; channels and planar: per chunk of images), summed afterwards.
 """
 from __future__ import annotations
 
@@ -69,7 +76,7 @@ from cnnkit.backends import CONV_POOL, LEAKY_SLOPE, conv_output_size, implements
 from ..activation import add_forward, code
 from ..pool import avg_pool2d_forward
 from ..reduce import channel_sums
-from . import channels, direct, im2row, lanes, packed, planar, shifted
+from . import channels, direct, im2row, lanes, packed, planar, shifted, winograd
 from ._loops import Pads, Pair, flip_fits, flipped_data_grad
 
 GEMM_MIN_ROWS = 4      # outputs per group below which forward and backward-data loop directly
@@ -83,7 +90,7 @@ LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below R
 CHANNELS_MIN_C = 16    # channels: the forward of convs with a kernel wider than 1x1, at least this many input ...
 CHANNELS_K = 32        # ... and a multiple of this many output channels per group (whole tiles), any stride
 PLANAR_K = 16          # planar: where lanes would run, with a multiple of this many outputs per group (whole vectors)
-PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels", "planar")
+PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels", "planar", "winograd")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
 
 
@@ -100,6 +107,11 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         if path in ("channels", "planar"):  # an input gradient they cannot run takes the automatic path
             data = plan(x_shape, w_shape, stride, padding, dilation, groups)[2]
             return path, path, path if flip_fits(stride, padding, dilation, w_shape) else data
+        if path == "winograd":  # the passes it cannot run (the weight gradient always) take the automatic paths
+            auto = plan(x_shape, w_shape, stride, padding, dilation, groups)
+            runs = winograd.fits(w_shape, stride, dilation)
+            return (path if runs else auto[0], auto[1],
+                    path if runs and flip_fits(stride, padding, dilation, w_shape) else auto[2])
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
     if kg < GEMM_MIN_ROWS:
@@ -122,10 +134,11 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         narrow = "planar" if kg % PLANAR_K == 0 else "lanes"
     weight = _weight_gemm(w_shape, kg) if channels_weight else "im2row" if reduction >= ROW_MIN else narrow
     forward = "im2row" if reduction >= ROW_MIN and grid_h * grid_w > ROW_WASTE * out_h * out_w else narrow
+    square = winograd.fits(w_shape, stride, dilation)
     if channels_fit:
-        forward = "channels"
+        forward = "winograd" if square else "channels"
     if _channels_fit(kg, w_shape[1], w_shape) and flip_fits(stride, padding, dilation, w_shape):
-        data = "channels"  # the flipped correlation: Kg inputs, Cg outputs per group
+        data = "winograd" if square else "channels"  # the flipped correlation: Kg inputs, Cg outputs per group
     elif (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
             and flip_fits(stride, padding, dilation, w_shape)):
         data = "im2row"
@@ -165,12 +178,12 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: P
     route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)[0]
     if route == "direct" and not _finite(w):  # padding taps must give w * 0 (see the module docstring)
         route = "packed"
-    if route in ("shifted", "channels", "planar"):
+    if route in ("shifted", "channels", "planar", "winograd"):
         res = None if residual is None else np.ascontiguousarray(residual, dtype=x.dtype)
         if route == "shifted":
             shifted.forward(x, w, b, y, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
         else:
-            path_module = channels if route == "channels" else planar
+            path_module = {"channels": channels, "planar": planar, "winograd": winograd}[route]
             path_module.forward(x, w, b, y, stride, padding, dilation, groups, code(activation), LEAKY_SLOPE, res)
         return y
     kind = code(activation if residual is None else None)
@@ -222,7 +235,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, 
         db = np.empty(k, dtype=x.dtype)
         channel_sums(dy.reshape(n, k, oh * ow), db)
     _, weight_route, data_route = plan(x.shape, w.shape, stride, padding, dilation, groups, path)
-    if need_dx and data_route in ("shifted", "im2row", "channels", "planar") and not _finite(w):  # module docstring
+    flipped = ("shifted", "im2row", "channels", "planar", "winograd")
+    if need_dx and data_route in flipped and not _finite(w):  # see the module docstring
         data_route = "packed"
     if data_route == "packed" and packed.dense_geometry(x.shape, w.shape, padding, groups, oh * ow):
         return (*packed.dense_backward(dy, x, w, need_dx, need_dw), db)
@@ -248,8 +262,8 @@ def _data_grad(route: str, dy, x_shape, w, stride: Pair, padding: Pads, dilation
     """dx by the backward-data path ``route`` (see :func:`plan`)."""
     if route == "shifted":
         return shifted.data_grad(dy, x_shape, w, padding, dilation, groups)
-    if route in ("channels", "planar"):
-        forward = channels.forward if route == "channels" else planar.forward
+    if route in ("channels", "planar", "winograd"):
+        forward = {"channels": channels, "planar": planar, "winograd": winograd}[route].forward
         return flipped_data_grad(forward, dy, w, padding, dilation, groups, x_shape)
     if route == "im2row" and flip_fits(stride, padding, dilation, w.shape):
         return flipped_data_grad(im2row.forward, dy, w, padding, dilation, groups, x_shape)

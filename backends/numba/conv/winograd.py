@@ -1,0 +1,245 @@
+"""The ``winograd`` conv path (3x3 kernels, stride 1, no dilation), Numba: Winograd's minimal filtering F(2x2, 3x3).
+
+Each 2x2 block of outputs (a tile) is computed from the 4x4 block of input it sees with 16 products per input
+and output channel instead of 36: the input tile d and the kernel g are transformed, V = B^T d B and U = G g G^T,
+the 16 elementwise positions (xi) each become one GEMM over the input channels, M[xi] = V[xi] x U[xi], and the
+output tile is A^T M A. So the GEMMs do 4/9 of the direct conv's multiplies; the transforms are additions (and
+halvings in G, applied to the weights once per call, in float64). The numerical error stays within a few ulps of
+the direct conv's at these sizes (the transforms' coefficients are 0, +-1 and +-1/2).
+
+Operands are the channels path's (channels.py): each task (image, group, band of output rows) lays its input rows
+out channel-last in a zero-padded window (``fill_window``), so every transform is a loop over channels that
+vectorises, the GEMMs are the channels path's register tiles (tiles as rows, output channels as the vector
+axis), and the channels epilogue transposes the output back to NCHW, adds the bias (and residual) and activates.
+
+Non-finite values: a transform mixes the 16 inputs of a tile, so one inf reaches outputs as NaN where the direct
+conv gives inf (inf - inf), and inputs above about 8e37 overflow in V where the direct conv's sums need not. Each
+task checks its window for both (``(x * 4) * 0`` is NaN exactly then), and a call that met one, or whose
+weights or transformed weights are not finite, is recomputed on the channels path.
+
+* Forward (:func:`forward`): for ResNet-20's 32- and 64-channel 3x3 layers (see plan.py).
+* Input gradient (stride 1): that forward on dy with the weights flipped (``_loops.flipped_data_grad``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
+
+from ..vectors import I64, VECTOR_BYTES, _check_runs, masked_load, masked_store, splat, vector_loop, vector_type
+from . import channels
+from ._loops import Pads, Pair, cdiv, fill_window
+from .simd import CHANNEL_ROWS, CHANNEL_TILES, lanes
+
+TILES = 64  # output tiles (2x2 outputs each) per task at most, unless one row of tiles has more
+
+
+def fits(w_shape, stride: Pair, dilation: Pair) -> bool:
+    """Whether the path can run a pass with these weights: 3x3 kernels, stride 1, no dilation."""
+    return tuple(w_shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+
+
+@intrinsic
+def _input_tile(typingctx, v, v0, plane, win, w0, row, cg):
+    """``_input_tile(v, v0, plane, win, w0, row, cg)``: v[v0 + xi * plane + c] = (B^T d B)[xi] for c < cg, d[i][j]
+    = win[w0 + i * row + j * cg + c] (a tile's 4x4 inputs, channel-last), B^T = [[1, 0, -1, 0], [0, 1, 1, 0],
+    [0, -1, 1, 0], [0, 1, 0, -1]]: whole vectors of channels, the last one masked. v and win are 1-D
+    C-contiguous arrays of one float dtype."""
+    _check_runs("_input_tile", v, win)
+    sig = types.void(v, types.intp, types.intp, win, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        v_, win_ = (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
+        v0, plane, w0, row, cg = args[1], args[2], args[4], args[5], args[6]
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+        index = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+        def step(c):
+            mask = builder.icmp_signed("<", builder.add(index, splat(builder, index.type, c)),
+                                       splat(builder, index.type, cg))
+            d = [[masked_load(builder, builder.gep(win_.data, [builder.add(builder.add(w0, c), builder.add(
+                builder.mul(row, ir.Constant(I64, i)), builder.mul(cg, ir.Constant(I64, j))))]), vec, mask)
+                for j in range(4)] for i in range(4)]
+            e = [_b_transform(builder, d[i]) for i in range(4)]  # d B, row by row
+            for j in range(4):  # then B^T (d B), column by column
+                for i, value in enumerate(_b_transform(builder, [e[0][j], e[1][j], e[2][j], e[3][j]])):
+                    at = builder.add(builder.add(v0, c), builder.mul(plane, ir.Constant(I64, 4 * i + j)))
+                    masked_store(builder, value, builder.gep(v_.data, [at]), mask)
+
+        vector_loop(builder, cg, lanes, "winograd_in", step)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _b_transform(builder, d):
+    """(d0 - d2, d1 + d2, d2 - d1, d1 - d3): B^T applied to four values (vectors)."""
+    return [builder.fsub(d[0], d[2]), builder.fadd(d[1], d[2]), builder.fsub(d[2], d[1]), builder.fsub(d[1], d[3])]
+
+
+@intrinsic
+def _output_tile(typingctx, y, y0, y1, m, m0, plane, kpad, right, below):
+    """``_output_tile(y, y0, y1, m, m0, plane, kpad, right, below)``: a tile's 2x2 outputs (A^T M A, A^T = [[1, 1,
+    1, 0], [0, 1, -1, -1]]) for k < kpad, M[xi] = m[m0 + xi * plane + k]: the top row's at y[y0 + k] and (where
+    ``right``) y[y0 + kpad + k], the bottom row's (where ``below``) at y1 likewise. y and m are 1-D C-contiguous
+    arrays of one float dtype."""
+    _check_runs("_output_tile", y, m)
+    sig = types.void(y, types.intp, types.intp, m, types.intp, types.intp, types.intp, types.boolean, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        y_, m_ = (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
+        y0, y1, m0, plane, kpad, right, below = args[1], args[2], args[4], args[5], args[6], args[7], args[8]
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+        index = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        flags = ir.VectorType(ir.IntType(1), lanes)
+
+        def step(k):
+            mask = builder.icmp_signed("<", builder.add(index, splat(builder, index.type, k)),
+                                       splat(builder, index.type, kpad))
+            mv = [masked_load(builder, builder.gep(m_.data, [builder.add(builder.add(m0, k), builder.mul(
+                plane, ir.Constant(I64, xi)))]), vec, mask) for xi in range(16)]
+            rows = [_a_transform(builder, mv[4 * i:4 * i + 4]) for i in range(4)]  # M A, row by row
+            top = _a_transform(builder, [r[0] for r in rows])  # A^T (M A): column 0, then 1
+            bottom = _a_transform(builder, [r[1] for r in rows])
+            right_mask = builder.and_(mask, splat(builder, flags, right))
+            below_mask = builder.and_(mask, splat(builder, flags, below))
+            for at, value, where in ((y0, top[0], mask), (builder.add(y0, kpad), bottom[0], right_mask),
+                                     (y1, top[1], below_mask),
+                                     (builder.add(y1, kpad), bottom[1], builder.and_(right_mask, below_mask))):
+                masked_store(builder, value, builder.gep(y_.data, [builder.add(at, k)]), where)
+
+        vector_loop(builder, kpad, lanes, "winograd_out", step)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _a_transform(builder, m):
+    """((m0 + m1) + m2, (m1 - m2) - m3): A^T applied to four values (vectors)."""
+    return [builder.fadd(builder.fadd(m[0], m[1]), m[2]), builder.fsub(builder.fsub(m[1], m[2]), m[3])]
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _input_transform(v, win, tiles, tw, wp, cg, rows):
+    """v[xi, t, c] = (B^T d B)[xi] for tile t < tiles of the window (d: its 4x4 inputs from window position
+    (2 * (t // tw), 2 * (t % tw))); v is (16, rows, cg), flat."""
+    for t in range(tiles):
+        _input_tile(v, t * cg, rows * cg, win, (2 * (t // tw) * wp + 2 * (t % tw)) * cg, wp * cg, cg)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _output_transform(y, m, tiles, tw, ow, out_rows, rows, kpad):
+    """y[p, k] = (A^T M A) of tile t at its outputs p (band position (2 * (t // tw) + a) * ow + 2 * (t % tw) + b,
+    those inside the band's out_rows x ow outputs); m is (16, rows, kpad), y (positions, kpad), both flat."""
+    for t in range(tiles):
+        oh, ow0 = 2 * (t // tw), 2 * (t % tw)
+        p = (oh * ow + ow0) * kpad
+        _output_tile(y, p, p + ow * kpad, m, t * kpad, rows * kpad, kpad, ow0 + 1 < ow, oh + 1 < out_rows)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _transformable(win, cg):
+    """True when the window's elements are all finite and below the transforms' overflow (x * 4 finite in the
+    window's dtype), checked per channel lane so that the loop vectorises."""
+    chk = np.zeros(cg, dtype=win.dtype)
+    four = np.full(1, 4.0, dtype=win.dtype)[0]
+    for p in range(np.uint64(win.size // cg)):
+        at = p * np.uint64(cg)
+        for c in range(np.uint64(cg)):
+            chk[c] += (win[at + c] * four) * chk[c]
+    for c in range(cg):
+        if chk[c] != 0.0:
+            return False
+    return True
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _winograd_forward(x, u, out, b, res, top, left, wp, band, kind, slope, bad):
+    """out = act(conv3x3(x, w) + b (+ res)) (module docstring), u the transformed weights (groups, 16, Cg, Kpad);
+    bad[task] set where the task's window holds a value the transforms cannot take (the caller recomputes)."""
+    n_, c_, _, _ = x.shape
+    groups, _, cg, kpad = u.shape
+    _, k_, oh, ow = out.shape
+    kg = k_ // groups
+    lane = lanes(out)
+    bands = (oh + band - 1) // band
+    tw = (ow + 1) // 2
+    for task in prange(n_ * groups * bands):
+        n, g, h0 = task // (groups * bands), task // bands % groups, task % bands * band
+        out_rows = min(band, oh - h0)
+        th = (out_rows + 1) // 2
+        tiles = th * tw
+        tmp = np.empty(lane * lane, dtype=out.dtype)
+        win = np.empty((2 * th + 2) * wp * cg, dtype=out.dtype)
+        fill_window(win, x, n, g * cg, cg, h0 - top, 2 * th + 2, wp, left, tmp)
+        if not _transformable(win, cg):
+            bad[task] = True
+            continue
+        rows = (tiles + CHANNEL_ROWS - 1) // CHANNEL_ROWS * CHANNEL_ROWS
+        v = np.empty((16, 1, rows * cg), dtype=out.dtype)
+        _input_transform(v.reshape(-1), win, tiles, tw, wp, cg, rows)
+        aoff = np.zeros(rows, dtype=np.int64)  # rows past the tiles read the first tile's
+        for t in range(tiles):
+            aoff[t] = t * cg
+        arow, brow, boff = np.zeros(rows, dtype=np.int64), np.arange(cg), np.zeros(cg, dtype=np.int64)
+        m = np.zeros((16, rows, kpad), dtype=out.dtype)
+        for xi in range(16):
+            channels.tiles(m[xi], v[xi], arow, aoff, u[g, xi], brow, boff, tiles, 0, cg)
+        count = out_rows * ow
+        padded = (count + lane - 1) // lane * lane
+        y = np.empty((padded, kpad), dtype=out.dtype)
+        _output_transform(y.reshape(-1), m.reshape(-1), tiles, tw, ow, out_rows, rows, kpad)
+        runs = np.empty(lane * padded, dtype=out.dtype)
+        channels.epilogue(out, y, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+
+
+def transformed_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """U = G g G^T of w (K, Cg, 3, 3) as (groups, 16, Cg, Kpad): per position xi, the input channels' rows of the
+    group's output channels, zeros up to a multiple of the narrow tile's width."""
+    k, cg = w.shape[:2]
+    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // w.itemsize
+    u = np.zeros((groups, 16, cg, cdiv(k // groups, step) * step), dtype=w.dtype)
+    _weight_transform(np.ascontiguousarray(w), u)
+    return u
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _weight_transform(w, u):
+    """u[g, 4 i + j, c, k] = (G g G^T)[i, j] of kernel w[g * Kg + k, c], in float64, G = [[1, 0, 0], [1/2, 1/2,
+    1/2], [1/2, -1/2, 1/2], [0, 0, 1]] (columns first: g G^T, then G times that)."""
+    k_, cg = w.shape[:2]
+    groups = u.shape[0]
+    kg = k_ // groups
+    t = np.empty((3, 4))
+    for kk in range(k_):
+        g, k = kk // kg, kk % kg
+        for c in range(cg):
+            for r in range(3):
+                a, b, e = float(w[kk, c, r, 0]), float(w[kk, c, r, 1]), float(w[kk, c, r, 2])
+                t[r, 0], t[r, 1], t[r, 2], t[r, 3] = a, 0.5 * (a + b + e), 0.5 * (a - b + e), e
+            for j in range(4):
+                a, b, e = t[0, j], t[1, j], t[2, j]
+                u[g, j, c, k] = a
+                u[g, 4 + j, c, k] = 0.5 * (a + b + e)
+                u[g, 8 + j, c, k] = 0.5 * (a - b + e)
+                u[g, 12 + j, c, k] = e
+
+
+def band_rows(out_hw: Pair) -> int:
+    """Output rows per task: an even number (whole tiles), equal bands of at most TILES tiles."""
+    return 2 * channels.band_rows((cdiv(out_hw[0], 2), cdiv(out_hw[1], 2)), TILES)
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: Pair, padding: Pads,
+            dilation: Pair, groups: int, kind: int, slope: float, residual: np.ndarray | None = None) -> None:
+    """y = act(cross_correlate(x, w) + b (+ residual)) by :func:`_winograd_forward` (needs :func:`fits`); on the
+    channels path instead where a value could not take the transforms (module docstring)."""
+    oh, ow = y.shape[2:]
+    u = transformed_weights(w, groups)
+    res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
+    band = band_rows((oh, ow))
+    bad = np.zeros(x.shape[0] * groups * cdiv(oh, band), dtype=np.bool_)
+    if np.isfinite(u).all():
+        _winograd_forward(x, u, y, b, res, padding[0], padding[2], 2 * cdiv(ow, 2) + 2, band, kind, slope, bad)
+    if bad.any() or not np.isfinite(u).all():
+        channels.forward(x, w, b, y, stride, padding, dilation, groups, kind, slope, residual)
