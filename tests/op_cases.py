@@ -250,8 +250,7 @@ _NUMBA_CONV = [
     _conv("channels-s2-wide-rows-relu", (1, 17, 5, 19), (32, 17, 3, 3), stride=2, padding=1, activation="relu"),
     _conv("channels-groups2-dil1x2-tanh", (1, 32, 6, 7), (64, 16, 2, 2), stride=(1, 2), padding=(1, 0, 2, 1),
           dilation=(1, 2), groups=2, activation="tanh"),
-    _conv("winograd-odd-asym-pad-relu", (2, 32, 7, 9), (32, 32, 3, 3), padding=(1, 0, 2, 1), activation="relu"),
-    _conv("winograd-groups2-tanh", (1, 32, 5, 6), (64, 16, 3, 3), padding=1, groups=2, activation="tanh"),
+    _conv("winograd-odd-sizes-relu", (2, 16, 7, 8), (32, 16, 3, 3), padding=(1, 1, 2, 1), activation="relu"),
 ]
 # The CUDA grid: the direct path and the tiled implicit GEMM with both tile heights (TM 1 and 4) and a split-K
 # weight gradient on both paths (test_cuda_launchers checks the coverage). Its LeNet C1-like case is lenet-c1-like-tanh.

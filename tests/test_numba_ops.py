@@ -124,8 +124,7 @@ AUTOMATIC_PATHS = {
     "planar-odd-bands-tanh": ("planar", "planar", "shifted"),          # 300 outputs: two bands of 15 rows
     "channels-s2-wide-rows-relu": ("channels", "planar", "im2row"),    # Cg >= 16, Kg = 32: any stride; dw: Cg 17
     "channels-groups2-dil1x2-tanh": ("channels", "planar", "im2row"),  # dw: Cg = 16
-    "winograd-odd-asym-pad-relu": ("winograd", "channels", "winograd"),  # 3x3, stride 1: the channels rule's
-    "winograd-groups2-tanh": ("winograd", "planar", "shifted"),          # dx: Kg 32 in, Cg 16 out (no whole tile)
+    "winograd-odd-sizes-relu": ("winograd", "planar", "im2row"),       # 3x3, stride 1: where channels would run
 }
 # Every conv path (forced) runs these: the cases above and those with non-finite values (whose NaN and inf must
 # land where PyTorch puts them on every path).

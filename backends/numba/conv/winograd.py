@@ -197,32 +197,42 @@ def transformed_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """U = G g G^T of w (K, Cg, 3, 3) as (groups, 16, Cg, Kpad): per position xi, the input channels' rows of the
     group's output channels, zeros up to a multiple of the narrow tile's width."""
     k, cg = w.shape[:2]
+    kg = k // groups
     step = CHANNEL_TILES[1][1] * VECTOR_BYTES // w.itemsize
-    u = np.zeros((groups, 16, cg, cdiv(k // groups, step) * step), dtype=w.dtype)
-    _weight_transform(np.ascontiguousarray(w), u)
+    u = np.zeros((groups, 16, cg, cdiv(kg, step) * step), dtype=w.dtype)
+    _weight_transform(np.ascontiguousarray(w.reshape(groups, kg, cg, 9).transpose(0, 2, 3, 1)), u)
     return u
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _weight_transform(w, u):
-    """u[g, 4 i + j, c, k] = (G g G^T)[i, j] of kernel w[g * Kg + k, c], in float64, G = [[1, 0, 0], [1/2, 1/2,
-    1/2], [1/2, -1/2, 1/2], [0, 0, 1]] (columns first: g G^T, then G times that)."""
-    k_, cg = w.shape[:2]
-    groups = u.shape[0]
-    kg = k_ // groups
-    t = np.empty((3, 4))
-    for kk in range(k_):
-        g, k = kk // kg, kk % kg
+def _weight_transform(wt, u):
+    """u[g, 4 i + j, c, k] = (G g G^T)[i, j] of the kernel wt[g, c, :, k] (the 9 taps, row by row), in float64,
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]: columns first (t = g G^T), then G t; each
+    step one loop over the output channels, contiguous in every array it reads and writes (so it vectorises)."""
+    groups, cg, _, kg = wt.shape
+    src, dst = wt.reshape(-1), u.reshape(-1)
+    t = np.empty(12 * kg)  # t[r, j, k]
+    kpad = u.shape[3]
+    for g in range(groups):
         for c in range(cg):
+            base = (g * cg + c) * 9 * kg
             for r in range(3):
-                a, b, e = float(w[kk, c, r, 0]), float(w[kk, c, r, 1]), float(w[kk, c, r, 2])
-                t[r, 0], t[r, 1], t[r, 2], t[r, 3] = a, 0.5 * (a + b + e), 0.5 * (a - b + e), e
-            for j in range(4):
-                a, b, e = t[0, j], t[1, j], t[2, j]
-                u[g, j, c, k] = a
-                u[g, 4 + j, c, k] = 0.5 * (a + b + e)
-                u[g, 8 + j, c, k] = 0.5 * (a - b + e)
-                u[g, 12 + j, c, k] = e
+                for j in range(4):
+                    at = base + 3 * r * kg
+                    _g_row(t, (4 * r + j) * kg, src, at, at + kg, at + 2 * kg, kg, j)
+            for i in range(4):
+                for j in range(4):
+                    _g_row(dst, ((g * 16 + 4 * i + j) * cg + c) * kpad, t, j * kg, (4 + j) * kg, (8 + j) * kg, kg, i)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _g_row(dst, d0, src, a0, b0, e0, count, i):
+    """dst[d0 + k] = row i of G (a, b, e) = (a, (a + b + e) / 2, (a - b + e) / 2, e)[i], in float64, for a, b, e =
+    src[a0 + k], src[b0 + k], src[e0 + k], k < count."""
+    d, a_, b_, e_ = np.uint64(d0), np.uint64(a0), np.uint64(b0), np.uint64(e0)
+    for k in range(np.uint64(count)):
+        a, b, e = np.float64(src[a_ + k]), np.float64(src[b_ + k]), np.float64(src[e_ + k])
+        dst[d + k] = a if i == 0 else 0.5 * (a + b + e) if i == 1 else 0.5 * (a - b + e) if i == 2 else e
 
 
 def band_rows(out_hw: Pair) -> int:
