@@ -189,27 +189,30 @@ def test_channels_path_in_bands_of_output_rows(x_shape, w_shape, stride, padding
     ((1, 8, 9, 4), (12, 4, 3, 3), (0, 2, 1, 1), 2),      # odd output rows and columns: partial tiles
 ])
 def test_winograd_path_in_bands_and_partial_tiles(x_shape, w_shape, padding, groups, dtype):
-    """The winograd forward and input gradient over planes of more tiles than one task holds (TILES), in bands,
-    and with an output row or column left over in the last tiles."""
+    """The winograd passes over planes of more tiles than one task holds (TILES), in bands, and with an output
+    row or column left over in the last tiles."""
     from cnnkit.backends.numba.conv import winograd
 
     x, w, b = _data(x_shape, "wg-x"), _data(w_shape, "wg-w", scale=0.2), _data(w_shape[:1], "wg-b")
     geometry = ((1, 1), padding, (1, 1), groups)
     y_ref = F.conv2d(x, w, b, *geometry, activation="relu", backend=NP)
     dy = _data(y_ref.shape, "wg-dy")
-    dx_ref = F.conv2d_backward(dy, x, w, *geometry, backend=NP)[0]
-    assert nb_conv.plan(x_shape, w_shape, *geometry, path="winograd")[::2] == ("winograd", "winograd")
+    dx_ref, dw_ref, _ = F.conv2d_backward(dy, x, w, *geometry, backend=NP)
+    assert nb_conv.plan(x_shape, w_shape, *geometry, path="winograd") == ("winograd",) * 3
     xd, wd = x.astype(dtype), w.astype(dtype)
     _check(nb_conv.conv2d_forward(xd, wd, b.astype(dtype), *geometry, activation="relu", path="winograd"), y_ref,
            dtype, "y")
-    _check(nb_conv.conv2d_backward(dy.astype(dtype), xd, wd, *geometry, path="winograd")[0], dx_ref, dtype, "dx")
+    dx, dw, _ = nb_conv.conv2d_backward(dy.astype(dtype), xd, wd, *geometry, path="winograd")
+    _check(dx, dx_ref, dtype, "dx")
+    _check(dw, dw_ref, dtype, "dw")
     assert winograd.band_rows(y_ref.shape[2:]) < y_ref.shape[2] or x_shape[2] < 30
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_winograd_recomputes_what_its_transforms_cannot_take(dtype):
     """Inputs whose transforms would overflow (x * 4 past the dtype's range), and non-finite weights, are computed
-    on the channels path instead: the same bits as that path, finite where the direct conv is."""
+    on the channels path instead: the same bits as that path, finite where the direct conv is; the weight
+    gradient likewise for such an input or output gradient."""
     big = np.finfo(dtype).max / 3
     x = _data((2, 32, 6, 6), "wo-x").astype(dtype)
     x[1, 3, 2, 2] = big
@@ -218,6 +221,10 @@ def test_winograd_recomputes_what_its_transforms_cannot_take(dtype):
     y = nb_conv.conv2d_forward(x, w, None, *geometry, path="winograd")
     np.testing.assert_array_equal(y, nb_conv.conv2d_forward(x, w, None, *geometry, path="channels"))
     assert np.isfinite(y).all()
+    dy = (_data(y.shape, "wo-dy") * 1e-30).astype(dtype)
+    dw = nb_conv.conv2d_backward(dy, x, w, *geometry, path="winograd")[1]
+    np.testing.assert_array_equal(dw, nb_conv.conv2d_backward(dy, x, w, *geometry, path="channels")[1])
+    assert np.isfinite(dw).all()
     w[3, 5, 1, 1] = np.inf
     np.testing.assert_array_equal(nb_conv.conv2d_forward(x, w, None, *geometry, path="winograd"),
                                   nb_conv.conv2d_forward(x, w, None, *geometry, path="channels"))
@@ -228,7 +235,7 @@ def test_conv_automatic_paths_are_the_documented_ones():
     assert {c.id: nb_conv.plan(c.x, c.w, *c.geometry) for c in CONV_CASES if c.id in AUTOMATIC_PATHS} == \
         AUTOMATIC_PATHS
     resnet20 = {(16, 32, 1): ("shifted", "planar", "shifted"),  # (K, OH, s)
-                (32, 16, 1): ("winograd", "channels", "winograd"), (64, 8, 1): ("winograd", "channels", "winograd"),
+                (32, 16, 1): ("winograd", "channels", "winograd"), (64, 8, 1): ("winograd",) * 3,
                 (32, 16, 2): ("channels", "planar", "im2row"),
                 (64, 8, 2): ("channels", "channels", "im2row")}
     for (k, size, s), paths in resnet20.items():

@@ -72,7 +72,7 @@ def vector_function(builder, vec, name: str, arity: int):
                                           f"llvm.{name}.{_name(vec)}")
 
 
-def _check_runs(name: str, dst, src) -> None:
+def check_runs(name: str, dst, src) -> None:
     """A TypingError unless dst and src are 1-D C-contiguous arrays of one float dtype (the run intrinsics')."""
     if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 1
             and dst.layout == src.layout == "C" and dst.dtype == src.dtype
@@ -206,7 +206,7 @@ def transpose_block(typingctx, dst, d0, dstride, src, s0, sstride):
     for i, j < L, L the elements per vector (16 float32 with AVX-512): L vector loads, log2(L) rounds of L
     two-vector shuffles, L vector stores. dst and src are 1-D C-contiguous arrays of one float dtype; the
     caller keeps every index in bounds."""
-    _check_runs("transpose_block", dst, src)
+    check_runs("transpose_block", dst, src)
     sig = types.void(dst, types.intp, types.intp, src, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -243,7 +243,7 @@ def pool_pairs(typingctx, dst, d0, src, s0, width, count):
     / 4 for j < count, a the row of src at s0 and b the one at s0 + width: the 2x2 average pool of two rows, L
     outputs per step (their inputs' even and odd lanes shuffled apart), masked at the end (nothing past the
     2 * count inputs of a row is read). dst and src are 1-D C-contiguous arrays of one float dtype."""
-    _check_runs("pool_pairs", dst, src)
+    check_runs("pool_pairs", dst, src)
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -312,7 +312,7 @@ def copy_padded(typingctx, dst, d0, src, s0, count, total):
     j < total (count <= total): a short image row and its zero margin in one pass of masked vectors (no loop
     remainders; nothing past count is read, nothing past total written). dst and src are 1-D C-contiguous arrays
     of one float dtype."""
-    _check_runs("copy_padded", dst, src)
+    check_runs("copy_padded", dst, src)
     sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):

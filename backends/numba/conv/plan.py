@@ -18,8 +18,8 @@ Paths (one module each, all parallel over the output they write):
   flipped padding does not fit its automatic path.
 * ``planar`` (any stride; the input gradient at stride 1): the channels path's operands for few input channels,
   the input rows copied as planes (no transpose) and read through per-position and per-tap offsets (planar.py).
-* ``winograd`` (3x3 kernels, stride 1, no dilation; forward and input gradient): Winograd's F(2x2, 3x3) on the
-  channels path's operands, 4/9 of the multiplies (winograd.py).
+* ``winograd`` (3x3 kernels, stride 1, no dilation): Winograd's F(2x2, 3x3) on the channels path's operands, 4/9
+  of the multiplies (winograd.py).
 
 Rule (:func:`plan`), with Kg = K / groups and Cg*R*S weights per output: direct when Kg < 4; the plain matmul for
 LeNet-5's C5 geometry; strided convs: im2row from ROW_MIN_STRIDED (64) weights per output, else packed (direct
@@ -38,9 +38,10 @@ WEIGHT_GEMM_MIN (8) outputs per group (kernels wider than 1x1), ahead of every o
 planar path instead where Kg is a multiple of PLANAR_K and Cg is not one of CHANNELS_K (the channels path's
 (s, c) runs then end in partial tiles: 35-50% slower at Cg = 17 to 40; 4-8% at ResNet-20's Cg = 16). Where the
 channels rule takes a forward or input gradient of a 3x3 kernel at stride 1 without dilation, winograd takes it
-instead (ResNet-20's 32- and 64-channel layers). ``path=`` forces one (the tests run every path on every shape;
-``lanes`` forces the shifted input gradient; ``winograd`` runs the passes it cannot on their automatic paths, the
-weight gradient always).
+instead (ResNet-20's 32- and 64-channel layers), and so the weight gradient where Kg is also a multiple of
+WINOGRAD_WEIGHT_K (64: the channels path's wide tiles; at 32 channels the two were even). ``path=`` forces one
+(the tests run every path on every shape; ``lanes`` forces the shifted input gradient; ``winograd`` runs the
+passes it cannot on their automatic paths).
 
 Non-finite values land where PyTorch puts them, which treats padding taps as real zeros (a NaN or inf weight times a
 padding zero is NaN) and multiplies nothing else: the direct forward and weight gradient skip padding taps, the
@@ -90,6 +91,7 @@ LANES_WASTE = 1.5      # lanes: the stride-1 forward and weight gradient below R
 CHANNELS_MIN_C = 16    # channels: the forward of convs with a kernel wider than 1x1, at least this many input ...
 CHANNELS_K = 32        # ... and a multiple of this many output channels per group (whole tiles), any stride
 PLANAR_K = 16          # planar: where lanes would run, with a multiple of this many outputs per group (whole vectors)
+WINOGRAD_WEIGHT_K = 64  # winograd: the weight gradient from this many outputs per group (a multiple of it)
 PATHS = ("direct", "shifted", "packed", "im2row", "lanes", "channels", "planar", "winograd")
 STRIDE_ONE_PATHS = ("shifted", "lanes")
 
@@ -110,7 +112,7 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         if path == "winograd":  # the passes it cannot run (the weight gradient always) take the automatic paths
             auto = plan(x_shape, w_shape, stride, padding, dilation, groups)
             runs = winograd.fits(w_shape, stride, dilation)
-            return (path if runs else auto[0], auto[1],
+            return (path if runs else auto[0], path if runs else auto[1],
                     path if runs and flip_fits(stride, padding, dilation, w_shape) else auto[2])
         return path, path, "shifted" if path == "lanes" else path
     kg = w_shape[0] // groups
@@ -137,6 +139,8 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
     square = winograd.fits(w_shape, stride, dilation)
     if channels_fit:
         forward = "winograd" if square else "channels"
+    if square and channels_weight and kg % WINOGRAD_WEIGHT_K == 0:
+        weight = "winograd"
     if _channels_fit(kg, w_shape[1], w_shape) and flip_fits(stride, padding, dilation, w_shape):
         data = "winograd" if square else "channels"  # the flipped correlation: Kg inputs, Cg outputs per group
     elif (kg * w_shape[2] * w_shape[3] >= ROW_MIN and grid_h * grid_w > ROW_WASTE * x_shape[2] * x_shape[3]
@@ -254,7 +258,8 @@ def _weight_grad(route: str, dy, x, w_shape, stride: Pair, padding: Pads, dilati
         return shifted.weight_grad(dy, x, w_shape, padding, dilation, groups)
     if route == "lanes":
         return lanes.weight_grad(dy, x, w_shape, padding, dilation, groups)
-    path = {"direct": direct, "im2row": im2row, "packed": packed, "channels": channels, "planar": planar}[route]
+    path = {"direct": direct, "im2row": im2row, "packed": packed, "channels": channels, "planar": planar,
+            "winograd": winograd}[route]
     return path.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
 
 

@@ -4,8 +4,8 @@ Each 2x2 block of outputs (a tile) is computed from the 4x4 block of input it se
 and output channel instead of 36: the input tile d and the kernel g are transformed, V = B^T d B and U = G g G^T,
 the 16 elementwise positions (xi) each become one GEMM over the input channels, M[xi] = V[xi] x U[xi], and the
 output tile is A^T M A. So the GEMMs do 4/9 of the direct conv's multiplies; the transforms are additions (and
-halvings in G, applied to the weights once per call, in float64). The numerical error stays within a few ulps of
-the direct conv's at these sizes (the transforms' coefficients are 0, +-1 and +-1/2).
+halvings in G, applied to the weights once per call, in float64); the transforms' coefficients are 0, +-1 and
++-1/2, and the float32 error measured against float64 stays within 1.5 times the direct conv's (ResNet-20 sizes).
 
 Operands are the channels path's (channels.py): each task (image, group, band of output rows) lays its input rows
 out channel-last in a zero-padded window (``fill_window``), so every transform is a loop over channels that
@@ -13,12 +13,17 @@ vectorises, the GEMMs are the channels path's register tiles (tiles as rows, out
 axis), and the channels epilogue transposes the output back to NCHW, adds the bias (and residual) and activates.
 
 Non-finite values: a transform mixes the 16 inputs of a tile, so one inf reaches outputs as NaN where the direct
-conv gives inf (inf - inf), and inputs above about 8e37 overflow in V where the direct conv's sums need not. Each
-task checks its window for both (``(x * 4) * 0`` is NaN exactly then), and a call that met one, or whose
-weights or transformed weights are not finite, is recomputed on the channels path.
+conv gives inf (inf - inf), and inputs above a quarter of the dtype's range (8.5e37 in float32) overflow in V
+where the direct conv's sums need not. Each task checks its windows for both (``(x * 4) * 0`` is NaN exactly
+then), and a call that met one, or whose weights or transformed weights are not finite, is recomputed on the
+channels path.
 
-* Forward (:func:`forward`): for ResNet-20's 32- and 64-channel 3x3 layers (see plan.py).
+* Forward (:func:`forward`; task: image, group, band of output rows): for ResNet-20's 32- and 64-channel 3x3
+  layers (see plan.py).
 * Input gradient (stride 1): that forward on dy with the weights flipped (``_loops.flipped_data_grad``).
+* Weight gradient (:func:`weight_grad`; task: chunk of images, group): dU[xi] = sum over tiles of V[xi]^T x
+  dM[xi], dM = A dY A^T the output gradient's tiles transformed, one partial per chunk of images summed in order,
+  then dw = G^T dU G per kernel (float64).
 """
 from __future__ import annotations
 
@@ -28,9 +33,20 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array
 
-from ..vectors import I64, VECTOR_BYTES, _check_runs, masked_load, masked_store, splat, vector_loop, vector_type
+from ..vectors import (
+    I64,
+    VECTOR_BYTES,
+    check_runs,
+    masked_load,
+    masked_store,
+    splat,
+    transpose_block,
+    vector_loop,
+    vector_type,
+)
 from . import channels
 from ._loops import Pads, Pair, cdiv, fill_window
+from .channels import WEIGHT_CHUNKS
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, lanes
 
 TILES = 64  # output tiles (2x2 outputs each) per task at most, unless one row of tiles has more
@@ -47,7 +63,7 @@ def _input_tile(typingctx, v, v0, plane, win, w0, row, cg):
     = win[w0 + i * row + j * cg + c] (a tile's 4x4 inputs, channel-last), B^T = [[1, 0, -1, 0], [0, 1, 1, 0],
     [0, -1, 1, 0], [0, 1, 0, -1]]: whole vectors of channels, the last one masked. v and win are 1-D
     C-contiguous arrays of one float dtype."""
-    _check_runs("_input_tile", v, win)
+    check_runs("_input_tile", v, win)
     sig = types.void(v, types.intp, types.intp, win, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -84,7 +100,7 @@ def _output_tile(typingctx, y, y0, y1, m, m0, plane, kpad, right, below):
     1, 0], [0, 1, -1, -1]]) for k < kpad, M[xi] = m[m0 + xi * plane + k]: the top row's at y[y0 + k] and (where
     ``right``) y[y0 + kpad + k], the bottom row's (where ``below``) at y1 likewise. y and m are 1-D C-contiguous
     arrays of one float dtype."""
-    _check_runs("_output_tile", y, m)
+    check_runs("_output_tile", y, m)
     sig = types.void(y, types.intp, types.intp, m, types.intp, types.intp, types.intp, types.boolean, types.boolean)
 
     def codegen(context, builder, signature, args):
@@ -119,12 +135,49 @@ def _a_transform(builder, m):
     return [builder.fadd(builder.fadd(m[0], m[1]), m[2]), builder.fsub(builder.fsub(m[1], m[2]), m[3])]
 
 
+@intrinsic
+def _gradient_tile(typingctx, dm, d0, plane, win, w0, row, kg):
+    """``_gradient_tile(dm, d0, plane, win, w0, row, kg)``: dm[d0 + xi * plane + k] = (A e A^T)[xi] for k < kg, e
+    a tile's 2x2 output gradients e[a][b] = win[w0 + a * row + b * kg + k] (channel-last), A = [[1, 0], [1, 1],
+    [1, -1], [0, -1]]: the gradient of M (the GEMMs' outputs) from the tile's. dm and win are 1-D C-contiguous
+    arrays of one float dtype."""
+    check_runs("_gradient_tile", dm, win)
+    sig = types.void(dm, types.intp, types.intp, win, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dm_, win_ = (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
+        d0, plane, w0, row, kg = args[1], args[2], args[4], args[5], args[6]
+        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
+        index = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+
+        def step(k):
+            mask = builder.icmp_signed("<", builder.add(index, splat(builder, index.type, k)),
+                                       splat(builder, index.type, kg))
+            e = [[masked_load(builder, builder.gep(win_.data, [builder.add(builder.add(w0, k), builder.add(
+                builder.mul(row, ir.Constant(I64, a)), builder.mul(kg, ir.Constant(I64, b))))]), vec, mask)
+                for b in range(2)] for a in range(2)]
+            rows = [_a_spread(builder, e[a]) for a in range(2)]  # e A^T, row by row
+            for j in range(4):  # then A (e A^T), column by column
+                for i, value in enumerate(_a_spread(builder, [rows[0][j], rows[1][j]])):
+                    at = builder.add(builder.add(d0, k), builder.mul(plane, ir.Constant(I64, 4 * i + j)))
+                    masked_store(builder, value, builder.gep(dm_.data, [at]), mask)
+
+        vector_loop(builder, kg, lanes, "winograd_grad", step)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _a_spread(builder, e):
+    """(e0, e0 + e1, e0 - e1, -e1): A applied to two values (vectors), the adjoint of :func:`_a_transform`."""
+    return [e[0], builder.fadd(e[0], e[1]), builder.fsub(e[0], e[1]), builder.fneg(e[1])]
+
+
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _input_transform(v, win, tiles, tw, wp, cg, rows):
-    """v[xi, t, c] = (B^T d B)[xi] for tile t < tiles of the window (d: its 4x4 inputs from window position
-    (2 * (t // tw), 2 * (t % tw))); v is (16, rows, cg), flat."""
+def _input_transform(v, win, first, tiles, tw, wp, cg, rows):
+    """v[xi, first + t, c] = (B^T d B)[xi] for tile t < tiles of the window (d: its 4x4 inputs from window
+    position (2 * (t // tw), 2 * (t % tw))); v is (16, rows, cg), flat."""
     for t in range(tiles):
-        _input_tile(v, t * cg, rows * cg, win, (2 * (t // tw) * wp + 2 * (t % tw)) * cg, wp * cg, cg)
+        _input_tile(v, (first + t) * cg, rows * cg, win, (2 * (t // tw) * wp + 2 * (t % tw)) * cg, wp * cg, cg)
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -177,7 +230,7 @@ def _winograd_forward(x, u, out, b, res, top, left, wp, band, kind, slope, bad):
             continue
         rows = (tiles + CHANNEL_ROWS - 1) // CHANNEL_ROWS * CHANNEL_ROWS
         v = np.empty((16, 1, rows * cg), dtype=out.dtype)
-        _input_transform(v.reshape(-1), win, tiles, tw, wp, cg, rows)
+        _input_transform(v.reshape(-1), win, 0, tiles, tw, wp, cg, rows)
         aoff = np.zeros(rows, dtype=np.int64)  # rows past the tiles read the first tile's
         for t in range(tiles):
             aoff[t] = t * cg
@@ -191,6 +244,81 @@ def _winograd_forward(x, u, out, b, res, top, left, wp, band, kind, slope, bad):
         _output_transform(y.reshape(-1), m.reshape(-1), tiles, tw, ow, out_rows, rows, kpad)
         runs = np.empty(lane * padded, dtype=out.dtype)
         channels.epilogue(out, y, count, b, res, n, g * kg, kg, h0, kind, slope, runs)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _gradient_transform(dm, win, first, tiles, tw, wp, kg, rows, kpad):
+    """dm[xi, first + t, k] = (A e A^T)[xi] for tile t < tiles of the output-gradient window (e: its 2x2 outputs
+    from window position (2 * (t // tw), 2 * (t % tw))); dm is (16, rows, kpad), flat."""
+    for t in range(tiles):
+        _gradient_tile(dm, (first + t) * kpad, rows * kpad, win, (2 * (t // tw) * wp + 2 * (t % tw)) * kg, wp * kg,
+                       kg)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _winograd_weight(dy, x, part, top, left, wp, band, bad):
+    """part[chunk, g, xi, c, k] = sum over the chunk's images and their tiles t of V[xi, t, c] * dM[xi, t, k]
+    (the gradient of U; module docstring): per band of output rows, the input and output-gradient windows
+    transformed into buffers of at least TILES tiles (the bands of several images for small planes); then per xi
+    V's buffer transposed (tiles along its rows) and one GEMM over the tiles on the channels path's tiles (rows =
+    input channels, vectors = output channels); bad[chunk, g] set where a window holds a value the transforms
+    cannot take (the caller recomputes)."""
+    chunks, groups, _, crows, kpad = part.shape
+    n_, k_, oh, ow = dy.shape
+    cg, kg = x.shape[1] // groups, k_ // groups
+    lane = lanes(part)
+    tw = (ow + 1) // 2
+    th = (min(band, oh) + 1) // 2
+    per = (oh + band - 1) // band  # bands per image
+    rows = max(TILES, th * tw)
+    dwp = 2 * tw
+    for task in prange(chunks * groups):
+        chunk, g = task // groups, task % groups
+        mine = part[chunk, g]
+        mine[:] = 0
+        tmp = np.empty(lane * lane, dtype=x.dtype)
+        win = np.empty((2 * th + 2) * wp * cg, dtype=x.dtype)
+        dwin = np.empty(2 * th * dwp * kg, dtype=x.dtype)
+        v = np.empty(16 * rows * cg, dtype=x.dtype)
+        vt = np.empty((cg, rows), dtype=x.dtype)
+        dm = np.zeros((16, rows, kpad), dtype=x.dtype)  # the columns past kg stay 0
+        arow = np.zeros(crows, dtype=np.int64)  # row c of V[xi]^T, rows past cg read row 0
+        arow[:cg] = np.arange(cg)
+        aoff, brow, boff = np.zeros(crows, dtype=np.int64), np.arange(rows), np.zeros(rows, dtype=np.int64)
+        filled = 0
+        units = ((chunk + 1) * n_ // chunks - chunk * n_ // chunks) * per
+        for unit in range(units):
+            n, h0 = chunk * n_ // chunks + unit // per, unit % per * band
+            out_rows = min(band, oh - h0)
+            tiles = (out_rows + 1) // 2 * tw
+            x_rows, dy_rows = 2 * ((out_rows + 1) // 2) + 2, 2 * ((out_rows + 1) // 2)
+            fill_window(win, x, n, g * cg, cg, h0 - top, x_rows, wp, left, tmp)
+            fill_window(dwin, dy, n, g * kg, kg, h0, dy_rows, dwp, 0, tmp)
+            if not (_transformable(win[:x_rows * wp * cg], cg) and _transformable(dwin[:dy_rows * dwp * kg], kg)):
+                bad[chunk, g] = True
+                break
+            _input_transform(v, win, filled, tiles, tw, wp, cg, rows)
+            _gradient_transform(dm.reshape(-1), dwin, filled, tiles, tw, dwp, kg, rows, kpad)
+            filled += tiles
+            if unit == units - 1 or filled + th * tw > rows:  # no room for another band: the GEMMs
+                for xi in range(16):
+                    _transpose(vt.reshape(-1), rows, v, xi * rows * cg, filled, cg)
+                    channels.tiles(mine[xi], vt, arow, aoff, dm[xi], brow, boff, cg, 0, filled)
+                filled = 0
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _transpose(dst, dstride, src, s0, rows, cols):
+    """dst[c * dstride + t] = src[s0 + t * cols + c] for t < rows, c < cols: L x L blocks by transpose_block, the
+    edges element by element."""
+    lane = lanes(dst)
+    whole_r, whole_c = rows - rows % lane, cols - cols % lane
+    for t0 in range(0, whole_r, lane):
+        for c0 in range(0, whole_c, lane):
+            transpose_block(dst, c0 * dstride + t0, dstride, src, s0 + t0 * cols + c0, cols)
+    for t in range(rows):
+        for c in range(whole_c if t < whole_r else 0, cols):
+            dst[c * dstride + t] = src[s0 + t * cols + c]
 
 
 def transformed_weights(w: np.ndarray, groups: int) -> np.ndarray:
@@ -253,3 +381,54 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
         _winograd_forward(x, u, y, b, res, padding[0], padding[2], 2 * cdiv(ow, 2) + 2, band, kind, slope, bad)
     if bad.any() or not np.isfinite(u).all():
         channels.forward(x, w, b, y, stride, padding, dilation, groups, kind, slope, residual)
+
+
+def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: Pads, dilation: Pair,
+                groups: int) -> np.ndarray:
+    """dw (K, Cg, 3, 3) = G^T dU G per kernel (:func:`_weight_from_partials`), dU summed over at most
+    WEIGHT_CHUNKS partials of :func:`_winograd_weight` in order (results do not depend on the thread count); on
+    the channels path instead where a value could not take the transforms (module docstring)."""
+    k, cg = w_shape[:2]
+    kg = k // groups
+    oh, ow = dy.shape[2:]
+    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // x.itemsize
+    chunks = min(WEIGHT_CHUNKS, x.shape[0])
+    rows = cdiv(cg, CHANNEL_ROWS) * CHANNEL_ROWS
+    part = np.empty((chunks, groups, 16, rows, cdiv(kg, step) * step), dtype=x.dtype)
+    bad = np.zeros((chunks, groups), dtype=np.bool_)
+    _winograd_weight(dy, x, part, padding[0], padding[2], 2 * cdiv(ow, 2) + 2, band_rows((oh, ow)), bad)
+    if bad.any():
+        return channels.weight_grad(dy, x, w_shape, stride, padding, dilation, groups)
+    dw = np.empty((groups, kg, cg, 9), dtype=x.dtype)
+    _weight_from_partials(part, dw)
+    return dw.reshape(w_shape)
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _weight_from_partials(part, dw):
+    """dw[g, k, c, 3 r + s] = (G^T dU G)[r, s], dU[xi] = the sum of part[:, g, xi, c, k] over the chunks in order
+    (in the arrays' dtype), the transform in float64, G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2,
+    1]]; loops over the output channels innermost (contiguous in part)."""
+    chunks, groups, _, _, _ = part.shape
+    _, kg, cg, _ = dw.shape
+    du = np.empty((16, kg), dtype=part.dtype)
+    t = np.empty((12, kg))
+    for g in range(groups):
+        for c in range(cg):
+            for xi in range(16):
+                for k in range(kg):
+                    du[xi, k] = part[0, g, xi, c, k]
+                for chunk in range(1, chunks):
+                    for k in range(kg):
+                        du[xi, k] += part[chunk, g, xi, c, k]
+            for j in range(4):  # G^T along i: t[r, j]
+                for k in range(kg):
+                    m0, m1 = np.float64(du[j, k]), np.float64(du[4 + j, k])
+                    m2, m3 = np.float64(du[8 + j, k]), np.float64(du[12 + j, k])
+                    t[j, k], t[4 + j, k], t[8 + j, k] = m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3
+            for r in range(3):  # then along j
+                for k in range(kg):
+                    m0, m1, m2, m3 = t[4 * r, k], t[4 * r + 1, k], t[4 * r + 2, k], t[4 * r + 3, k]
+                    dw[g, k, c, 3 * r] = m0 + 0.5 * (m1 + m2)
+                    dw[g, k, c, 3 * r + 1] = 0.5 * (m1 - m2)
+                    dw[g, k, c, 3 * r + 2] = 0.5 * (m1 + m2) + m3
