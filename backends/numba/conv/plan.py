@@ -64,7 +64,7 @@ over (image, group, pixel tile) (lanes: (group, output row, run of pixels); chan
 band of output rows); planar: (group, run of images)); backward-data over (group, position tile) for shifted and
 (image block, group) for packed (col2im scatters within its own images); backward-weight over (batch chunk,
 group) with one partial gradient per chunk (shifted: per run of pixels, see shifted.py; lanes: per chunk of
-output rows; channels and planar: per chunk of images), summed afterwards.
+output rows; channels, planar and winograd: per chunk of images), summed afterwards.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def plan(x_shape, w_shape, stride: Pair, padding: Pads, dilation: Pair, groups: 
         if path in ("channels", "planar"):  # an input gradient they cannot run takes the automatic path
             data = plan(x_shape, w_shape, stride, padding, dilation, groups)[2]
             return path, path, path if flip_fits(stride, padding, dilation, w_shape) else data
-        if path == "winograd":  # the passes it cannot run (the weight gradient always) take the automatic paths
+        if path == "winograd":  # the passes it cannot run take the automatic paths
             auto = plan(x_shape, w_shape, stride, padding, dilation, groups)
             runs = winograd.fits(w_shape, stride, dilation)
             return (path if runs else auto[0], path if runs else auto[1],

@@ -49,7 +49,8 @@ from ._loops import Pads, Pair, cdiv, fill_window
 from .channels import WEIGHT_CHUNKS
 from .simd import CHANNEL_ROWS, CHANNEL_TILES, lanes
 
-TILES = 64  # output tiles (2x2 outputs each) per task at most, unless one row of tiles has more
+TILES = 64  # output tiles (2x2 outputs each) per forward task at most (unless one row of tiles has more), and
+           # at least per weight-gradient GEMM
 
 
 def fits(w_shape, stride: Pair, dilation: Pair) -> bool:
@@ -376,10 +377,11 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray, stride: 
     u = transformed_weights(w, groups)
     res = np.empty((0, 0, 0, 0), dtype=y.dtype) if residual is None else residual
     band = band_rows((oh, ow))
-    bad = np.zeros(x.shape[0] * groups * cdiv(oh, band), dtype=np.bool_)
+    bad = np.ones(1, dtype=np.bool_)
     if np.isfinite(u).all():
+        bad = np.zeros(x.shape[0] * groups * cdiv(oh, band), dtype=np.bool_)
         _winograd_forward(x, u, y, b, res, padding[0], padding[2], 2 * cdiv(ow, 2) + 2, band, kind, slope, bad)
-    if bad.any() or not np.isfinite(u).all():
+    if bad.any():
         channels.forward(x, w, b, y, stride, padding, dilation, groups, kind, slope, residual)
 
 
