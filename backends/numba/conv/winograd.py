@@ -117,13 +117,13 @@ def _output_tile(typingctx, y, y0, y1, m, m0, plane, kpad, right, below):
             mv = [masked_load(builder, builder.gep(m_.data, [builder.add(builder.add(m0, k), builder.mul(
                 plane, ir.Constant(I64, xi)))]), vec, mask) for xi in range(16)]
             rows = [_a_transform(builder, mv[4 * i:4 * i + 4]) for i in range(4)]  # M A, row by row
-            top = _a_transform(builder, [r[0] for r in rows])  # A^T (M A): column 0, then 1
-            bottom = _a_transform(builder, [r[1] for r in rows])
+            left = _a_transform(builder, [r[0] for r in rows])  # A^T (M A): the outputs' left column (top, bottom)
+            second = _a_transform(builder, [r[1] for r in rows])  # ... and their right column
             right_mask = builder.and_(mask, splat(builder, flags, right))
             below_mask = builder.and_(mask, splat(builder, flags, below))
-            for at, value, where in ((y0, top[0], mask), (builder.add(y0, kpad), bottom[0], right_mask),
-                                     (y1, top[1], below_mask),
-                                     (builder.add(y1, kpad), bottom[1], builder.and_(right_mask, below_mask))):
+            for at, value, where in ((y0, left[0], mask), (builder.add(y0, kpad), second[0], right_mask),
+                                     (y1, left[1], below_mask),
+                                     (builder.add(y1, kpad), second[1], builder.and_(right_mask, below_mask))):
                 masked_store(builder, value, builder.gep(y_.data, [builder.add(at, k)]), where)
 
         vector_loop(builder, kpad, lanes, "winograd_out", step)
