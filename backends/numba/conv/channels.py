@@ -156,13 +156,19 @@ def _weight_rows(cg: int, r_: int, s_: int, wp: int, dh: int, dw: int) -> tuple[
     return brow, np.zeros(size, dtype=np.int64)
 
 
+def padded_columns(kg: int, itemsize: int) -> int:
+    """Kpad: kg output channels rounded up to a multiple of the narrow tile's width (the columns of the tiles' b
+    and accumulators)."""
+    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // itemsize
+    return cdiv(kg, step) * step
+
+
 def _padded_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """w (K, Cg, R, S) as (groups, R*S*Cg, Kpad): rows (r, s, c), columns the group's output channels and zeros up
-    to a multiple of the narrow tile's width."""
+    to :func:`padded_columns`."""
     k, cg, r, s = w.shape
     kg = k // groups
-    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // w.itemsize
-    wq = np.zeros((groups, r * s * cg, cdiv(kg, step) * step), dtype=w.dtype)
+    wq = np.zeros((groups, r * s * cg, padded_columns(kg, w.itemsize)), dtype=w.dtype)
     wq[:, :, :kg] = w.reshape(groups, kg, cg, r, s).transpose(0, 3, 4, 2, 1).reshape(groups, r * s * cg, kg)
     return wq
 

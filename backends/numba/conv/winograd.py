@@ -35,7 +35,6 @@ from numba.np.arrayobj import make_array
 
 from ..vectors import (
     I64,
-    VECTOR_BYTES,
     check_runs,
     masked_load,
     masked_store,
@@ -47,7 +46,7 @@ from ..vectors import (
 from . import channels
 from ._loops import Pads, Pair, cdiv, fill_window
 from .channels import WEIGHT_CHUNKS
-from .simd import CHANNEL_ROWS, CHANNEL_TILES, lanes
+from .simd import CHANNEL_ROWS, lanes
 
 TILES = 64  # output tiles (2x2 outputs each) per forward task at most (unless one row of tiles has more), and
            # at least per weight-gradient GEMM
@@ -58,14 +57,16 @@ def fits(w_shape, stride: Pair, dilation: Pair) -> bool:
     return tuple(w_shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1)
 
 
-@intrinsic
-def _input_tile(typingctx, v, v0, plane, win, w0, row, cg):
-    """``_input_tile(v, v0, plane, win, w0, row, cg)``: v[v0 + xi * plane + c] = (B^T d B)[xi] for c < cg, d[i][j]
-    = win[w0 + i * row + j * cg + c] (a tile's 4x4 inputs, channel-last), B^T = [[1, 0, -1, 0], [0, 1, 1, 0],
-    [0, -1, 1, 0], [0, 1, 0, -1]]: whole vectors of channels, the last one masked. v and win are 1-D
-    C-contiguous arrays of one float dtype."""
-    check_runs("_input_tile", v, win)
-    sig = types.void(v, types.intp, types.intp, win, types.intp, types.intp, types.intp)
+def _window_tile(size: int, transform, name: str):
+    """The intrinsic ``tile(v, v0, plane, win, w0, row, cg)``: v[v0 + xi * plane + c] = (T d T^T)[xi] for c < cg,
+    xi = 4 i + j, d[a][b] = win[w0 + a * row + b * cg + c] the tile's size x size values (channel-last) and T the
+    4 x size matrix that ``transform`` applies to ``size`` values (vectors): first along d's rows, then along
+    the columns of that. Whole vectors of channels, the last one masked; v and win 1-D C-contiguous arrays of
+    one float dtype."""
+
+    def tile(typingctx, v, v0, plane, win, w0, row, cg):
+        check_runs(name, v, win)
+        return types.void(v, types.intp, types.intp, win, types.intp, types.intp, types.intp), codegen
 
     def codegen(context, builder, signature, args):
         v_, win_ = (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
@@ -77,17 +78,19 @@ def _input_tile(typingctx, v, v0, plane, win, w0, row, cg):
             mask = builder.icmp_signed("<", builder.add(index, splat(builder, index.type, c)),
                                        splat(builder, index.type, cg))
             d = [[masked_load(builder, builder.gep(win_.data, [builder.add(builder.add(w0, c), builder.add(
-                builder.mul(row, ir.Constant(I64, i)), builder.mul(cg, ir.Constant(I64, j))))]), vec, mask)
-                for j in range(4)] for i in range(4)]
-            e = [_b_transform(builder, d[i]) for i in range(4)]  # d B, row by row
-            for j in range(4):  # then B^T (d B), column by column
-                for i, value in enumerate(_b_transform(builder, [e[0][j], e[1][j], e[2][j], e[3][j]])):
+                builder.mul(row, ir.Constant(I64, a)), builder.mul(cg, ir.Constant(I64, b))))]), vec, mask)
+                for b in range(size)] for a in range(size)]
+            rows = [transform(builder, d[a]) for a in range(size)]  # d T^T, row by row
+            for j in range(4):  # then T (d T^T), column by column
+                for i, value in enumerate(transform(builder, [rows[a][j] for a in range(size)])):
                     at = builder.add(builder.add(v0, c), builder.mul(plane, ir.Constant(I64, 4 * i + j)))
                     masked_store(builder, value, builder.gep(v_.data, [at]), mask)
 
-        vector_loop(builder, cg, lanes, "winograd_in", step)
+        vector_loop(builder, cg, lanes, name, step)
         return context.get_dummy_value()
-    return sig, codegen
+
+    tile.__name__ = tile.__qualname__ = name
+    return intrinsic(tile)
 
 
 def _b_transform(builder, d):
@@ -136,41 +139,16 @@ def _a_transform(builder, m):
     return [builder.fadd(builder.fadd(m[0], m[1]), m[2]), builder.fsub(builder.fsub(m[1], m[2]), m[3])]
 
 
-@intrinsic
-def _gradient_tile(typingctx, dm, d0, plane, win, w0, row, kg):
-    """``_gradient_tile(dm, d0, plane, win, w0, row, kg)``: dm[d0 + xi * plane + k] = (A e A^T)[xi] for k < kg, e
-    a tile's 2x2 output gradients e[a][b] = win[w0 + a * row + b * kg + k] (channel-last), A = [[1, 0], [1, 1],
-    [1, -1], [0, -1]]: the gradient of M (the GEMMs' outputs) from the tile's. dm and win are 1-D C-contiguous
-    arrays of one float dtype."""
-    check_runs("_gradient_tile", dm, win)
-    sig = types.void(dm, types.intp, types.intp, win, types.intp, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        dm_, win_ = (make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
-        d0, plane, w0, row, kg = args[1], args[2], args[4], args[5], args[6]
-        itemsize, lanes, vec = vector_type(context, signature.args[0].dtype)
-        index = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-
-        def step(k):
-            mask = builder.icmp_signed("<", builder.add(index, splat(builder, index.type, k)),
-                                       splat(builder, index.type, kg))
-            e = [[masked_load(builder, builder.gep(win_.data, [builder.add(builder.add(w0, k), builder.add(
-                builder.mul(row, ir.Constant(I64, a)), builder.mul(kg, ir.Constant(I64, b))))]), vec, mask)
-                for b in range(2)] for a in range(2)]
-            rows = [_a_spread(builder, e[a]) for a in range(2)]  # e A^T, row by row
-            for j in range(4):  # then A (e A^T), column by column
-                for i, value in enumerate(_a_spread(builder, [rows[0][j], rows[1][j]])):
-                    at = builder.add(builder.add(d0, k), builder.mul(plane, ir.Constant(I64, 4 * i + j)))
-                    masked_store(builder, value, builder.gep(dm_.data, [at]), mask)
-
-        vector_loop(builder, kg, lanes, "winograd_grad", step)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
 def _a_spread(builder, e):
     """(e0, e0 + e1, e0 - e1, -e1): A applied to two values (vectors), the adjoint of :func:`_a_transform`."""
     return [e[0], builder.fadd(e[0], e[1]), builder.fsub(e[0], e[1]), builder.fneg(e[1])]
+
+
+_input_tile = _window_tile(4, _b_transform, "winograd_input_tile")
+"""V = B^T d B of a tile's 4x4 inputs d, B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+_gradient_tile = _window_tile(2, _a_spread, "winograd_gradient_tile")
+"""dM = A e A^T of a tile's 2x2 output gradients e, A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the gradient of M (the
+GEMMs' outputs) from the tile's."""
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
@@ -324,11 +302,10 @@ def _transpose(dst, dstride, src, s0, rows, cols):
 
 def transformed_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """U = G g G^T of w (K, Cg, 3, 3) as (groups, 16, Cg, Kpad): per position xi, the input channels' rows of the
-    group's output channels, zeros up to a multiple of the narrow tile's width."""
+    group's output channels, zeros up to ``channels.padded_columns``."""
     k, cg = w.shape[:2]
     kg = k // groups
-    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // w.itemsize
-    u = np.zeros((groups, 16, cg, cdiv(kg, step) * step), dtype=w.dtype)
+    u = np.zeros((groups, 16, cg, channels.padded_columns(kg, w.itemsize)), dtype=w.dtype)
     _weight_transform(np.ascontiguousarray(w.reshape(groups, kg, cg, 9).transpose(0, 2, 3, 1)), u)
     return u
 
@@ -393,10 +370,9 @@ def weight_grad(dy: np.ndarray, x: np.ndarray, w_shape, stride: Pair, padding: P
     k, cg = w_shape[:2]
     kg = k // groups
     oh, ow = dy.shape[2:]
-    step = CHANNEL_TILES[1][1] * VECTOR_BYTES // x.itemsize
     chunks = min(WEIGHT_CHUNKS, x.shape[0])
     rows = cdiv(cg, CHANNEL_ROWS) * CHANNEL_ROWS
-    part = np.empty((chunks, groups, 16, rows, cdiv(kg, step) * step), dtype=x.dtype)
+    part = np.empty((chunks, groups, 16, rows, channels.padded_columns(kg, x.itemsize)), dtype=x.dtype)
     bad = np.zeros((chunks, groups), dtype=np.bool_)
     _winograd_weight(dy, x, part, padding[0], padding[2], 2 * cdiv(ow, 2) + 2, band_rows((oh, ow)), bad)
     if bad.any():
